@@ -1,0 +1,525 @@
+package gateway
+
+import (
+	"bytes"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pelletier/go-toml/v2"
+	"github.com/pelletier/go-toml/v2/unstable"
+
+	"github.com/fieldgate/fieldgate/bridge"
+	"github.com/fieldgate/fieldgate/sensors"
+)
+
+// DefaultConfigPath is where the Buildroot image installs the configuration.
+const DefaultConfigPath = "/etc/fieldgate/fieldgate.toml"
+
+// Config is the whole of /etc/fieldgate/fieldgate.toml. Every section but
+// [device] is optional: without [bridge] the gateway is a local broker only,
+// without [[sensor]] it reads no sensors of its own.
+type Config struct {
+	Device   DeviceConfig   `toml:"device"`
+	Identity IdentityConfig `toml:"identity"`
+	Broker   BrokerConfig   `toml:"broker"`
+	Bridge   *BridgeConfig  `toml:"bridge"`
+	Sensors  []SensorConfig `toml:"sensor"`
+
+	// Path is the file the configuration was read from.
+	Path string `toml:"-"`
+	// lines maps a key path ("bridge.route[0].qos", "sensor[1]") to the
+	// line it was written on, so that validation errors can name it.
+	lines map[string]int
+}
+
+// DeviceConfig is the [device] section.
+type DeviceConfig struct {
+	// ID names the gateway: it is the MQTT client id on the uplink and
+	// replaces %d in remote prefixes. Default: the CN of the certificate.
+	ID       string `toml:"id"`
+	StateDir string `toml:"state_dir"`
+}
+
+// IdentityConfig is the [identity] section: the device's key, the
+// certificate the factory signed for it, and the CA that signed the central
+// broker's certificate.
+type IdentityConfig struct {
+	Key  string `toml:"key"`
+	Cert string `toml:"cert"`
+	CA   string `toml:"ca"`
+}
+
+// BrokerConfig is the [broker] section.
+type BrokerConfig struct {
+	Listeners []ListenerConfig `toml:"listener"`
+}
+
+// ListenerConfig is one [[broker.listener]].
+type ListenerConfig struct {
+	Address string `toml:"address"`
+}
+
+// BridgeConfig is the [bridge] section.
+type BridgeConfig struct {
+	Address []string      `toml:"address"`
+	Routes  []RouteConfig `toml:"route"`
+}
+
+// RouteConfig is one [[bridge.route]].
+type RouteConfig struct {
+	Local        string `toml:"local"`
+	Direction    string `toml:"direction"`
+	RemotePrefix string `toml:"remote_prefix"`
+	QoS          int    `toml:"qos"`
+}
+
+// SensorConfig is one [[sensor]].
+type SensorConfig struct {
+	Name     string   `toml:"name"`
+	Driver   string   `toml:"driver"`
+	Interval Duration `toml:"interval"`
+}
+
+// Duration is a time.Duration written as a Go duration string ("1s", "2m").
+type Duration struct{ time.Duration }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("not a duration (want e.g. \"1s\", \"500ms\"): %q", b)
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// Defaults.
+const (
+	DefaultStateDir       = "/var/lib/fieldgate"
+	DefaultSensorInterval = 10 * time.Second
+	DefaultRemotePrefix   = "devices/%d/"
+)
+
+// ConfigError is one problem in a configuration file. It prints as
+// FILE:LINE: key: reason, the form editors and CI logs can jump to.
+type ConfigError struct {
+	File   string
+	Line   int // 0 when the key is absent from the file
+	Key    string
+	Reason string
+}
+
+func (e *ConfigError) Error() string {
+	var b strings.Builder
+	b.WriteString(e.File)
+	if e.Line > 0 {
+		b.WriteString(":" + strconv.Itoa(e.Line))
+	}
+	b.WriteString(": ")
+	if e.Key != "" {
+		b.WriteString(e.Key + ": ")
+	}
+	b.WriteString(e.Reason)
+	return b.String()
+}
+
+// LoadConfig reads, decodes strictly and validates the configuration at
+// path. The error, if any, joins one *ConfigError per problem found.
+func LoadConfig(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, &ConfigError{File: path, Reason: err.Error()}
+	}
+	return ParseConfig(path, data)
+}
+
+// ParseConfig is LoadConfig for data already read from path.
+func ParseConfig(path string, data []byte) (*Config, error) {
+	lines, err := keyLines(path, data)
+	if err != nil {
+		return nil, err
+	}
+	c := &Config{Path: path, lines: lines}
+	dec := toml.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(c); err != nil {
+		return nil, decodeError(path, err)
+	}
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// decodeError turns go-toml's errors into ConfigErrors.
+func decodeError(path string, err error) error {
+	var strict *toml.StrictMissingError
+	if errors.As(err, &strict) {
+		var errs []error
+		for i := range strict.Errors {
+			de := &strict.Errors[i]
+			line, _ := de.Position()
+			errs = append(errs, &ConfigError{File: path, Line: line, Key: strings.Join(de.Key(), "."), Reason: "unknown key"})
+		}
+		return errors.Join(errs...)
+	}
+	var de *toml.DecodeError
+	if errors.As(err, &de) {
+		line, _ := de.Position()
+		return &ConfigError{File: path, Line: line, Key: strings.Join(de.Key(), "."), Reason: typeReason(strings.TrimPrefix(de.Error(), "toml: "))}
+	}
+	return &ConfigError{File: path, Reason: err.Error()}
+}
+
+var typeMismatch = regexp.MustCompile(`^cannot decode TOML (.+) into .* of type (\S+)$`)
+
+// typeReason rewrites go-toml's type mismatch message, which names Go
+// struct fields, in the words of the configuration file.
+func typeReason(msg string) string {
+	m := typeMismatch.FindStringSubmatch(msg)
+	if m == nil {
+		return msg
+	}
+	want := map[string]string{
+		"string":           "a string",
+		"int":              "an integer",
+		"bool":             "true or false",
+		"[]string":         "an array of strings",
+		"gateway.Duration": "a duration such as \"1s\"",
+	}[m[2]]
+	if want == "" {
+		want = m[2]
+	}
+	return fmt.Sprintf("wrong type: want %s, got a TOML %s", want, m[1])
+}
+
+// keyLines maps every key path in the document to its line. Arrays of
+// tables are indexed: the second [[sensor]]'s interval is
+// "sensor[1].interval", and its header is "sensor[1]".
+func keyLines(path string, data []byte) (map[string]int, error) {
+	lines := map[string]int{}
+	counts := map[string]int{}
+	var p unstable.Parser
+	p.Reset(data)
+	prefix := ""
+	for p.NextExpression() {
+		n := p.Expression()
+		switch n.Kind {
+		case unstable.Table, unstable.ArrayTable:
+			path, line := nodeKey(&p, n)
+			parts := strings.Split(path, ".")
+			base := resolveArrays(parts[:len(parts)-1], counts)
+			if base != "" {
+				base += "."
+			}
+			base += parts[len(parts)-1]
+			if n.Kind == unstable.ArrayTable {
+				idx := counts[base]
+				counts[base]++
+				base += "[" + strconv.Itoa(idx) + "]"
+			}
+			prefix = base
+			lines[prefix] = line
+		case unstable.KeyValue:
+			key, line := nodeKey(&p, n)
+			if prefix != "" {
+				key = prefix + "." + key
+			}
+			lines[key] = line
+		}
+	}
+	if err := p.Error(); err != nil {
+		ce := &ConfigError{File: path, Reason: err.Error()}
+		var pe *unstable.ParserError
+		if errors.As(err, &pe) {
+			ce.Reason = pe.Message
+			if len(pe.Highlight) > 0 {
+				ce.Line = p.Shape(p.Range(pe.Highlight)).Start.Line
+			}
+		}
+		return nil, ce
+	}
+	return lines, nil
+}
+
+// resolveArrays joins the components of a table path, giving every
+// component that names an array of tables the index of its latest element:
+// after two [[a]], the parent path "a" of [a.b] is "a[1]".
+func resolveArrays(parts []string, counts map[string]int) string {
+	out := ""
+	for i, part := range parts {
+		if i > 0 {
+			out += "."
+		}
+		out += part
+		if n, ok := counts[out]; ok {
+			out += "[" + strconv.Itoa(n-1) + "]"
+		}
+	}
+	return out
+}
+
+func nodeKey(p *unstable.Parser, n *unstable.Node) (string, int) {
+	var parts []string
+	line := 0
+	it := n.Key()
+	for it.Next() {
+		k := it.Node()
+		parts = append(parts, string(k.Data))
+		if line == 0 {
+			if k.Raw.Length > 0 {
+				line = p.Shape(k.Raw).Start.Line
+			} else if n.Raw.Length > 0 {
+				line = p.Shape(n.Raw).Start.Line
+			}
+		}
+	}
+	return strings.Join(parts, "."), line
+}
+
+// lineOf returns the line of key, or of the closest enclosing table that is
+// in the file, or 0.
+func (c *Config) lineOf(key string) int {
+	for k := key; k != ""; {
+		if l, ok := c.lines[k]; ok {
+			return l
+		}
+		i := strings.LastIndexAny(k, ".[")
+		if i < 0 {
+			break
+		}
+		k = k[:i]
+	}
+	return 0
+}
+
+// errorf records a problem with key.
+func (c *Config) errorf(errs *[]error, key, format string, args ...any) {
+	*errs = append(*errs, &ConfigError{File: c.Path, Line: c.lineOf(key), Key: key, Reason: fmt.Sprintf(format, args...)})
+}
+
+// validate fills in defaults and checks everything that can be checked
+// without starting anything: values, files, and how sections fit together.
+func (c *Config) validate() error {
+	var errs []error
+	if _, ok := c.lines["device"]; !ok {
+		c.errorf(&errs, "device", "missing section [device]")
+	}
+	if c.Device.StateDir == "" {
+		c.Device.StateDir = DefaultStateDir
+	}
+
+	// Identity: what the files say is checked here, so that check-config
+	// catches a missing or unreadable file before the service starts.
+	var certCN string
+	if c.Identity.Key != "" {
+		scheme, rest, ok := strings.Cut(c.Identity.Key, ":")
+		switch {
+		case !ok:
+			c.errorf(&errs, "identity.key", "want a key URI such as \"file:/var/lib/fieldgate/device.key\", got %q", c.Identity.Key)
+		case scheme == "file":
+			c.checkFile(&errs, "identity.key", rest)
+		default:
+			c.errorf(&errs, "identity.key", "key store %q is not supported by this build (supported: file)", scheme)
+		}
+	}
+	if c.Identity.Cert != "" {
+		if cert, err := readCert(c.Identity.Cert); err != nil {
+			c.errorf(&errs, "identity.cert", "%v", err)
+		} else {
+			certCN = cert.Subject.CommonName
+		}
+	}
+	if c.Identity.CA != "" {
+		if data, err := os.ReadFile(c.Identity.CA); err != nil {
+			c.errorf(&errs, "identity.ca", "%v", pathError(err))
+		} else if !x509.NewCertPool().AppendCertsFromPEM(data) {
+			c.errorf(&errs, "identity.ca", "%s: no PEM certificate found", c.Identity.CA)
+		}
+	}
+	if c.Device.ID == "" {
+		c.Device.ID = certCN
+	}
+	if c.Device.ID == "" {
+		c.errorf(&errs, "device.id", "missing: set it, or set identity.cert so the certificate's CN is used")
+	} else if strings.ContainsAny(c.Device.ID, "/+#") {
+		c.errorf(&errs, "device.id", "%q must not contain '/', '+' or '#' (it is used in topics)", c.Device.ID)
+	}
+
+	for i, l := range c.Broker.Listeners {
+		key := fmt.Sprintf("broker.listener[%d].address", i)
+		if err := checkPlainAddress(l.Address); err != nil {
+			c.errorf(&errs, key, "%v", err)
+		}
+	}
+
+	if b := c.Bridge; b != nil {
+		if len(b.Address) == 0 {
+			c.errorf(&errs, "bridge.address", "missing: at least one ssl://host:port")
+		}
+		for i, a := range b.Address {
+			if err := checkBridgeAddress(a); err != nil {
+				c.errorf(&errs, fmt.Sprintf("bridge.address[%d]", i), "%v", err)
+			}
+		}
+		for _, k := range []struct{ key, val string }{{"identity.key", c.Identity.Key}, {"identity.cert", c.Identity.Cert}, {"identity.ca", c.Identity.CA}} {
+			if k.val == "" {
+				c.errorf(&errs, k.key, "missing: the bridge authenticates with mutual TLS")
+			}
+		}
+		if len(b.Routes) == 0 {
+			c.errorf(&errs, "bridge.route", "missing: a bridge with no [[bridge.route]] forwards nothing")
+		}
+		for i := range b.Routes {
+			r := &b.Routes[i]
+			key := fmt.Sprintf("bridge.route[%d]", i)
+			if r.Direction == "" {
+				r.Direction = "out"
+			}
+			if _, err := bridge.ParseDirection(r.Direction); err != nil {
+				c.errorf(&errs, key+".direction", "%v", err)
+			}
+			if err := bridge.ValidateFilter(r.Local); err != nil {
+				c.errorf(&errs, key+".local", "%v", err)
+			}
+			if _, ok := c.lines[key+".remote_prefix"]; !ok {
+				r.RemotePrefix = DefaultRemotePrefix
+			}
+			if err := bridge.ValidatePrefix(r.RemotePrefix); err != nil {
+				c.errorf(&errs, key+".remote_prefix", "%v", err)
+			}
+			if _, ok := c.lines[key+".qos"]; !ok {
+				r.QoS = 1
+			}
+			if r.QoS != 0 && r.QoS != 1 {
+				c.errorf(&errs, key+".qos", "must be 0 or 1, got %d", r.QoS)
+			}
+		}
+	}
+
+	seen := map[string]int{}
+	for i := range c.Sensors {
+		s := &c.Sensors[i]
+		key := fmt.Sprintf("sensor[%d]", i)
+		switch {
+		case s.Name == "":
+			c.errorf(&errs, key+".name", "missing")
+		case strings.ContainsAny(s.Name, "/+#") || strings.TrimSpace(s.Name) != s.Name:
+			c.errorf(&errs, key+".name", "%q must be one topic level: no '/', '+', '#' or surrounding spaces", s.Name)
+		default:
+			if j, dup := seen[s.Name]; dup {
+				c.errorf(&errs, key+".name", "%q is already the name of sensor[%d]", s.Name, j)
+			}
+			seen[s.Name] = i
+		}
+		if s.Driver == "" {
+			c.errorf(&errs, key+".driver", "missing (known drivers: %s)", strings.Join(sensors.Drivers(), ", "))
+		} else if !sensors.Known(s.Driver) {
+			c.errorf(&errs, key+".driver", "unknown driver %q (known drivers: %s)", s.Driver, strings.Join(sensors.Drivers(), ", "))
+		}
+		if _, ok := c.lines[key+".interval"]; !ok {
+			s.Interval.Duration = DefaultSensorInterval
+		}
+		if s.Interval.Duration < 10*time.Millisecond {
+			c.errorf(&errs, key+".interval", "must be at least 10ms, got %s", s.Interval)
+		}
+	}
+	sort.SliceStable(errs, func(i, j int) bool {
+		return errs[i].(*ConfigError).Line < errs[j].(*ConfigError).Line
+	})
+	return errors.Join(errs...)
+}
+
+func (c *Config) checkFile(errs *[]error, key, path string) {
+	if path == "" {
+		c.errorf(errs, key, "empty path")
+		return
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		c.errorf(errs, key, "%v", pathError(err))
+		return
+	}
+	f.Close()
+}
+
+// pathError drops the "open " prefix that os adds, so that messages read
+// "identity.cert: /x/y: no such file or directory".
+func pathError(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return fmt.Errorf("%s: %v", pe.Path, pe.Err)
+	}
+	return err
+}
+
+func readCert(path string) (*x509.Certificate, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, pathError(err)
+	}
+	block, _ := pem.Decode(data)
+	if block == nil || block.Type != "CERTIFICATE" {
+		return nil, fmt.Errorf("%s: no PEM certificate found", path)
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v", path, err)
+	}
+	return cert, nil
+}
+
+// checkPlainAddress accepts host:port for a plain-TCP listener only on a
+// loopback address: plain MQTT carries passwords in clear text.
+func checkPlainAddress(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("want host:port, got %q", addr)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Errorf("bad port %q", port)
+	}
+	if host == "localhost" {
+		return nil
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return fmt.Errorf("want an IP address or localhost, got %q", host)
+	}
+	if !ip.IsLoopback() {
+		return fmt.Errorf("plain TCP is refused on non-loopback address %s: use 127.0.0.1 or ::1", host)
+	}
+	return nil
+}
+
+func checkBridgeAddress(addr string) error {
+	u, err := url.Parse(addr)
+	if err != nil {
+		return fmt.Errorf("want ssl://host:port, got %q", addr)
+	}
+	switch u.Scheme {
+	case "ssl", "tls", "mqtts":
+	case "tcp", "mqtt", "ws":
+		return fmt.Errorf("%q: the uplink must use TLS (ssl://host:port)", addr)
+	default:
+		return fmt.Errorf("want ssl://host:port, got %q", addr)
+	}
+	if u.Hostname() == "" || u.Port() == "" {
+		return fmt.Errorf("want ssl://host:port, got %q", addr)
+	}
+	return nil
+}

@@ -1,0 +1,178 @@
+package gateway
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fieldgate/fieldgate/provisioning/pkitest"
+)
+
+// identityFiles writes a device identity and returns the [identity]
+// section for it.
+func identityFiles(t *testing.T) string {
+	t.Helper()
+	ca := pkitest.NewCA(t, "Config Test CA")
+	dev := ca.Client(t, "EGW-0042")
+	return "[identity]\nkey = \"file:" + dev.KeyFile + "\"\ncert = \"" + dev.CertFile + "\"\nca = \"" + ca.CertFile + "\"\n"
+}
+
+func TestParseConfigGood(t *testing.T) {
+	id := identityFiles(t)
+	src := `[device]
+state_dir = "/tmp/x"
+
+` + id + `
+[[broker.listener]]
+address = "127.0.0.1:1883"
+
+[bridge]
+address = ["ssl://central.example.com:8883"]
+
+[[bridge.route]]
+local = "sensors/#"
+
+[[bridge.route]]
+local = "commands/#"
+direction = "in"
+remote_prefix = "cmd/%d/"
+qos = 0
+
+[[sensor]]
+name = "sim"
+driver = "simulated"
+interval = "1s"
+
+[[sensor]]
+name = "sim2"
+driver = "simulated"
+`
+	c, err := ParseConfig("f.toml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Device.ID != "EGW-0042" {
+		t.Errorf("device id: got %q, want the certificate's CN EGW-0042", c.Device.ID)
+	}
+	r0, r1 := c.Bridge.Routes[0], c.Bridge.Routes[1]
+	if r0.Direction != "out" || r0.QoS != 1 || r0.RemotePrefix != "devices/%d/" {
+		t.Errorf("route 0 defaults: got %+v, want direction out, qos 1, prefix devices/%%d/", r0)
+	}
+	if r1.Direction != "in" || r1.QoS != 0 || r1.RemotePrefix != "cmd/%d/" {
+		t.Errorf("route 1: got %+v", r1)
+	}
+	if got := c.Sensors[0].Interval.Duration; got != time.Second {
+		t.Errorf("sensor 0 interval: got %v, want 1s", got)
+	}
+	if got := c.Sensors[1].Interval.Duration; got != DefaultSensorInterval {
+		t.Errorf("sensor 1 interval: got %v, want the default %v", got, DefaultSensorInterval)
+	}
+	want := strings.Count(src[:strings.LastIndex(src, "driver =")], "\n") + 1
+	if got := c.lines["sensor[1].driver"]; got != want {
+		t.Errorf("line of sensor[1].driver: got %d, want %d", got, want)
+	}
+}
+
+func TestParseConfigMinimal(t *testing.T) {
+	c, err := ParseConfig("f.toml", []byte("[device]\nid = \"EGW-1\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Bridge != nil || len(c.Sensors) != 0 || len(c.Broker.Listeners) != 0 {
+		t.Errorf("got %+v, want no bridge, sensors or listeners", c)
+	}
+	if c.Device.StateDir != DefaultStateDir {
+		t.Errorf("state_dir: got %q, want %q", c.Device.StateDir, DefaultStateDir)
+	}
+}
+
+func TestParseConfigErrors(t *testing.T) {
+	id := identityFiles(t)
+	missing := filepath.Join(t.TempDir(), "nope.crt")
+	for _, tc := range []struct {
+		name string
+		src  string
+		want []string // one line per problem, in order
+	}{
+		{"no device section", "[broker]\n", []string{
+			"f.toml: device: missing section [device]",
+			"f.toml: device.id: missing: set it, or set identity.cert so the certificate's CN is used",
+		}},
+		{"unknown key", "[device]\nid = \"a\"\ncolour = \"red\"\n", []string{
+			"f.toml:3: device.colour: unknown key",
+		}},
+		{"unknown key in array table", "[device]\nid = \"a\"\n[[sensor]]\nname = \"s\"\ndriver = \"simulated\"\npin = 4\n", []string{
+			"f.toml:6: sensor.pin: unknown key",
+		}},
+		{"wrong type", "[device]\nid = 7\n", []string{
+			"f.toml:2: device.id: wrong type: want a string, got a TOML integer",
+		}},
+		{"bad duration", "[device]\nid = \"a\"\n[[sensor]]\nname = \"s\"\ndriver = \"simulated\"\ninterval = \"often\"\n", []string{
+			"f.toml:6: sensor.interval: not a duration (want e.g. \"1s\", \"500ms\"): \"often\"",
+		}},
+		{"syntax error", "[device\nid = \"a\"\n", []string{
+			"f.toml:1: expected ']' to close table name",
+		}},
+		{"missing cert file", "[device]\nid = \"a\"\n[identity]\ncert = \"" + missing + "\"\n", []string{
+			"f.toml:4: identity.cert: " + missing + ": no such file or directory",
+		}},
+		{"plain listener on all interfaces", "[device]\nid = \"a\"\n[[broker.listener]]\naddress = \"127.0.0.1:1883\"\n[[broker.listener]]\naddress = \"0.0.0.0:1883\"\n", []string{
+			"f.toml:6: broker.listener[1].address: plain TCP is refused on non-loopback address 0.0.0.0: use 127.0.0.1 or ::1",
+		}},
+		{"bridge over plain tcp", "[device]\n" + id + "[bridge]\naddress = [\"tcp://c:1883\"]\n[[bridge.route]]\nlocal = \"a/#\"\n", []string{
+			"f.toml:7: bridge.address[0]: \"tcp://c:1883\": the uplink must use TLS (ssl://host:port)",
+		}},
+		{"bridge without identity", "[device]\nid = \"a\"\n[bridge]\naddress = [\"ssl://c:8883\"]\n[[bridge.route]]\nlocal = \"a/#\"\n", []string{
+			"f.toml: identity.key: missing: the bridge authenticates with mutual TLS",
+			"f.toml: identity.cert: missing: the bridge authenticates with mutual TLS",
+			"f.toml: identity.ca: missing: the bridge authenticates with mutual TLS",
+		}},
+		{"bad route", "[device]\n" + id + "[bridge]\naddress = [\"ssl://c:8883\"]\n[[bridge.route]]\nlocal = \"a/#/b\"\ndirection = \"sideways\"\nremote_prefix = \"x/+/\"\nqos = 2\n", []string{
+			"f.toml:9: bridge.route[0].local: \"a/#/b\": '#' must be the whole last level",
+			"f.toml:10: bridge.route[0].direction: want out, in or both, got \"sideways\"",
+			"f.toml:11: bridge.route[0].remote_prefix: \"x/+/\": no wildcards in a prefix",
+			"f.toml:12: bridge.route[0].qos: must be 0 or 1, got 2",
+		}},
+		{"bridge without routes", "[device]\n" + id + "[bridge]\naddress = [\"ssl://c:8883\"]\n", []string{
+			"f.toml:6: bridge.route: missing: a bridge with no [[bridge.route]] forwards nothing",
+		}},
+		{"unknown key store", "[device]\nid = \"a\"\n[identity]\nkey = \"vault:x\"\n", []string{
+			"f.toml:4: identity.key: key store \"vault\" is not supported by this build (supported: file)",
+		}},
+		{"sensor problems", "[device]\nid = \"a\"\n[[sensor]]\nname = \"s\"\ndriver = \"simulated\"\n[[sensor]]\nname = \"s\"\ndriver = \"bme999\"\ninterval = \"1ms\"\n", []string{
+			"f.toml:7: sensor[1].name: \"s\" is already the name of sensor[0]",
+			"f.toml:8: sensor[1].driver: unknown driver \"bme999\" (known drivers: simulated)",
+			"f.toml:9: sensor[1].interval: must be at least 10ms, got 1ms",
+		}},
+		{"device id with wildcard", "[device]\nid = \"a/#\"\n", []string{
+			"f.toml:2: device.id: \"a/#\" must not contain '/', '+' or '#' (it is used in topics)",
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseConfig("f.toml", []byte(tc.src))
+			if err == nil {
+				t.Fatalf("got no error, want %q", tc.want)
+			}
+			got := strings.Split(err.Error(), "\n")
+			if strings.Join(got, "\n") != strings.Join(tc.want, "\n") {
+				t.Errorf("got\n  %s\nwant\n  %s", strings.Join(got, "\n  "), strings.Join(tc.want, "\n  "))
+			}
+		})
+	}
+}
+
+func TestLoadConfigMissingFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "fieldgate.toml")
+	_, err := LoadConfig(path)
+	if want := path + ": open " + path + ": no such file or directory"; err == nil || err.Error() != want {
+		t.Errorf("got %v, want %s", err, want)
+	}
+	if err := os.WriteFile(path, []byte("[device]\nid = \"x\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadConfig(path); err != nil {
+		t.Errorf("got %v, want a valid config", err)
+	}
+}

@@ -1,0 +1,8 @@
+package gateway
+
+// The sensor drivers compiled into Fieldgate. Each registers itself with
+// sensors.Register; a driver not imported here does not exist for the
+// configuration.
+import (
+	_ "github.com/fieldgate/fieldgate/sensors/simulated"
+)

@@ -1,0 +1,201 @@
+// Package gateway reads Fieldgate's configuration and wires the parts
+// together: the sensors publish on the local broker, the local broker hands
+// what an "out" route selects to the bridge, and the bridge carries it to
+// the central broker. It is the only package that imports sensors,
+// localbroker, bridge and provisioning.
+package gateway
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/fieldgate/fieldgate/bridge"
+	"github.com/fieldgate/fieldgate/localbroker"
+	"github.com/fieldgate/fieldgate/provisioning"
+	"github.com/fieldgate/fieldgate/sensors"
+)
+
+// Gateway is a configured Fieldgate, ready to Run.
+type Gateway struct {
+	cfg    *Config
+	log    *slog.Logger
+	broker *localbroker.Broker
+	bridge *bridge.Bridge // nil without [bridge]
+	loop   *sensors.Loop  // nil without [[sensor]]
+}
+
+// New builds a gateway from a validated configuration: it loads the
+// identity, binds the broker's listeners and opens the sensors. Nothing
+// runs until Run.
+func New(cfg *Config, log *slog.Logger) (g *Gateway, err error) {
+	g = &Gateway{cfg: cfg, log: log}
+	defer func() {
+		if err != nil {
+			g.close()
+		}
+	}()
+
+	var fwd func(localbroker.Message) error
+	if cfg.Bridge != nil {
+		tlsCfg, err := uplinkTLS(cfg)
+		if err != nil {
+			return nil, err
+		}
+		g.bridge, err = bridge.New(bridge.Options{
+			Addresses: cfg.Bridge.Address,
+			TLS:       tlsCfg,
+			ClientID:  cfg.Device.ID,
+			Routes:    routes(cfg),
+			Deliver:   g.deliver,
+		}, log.With("component", "bridge"))
+		if err != nil {
+			return nil, err
+		}
+		fwd = func(m localbroker.Message) error {
+			err := g.bridge.Forward(m.Topic, m.Payload, m.QoS, m.Retain)
+			if errors.Is(err, bridge.ErrQueueFull) {
+				return fmt.Errorf("%w: %w", localbroker.ErrRejected, err)
+			}
+			return err
+		}
+	}
+
+	lo := &localbroker.Options{Forward: fwd}
+	for _, l := range cfg.Broker.Listeners {
+		lo.Listeners = append(lo.Listeners, localbroker.Listener{Address: l.Address})
+	}
+	g.broker, err = localbroker.New(lo, log.With("component", "broker"))
+	if err != nil {
+		return nil, err
+	}
+
+	if len(cfg.Sensors) > 0 {
+		var entries []sensors.Entry
+		for _, s := range cfg.Sensors {
+			dev, err := sensors.Open(s.Driver, sensors.Config{Name: s.Name})
+			if err != nil {
+				for _, e := range entries {
+					e.Sensor.Halt()
+				}
+				return nil, fmt.Errorf("sensor %s: %w", s.Name, err)
+			}
+			entries = append(entries, sensors.Entry{Name: s.Name, Sensor: dev, Interval: s.Interval.Duration, QoS: 1})
+		}
+		g.loop = sensors.NewLoop(sensors.LoopOptions{
+			DeviceID:  cfg.Device.ID,
+			Publisher: brokerPublisher{g.broker},
+			Entries:   entries,
+		}, log.With("component", "sensors"))
+	}
+	return g, nil
+}
+
+// BrokerAddrs returns the addresses the local broker listens on.
+func (g *Gateway) BrokerAddrs() []string { return g.broker.Addrs() }
+
+// Bridge returns the uplink, or nil when none is configured.
+func (g *Gateway) Bridge() *bridge.Bridge { return g.bridge }
+
+// Subscribe calls fn for every local message on topics matching filter.
+func (g *Gateway) Subscribe(filter string, id int, fn func(localbroker.Message)) error {
+	return g.broker.Subscribe(filter, id, fn)
+}
+
+// Run runs the gateway until ctx ends, then shuts down in order: sensors
+// first (nothing new comes in), then the bridge (flushes what it can and
+// disconnects), then the broker.
+func (g *Gateway) Run(ctx context.Context) error {
+	g.logStart()
+
+	sensorsCtx, stopSensors := context.WithCancel(context.Background())
+	bridgeCtx, stopBridge := context.WithCancel(context.Background())
+	var sensorsDone, bridgeDone sync.WaitGroup
+	if g.loop != nil {
+		sensorsDone.Go(func() { g.loop.Run(sensorsCtx) })
+	}
+	if g.bridge != nil {
+		bridgeDone.Go(func() { g.bridge.Run(bridgeCtx) })
+	}
+
+	<-ctx.Done()
+	g.log.Info("shutting down")
+	stopSensors()
+	sensorsDone.Wait()
+	stopBridge()
+	bridgeDone.Wait()
+	err := g.close()
+	g.log.Info("stopped")
+	return err
+}
+
+func (g *Gateway) close() error {
+	if g.broker == nil {
+		return nil
+	}
+	return g.broker.Close()
+}
+
+func (g *Gateway) logStart() {
+	attrs := []any{"device", g.cfg.Device.ID, "listeners", g.broker.Addrs(), "sensors", len(g.cfg.Sensors)}
+	if g.bridge != nil {
+		attrs = append(attrs, "bridge", g.cfg.Bridge.Address, "routes", len(g.cfg.Bridge.Routes))
+	} else {
+		attrs = append(attrs, "bridge", "none")
+	}
+	g.log.Info("fieldgate starting", attrs...)
+}
+
+// deliver publishes a message from the central broker locally.
+func (g *Gateway) deliver(topic string, payload []byte, qos byte, retain bool) error {
+	return g.broker.PublishLocal(localbroker.Message{Topic: topic, Payload: payload, QoS: qos, Retain: retain})
+}
+
+type brokerPublisher struct{ b *localbroker.Broker }
+
+func (p brokerPublisher) Publish(topic string, payload []byte, qos byte, retain bool) error {
+	return p.b.Publish(localbroker.Message{Topic: topic, Payload: payload, QoS: qos, Retain: retain})
+}
+
+func routes(cfg *Config) []bridge.Route {
+	var rs []bridge.Route
+	for _, r := range cfg.Bridge.Routes {
+		dir, _ := bridge.ParseDirection(r.Direction) // validated
+		rs = append(rs, bridge.Route{
+			Local:     r.Local,
+			Direction: dir,
+			Prefix:    bridge.ExpandPrefix(r.RemotePrefix, cfg.Device.ID),
+			QoS:       byte(r.QoS),
+		})
+	}
+	return rs
+}
+
+// uplinkTLS is the client side of the uplink's mutual TLS: the device's
+// certificate and key, and only the configured CA as a root of trust.
+func uplinkTLS(cfg *Config) (*tls.Config, error) {
+	signer, err := provisioning.LoadSigner(cfg.Identity.Key)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := provisioning.ClientCertificate(signer, cfg.Identity.Cert)
+	if err != nil {
+		return nil, err
+	}
+	if time.Now().After(cert.Leaf.NotAfter) {
+		return nil, fmt.Errorf("identity: certificate %s expired on %s", cfg.Identity.Cert, cert.Leaf.NotAfter.Format(time.RFC3339))
+	}
+	roots, err := provisioning.CertPool(cfg.Identity.CA)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		RootCAs:      roots,
+		MinVersion:   tls.VersionTLS12,
+	}, nil
+}

@@ -1,0 +1,90 @@
+// Package sensors reads the chips wired to the gateway on a schedule and
+// publishes each reading as SenML JSON (RFC 8428).
+//
+// Drivers live in sub-packages (sensors/simulated, …) and register an Open
+// function under their name; the poll loop in this package owns timing, so
+// a driver only answers "read now".
+package sensors
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+)
+
+// Measurement is one quantity read from a sensor.
+type Measurement struct {
+	Quantity string  // topic level and SenML name, e.g. "temperature"
+	Unit     string  // SenML unit, e.g. "Cel", "%RH", "Pa"
+	Value    float64 // in Unit
+}
+
+// Sensor is an opened sensor.
+type Sensor interface {
+	// Sense reads the sensor once. It returns promptly when ctx ends.
+	Sense(ctx context.Context) ([]Measurement, error)
+	// Halt releases the sensor.
+	Halt() error
+}
+
+// Config is what a driver's Open gets from a [[sensor]] entry.
+type Config struct {
+	Name string
+	// Now is the clock; drivers that synthesise values (simulated) use it.
+	Now func() time.Time
+}
+
+// OpenFunc opens a sensor.
+type OpenFunc func(Config) (Sensor, error)
+
+var (
+	mu      sync.RWMutex
+	drivers = map[string]OpenFunc{}
+)
+
+// Register makes a driver available under name. Drivers call it from
+// init; registering a name twice panics.
+func Register(name string, open OpenFunc) {
+	mu.Lock()
+	defer mu.Unlock()
+	if _, dup := drivers[name]; dup {
+		panic("sensors: driver registered twice: " + name)
+	}
+	drivers[name] = open
+}
+
+// Known reports whether a driver is registered under name.
+func Known(name string) bool {
+	mu.RLock()
+	defer mu.RUnlock()
+	_, ok := drivers[name]
+	return ok
+}
+
+// Drivers lists the registered drivers, sorted.
+func Drivers() []string {
+	mu.RLock()
+	defer mu.RUnlock()
+	names := make([]string, 0, len(drivers))
+	for n := range drivers {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Open opens a sensor with the driver registered under driver.
+func Open(driver string, c Config) (Sensor, error) {
+	mu.RLock()
+	open, ok := drivers[driver]
+	mu.RUnlock()
+	if !ok {
+		return nil, fmt.Errorf("sensors: unknown driver %q", driver)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return open(c)
+}

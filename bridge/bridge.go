@@ -47,13 +47,14 @@ type Options struct {
 
 // Status is a snapshot of the uplink.
 type Status struct {
-	Connected bool
-	Attempts  uint64 // connection attempts so far
-	LastError string // why the last attempt or connection failed
-	Queued    int    // messages waiting to be sent
-	Sent      uint64 // messages acknowledged by the central broker
-	Dropped   uint64 // messages dropped because the queue was full
-	Received  uint64 // messages from the central broker delivered locally
+	Connected   bool
+	Attempts    uint64 // connection attempts so far
+	Connections uint64 // attempts that succeeded
+	LastError   string // why the last attempt or connection failed
+	Queued      int    // messages waiting to be sent
+	Sent        uint64 // messages acknowledged by the central broker
+	Dropped     uint64 // messages dropped because the queue was full
+	Received    uint64 // messages from the central broker delivered locally
 }
 
 // Bridge is the uplink to the central broker.
@@ -216,7 +217,7 @@ func (b *Bridge) Run(ctx context.Context) error {
 			continue
 		}
 		ceil, lastLogged = 0, ""
-		b.update(func(st *Status) { st.Attempts++; st.Connected = true; st.LastError = "" })
+		b.update(func(st *Status) { st.Attempts++; st.Connections++; st.Connected = true; st.LastError = "" })
 		b.log.Info("uplink connected", "addresses", b.o.Addresses, "client_id", b.o.ClientID)
 
 		err = b.send(ctx, client)

@@ -1,0 +1,186 @@
+// Package mosquittotest runs a real Mosquitto broker for tests, the way a
+// central broker is set up in the field: TLS on loopback, client
+// certificates required, the certificate's CN as the username.
+package mosquittotest
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Options describe the broker's one TLS listener.
+type Options struct {
+	CAFile, CertFile, KeyFile string
+	// Optional makes client certificates optional; by default Mosquitto
+	// refuses a client without one (require_certificate true).
+	Optional bool
+	// Extra is appended to mosquitto.conf.
+	Extra string
+}
+
+// Broker is a running Mosquitto.
+type Broker struct {
+	// Addr is host:port of the TLS listener, on 127.0.0.1.
+	Addr string
+	// URL is ssl://localhost:port, for clients that verify the name.
+	URL string
+
+	mu      sync.Mutex
+	log     []string
+	exited  bool
+	changed chan struct{}
+}
+
+// Required reports whether tests must not skip when Mosquitto is missing:
+// make test and CI set FIELDGATE_REQUIRE_PEERS=1 after installing it.
+func Required() bool { return os.Getenv("FIELDGATE_REQUIRE_PEERS") == "1" }
+
+// Start runs Mosquitto until the test ends. It skips the test if Mosquitto
+// is not installed, unless Required.
+func Start(t testing.TB, o Options) *Broker {
+	t.Helper()
+	bin, err := exec.LookPath("mosquitto")
+	if err != nil {
+		for _, p := range []string{"/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"} {
+			if _, err2 := os.Stat(p); err2 == nil {
+				bin, err = p, nil
+				break
+			}
+		}
+	}
+	if err != nil {
+		if Required() {
+			t.Fatalf("mosquitto is not installed (run .ci/deps): %v", err)
+		}
+		t.Skip("mosquitto is not installed; run .ci/deps or make test")
+	}
+	port := freePort(t)
+	dir := t.TempDir()
+	require := "true"
+	if o.Optional {
+		require = "false"
+	}
+	// Mosquitto started as root switches to the user "mosquitto", which
+	// cannot read the test's temporary files; it runs as whoever runs the
+	// tests instead.
+	u, err := user.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := fmt.Sprintf(`user %s
+per_listener_settings false
+allow_anonymous false
+persistence false
+log_dest stderr
+log_type all
+connection_messages true
+listener %d 127.0.0.1
+cafile %s
+certfile %s
+keyfile %s
+require_certificate %s
+use_identity_as_username true
+%s
+`, u.Username, port, o.CAFile, o.CertFile, o.KeyFile, require, o.Extra)
+	confPath := filepath.Join(dir, "mosquitto.conf")
+	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	b := &Broker{
+		Addr:    fmt.Sprintf("127.0.0.1:%d", port),
+		URL:     fmt.Sprintf("ssl://localhost:%d", port),
+		changed: make(chan struct{}),
+	}
+	cmd := exec.Command(bin, "-c", confPath)
+	// stderr, because Mosquitto's stdout is block-buffered on a pipe.
+	out, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start mosquitto: %v", err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			b.mu.Lock()
+			b.log = append(b.log, sc.Text())
+			close(b.changed)
+			b.changed = make(chan struct{})
+			b.mu.Unlock()
+		}
+		b.mu.Lock()
+		b.exited = true
+		close(b.changed)
+		b.mu.Unlock()
+	}()
+	t.Cleanup(func() {
+		cmd.Process.Signal(os.Interrupt)
+		<-done
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("mosquitto log:\n%s", b.Log())
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if _, err := b.WaitLog(ctx, " running"); err != nil {
+		t.Fatalf("mosquitto did not start: %v\n%s", err, b.Log())
+	}
+	return b
+}
+
+// Log returns what Mosquitto has logged so far.
+func (b *Broker) Log() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return strings.Join(b.log, "\n")
+}
+
+// WaitLog waits until Mosquitto logs a line containing substr and returns
+// that line.
+func (b *Broker) WaitLog(ctx context.Context, substr string) (string, error) {
+	seen := 0
+	for {
+		b.mu.Lock()
+		lines, ch, exited := b.log[seen:], b.changed, b.exited
+		seen = len(b.log)
+		b.mu.Unlock()
+		for _, l := range lines {
+			if strings.Contains(l, substr) {
+				return l, nil
+			}
+		}
+		if exited {
+			return "", fmt.Errorf("mosquitto exited without logging a line containing %q", substr)
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return "", fmt.Errorf("mosquitto logged no line containing %q: %w", substr, ctx.Err())
+		}
+	}
+}
+
+func freePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}

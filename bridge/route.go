@@ -69,7 +69,10 @@ func (r *Route) LocalTopic(t string) (string, bool) {
 		return "", false
 	}
 	local := t[len(r.Prefix):]
-	return local, local != "" && Match(r.Local, local)
+	if local == "" || !Match(r.Local, local) {
+		return "", false
+	}
+	return local, true
 }
 
 // ValidateFilter checks an MQTT topic filter as the spec defines it: '#'

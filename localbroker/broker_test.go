@@ -1,0 +1,102 @@
+package localbroker
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+)
+
+func newBroker(t *testing.T, fwd func(Message) error) *Broker {
+	t.Helper()
+	b, err := New(&Options{Listeners: []Listener{{Address: "127.0.0.1:0"}}, Forward: fwd}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b
+}
+
+// A real MQTT client gets no anonymous access.
+func TestAnonymousRefused(t *testing.T) {
+	b := newBroker(t, nil)
+	for _, version := range []uint{4, 5} {
+		opts := paho.NewClientOptions().AddBroker("tcp://" + b.Addrs()[0]).SetClientID("anon").
+			SetProtocolVersion(version).SetAutoReconnect(false).SetConnectRetry(false)
+		cl := paho.NewClient(opts)
+		tok := cl.Connect()
+		if !tok.WaitTimeout(10 * time.Second) {
+			t.Fatal("connect did not complete")
+		}
+		if err := tok.Error(); err == nil || !strings.Contains(err.Error(), "not Authorized") {
+			t.Errorf("MQTT v%d anonymous connect: got %v, want not authorized", version, err)
+			cl.Disconnect(0)
+		}
+	}
+}
+
+func TestForward(t *testing.T) {
+	var mu sync.Mutex
+	var forwarded []string
+	b := newBroker(t, func(m Message) error {
+		mu.Lock()
+		defer mu.Unlock()
+		forwarded = append(forwarded, m.Topic)
+		if m.Topic == "full/x" {
+			return ErrRejected
+		}
+		return nil
+	})
+	got := make(chan string, 10)
+	if err := b.Subscribe("#", 1, func(m Message) { got <- m.Topic + " " + string(m.Payload) }); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []struct {
+		local bool
+		topic string
+	}{{false, "sensors/a"}, {false, "full/x"}, {true, "commands/b"}, {false, "sensors/c"}} {
+		msg := Message{Topic: m.topic, Payload: []byte("p"), QoS: 1}
+		var err error
+		if m.local {
+			err = b.PublishLocal(msg)
+		} else {
+			err = b.Publish(msg)
+		}
+		if err != nil {
+			t.Fatalf("publish %s: %v", m.topic, err)
+		}
+	}
+	// The rejected message was not delivered; the one from the uplink was,
+	// without being forwarded back.
+	var delivered []string
+	for len(delivered) < 3 {
+		select {
+		case s := <-got:
+			delivered = append(delivered, s)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("delivered only %v", delivered)
+		}
+	}
+	if want := "[sensors/a p commands/b p sensors/c p]"; strings.Join(delivered, " ") != strings.Trim(want, "[]") {
+		t.Errorf("delivered %v, want %s", delivered, want)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if want := "sensors/a full/x sensors/c"; strings.Join(forwarded, " ") != want {
+		t.Errorf("forwarded %v, want %s", forwarded, want)
+	}
+}
+
+func TestListenError(t *testing.T) {
+	b := newBroker(t, nil)
+	_, err := New(&Options{Listeners: []Listener{{Address: b.Addrs()[0]}}}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err == nil || !strings.Contains(err.Error(), "listen on "+b.Addrs()[0]) || !errors.Is(err, syscall.EADDRINUSE) {
+		t.Errorf("got %v, want an address-in-use error naming %s", err, b.Addrs()[0])
+	}
+}

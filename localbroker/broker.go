@@ -8,6 +8,7 @@ package localbroker
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -66,7 +67,9 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 	}
 	srv := mqtt.New(&mqtt.Options{
 		InlineClient: true,
-		Logger:       log.With("component", "mochi"),
+		// mochi tells at Info level of every hook and listener it adds;
+		// the start-up line of the gateway says what matters.
+		Logger: slog.New(minLevel{slog.LevelWarn, log.Handler()}),
 	})
 	b := &Broker{srv: srv, log: log}
 	if err := srv.AddHook(&gateHook{log: log, forward: o.Forward}, nil); err != nil {
@@ -174,4 +177,22 @@ func remoteAddr(cl *mqtt.Client) string {
 		return a.String()
 	}
 	return cl.Net.Remote
+}
+
+// minLevel drops records below a level.
+type minLevel struct {
+	min slog.Level
+	slog.Handler
+}
+
+func (h minLevel) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= h.min && h.Handler.Enabled(ctx, l)
+}
+
+func (h minLevel) WithAttrs(as []slog.Attr) slog.Handler {
+	return minLevel{h.min, h.Handler.WithAttrs(as)}
+}
+
+func (h minLevel) WithGroup(name string) slog.Handler {
+	return minLevel{h.min, h.Handler.WithGroup(name)}
 }

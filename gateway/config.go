@@ -185,6 +185,10 @@ func decodeError(path string, err error) error {
 	return &ConfigError{File: path, Reason: err.Error()}
 }
 
+// nameRE is what a device id or sensor name may be: the characters RFC
+// 8428 allows in a SenML name, less '/', which separates topic levels.
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:-]*$`)
+
 var typeMismatch = regexp.MustCompile(`^cannot decode TOML (.+) into .* of type (\S+)$`)
 
 // typeReason rewrites go-toml's type mismatch message, which names Go
@@ -356,8 +360,8 @@ func (c *Config) validate() error {
 	}
 	if c.Device.ID == "" {
 		c.errorf(&errs, "device.id", "missing: set it, or set identity.cert so the certificate's CN is used")
-	} else if strings.ContainsAny(c.Device.ID, "/+#") {
-		c.errorf(&errs, "device.id", "%q must not contain '/', '+' or '#' (it is used in topics)", c.Device.ID)
+	} else if !nameRE.MatchString(c.Device.ID) {
+		c.errorf(&errs, "device.id", "%q: want letters, digits and '-._:', starting with a letter or digit (it is used in topics and SenML names)", c.Device.ID)
 	}
 
 	for i, l := range c.Broker.Listeners {
@@ -418,8 +422,8 @@ func (c *Config) validate() error {
 		switch {
 		case s.Name == "":
 			c.errorf(&errs, key+".name", "missing")
-		case strings.ContainsAny(s.Name, "/+#") || strings.TrimSpace(s.Name) != s.Name:
-			c.errorf(&errs, key+".name", "%q must be one topic level: no '/', '+', '#' or surrounding spaces", s.Name)
+		case !nameRE.MatchString(s.Name):
+			c.errorf(&errs, key+".name", "%q: want letters, digits and '-._:', starting with a letter or digit (it is a topic level and a SenML name)", s.Name)
 		default:
 			if j, dup := seen[s.Name]; dup {
 				c.errorf(&errs, key+".name", "%q is already the name of sensor[%d]", s.Name, j)

@@ -147,7 +147,10 @@ func TestParseConfigErrors(t *testing.T) {
 			"f.toml:9: sensor[1].interval: must be at least 10ms, got 1ms",
 		}},
 		{"device id with wildcard", "[device]\nid = \"a/#\"\n", []string{
-			"f.toml:2: device.id: \"a/#\" must not contain '/', '+' or '#' (it is used in topics)",
+			"f.toml:2: device.id: \"a/#\": want letters, digits and '-._:', starting with a letter or digit (it is used in topics and SenML names)",
+		}},
+		{"sensor name with a space", "[device]\nid = \"a\"\n[[sensor]]\nname = \"boiler room\"\ndriver = \"simulated\"\n", []string{
+			"f.toml:4: sensor[0].name: \"boiler room\": want letters, digits and '-._:', starting with a letter or digit (it is a topic level and a SenML name)",
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -1,0 +1,683 @@
+// Package outbox is the bridge's durable store-and-forward queue, on bbolt.
+//
+// Messages are appended per route and read back in order; a message is
+// deleted only when the central broker has acknowledged it. Appends and
+// deletions from every publisher are grouped into one transaction per
+// commit interval, so the SD card sees a bounded number of fsyncs per
+// second however many messages arrive. An append is reported done only once
+// its transaction is on disk: that is when the local broker acknowledges
+// the publish.
+//
+// The outbox is bounded by bytes, messages and age. When it is full, the
+// route's policy decides: DropOldest makes room by deleting the oldest
+// messages, Reject refuses the new one. Every drop is counted by reason.
+package outbox
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sort"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// ErrFull is returned by Append under the Reject policy when the outbox is
+// at one of its bounds.
+var ErrFull = errors.New("outbox: full")
+
+// ErrClosed is returned after Close.
+var ErrClosed = errors.New("outbox: closed")
+
+// errCorrupt marks a file that cannot be read as an outbox.
+var errCorrupt = errors.New("corrupt")
+
+// Policy says what happens to a new message when the outbox is full.
+type Policy int
+
+// Policies.
+const (
+	DropOldest Policy = iota // delete the oldest messages to make room
+	Reject                   // refuse the new message
+)
+
+// ParsePolicy parses "drop-oldest" or "reject".
+func ParsePolicy(s string) (Policy, error) {
+	switch s {
+	case "drop-oldest":
+		return DropOldest, nil
+	case "reject":
+		return Reject, nil
+	}
+	return 0, fmt.Errorf("want drop-oldest or reject, got %q", s)
+}
+
+// Drop reasons, as counted in Stats.Dropped.
+const (
+	ReasonOverflow = "overflow" // deleted to make room (DropOldest)
+	ReasonRejected = "rejected" // refused at Append (Reject)
+	ReasonExpired  = "expired"  // older than MaxAge
+)
+
+// Options configure an Outbox. The zero value of a field means its default.
+type Options struct {
+	CommitInterval time.Duration // default 50ms
+	// MaxBatch commits early once this many operations are pending.
+	// Default 4096.
+	MaxBatch    int
+	MaxBytes    int64         // default 256 MiB
+	MaxMessages int           // 0: bounded by bytes and age only
+	MaxAge      time.Duration // default 168h
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Message is one stored message.
+type Message struct {
+	Seq     uint64 // assigned by Append; increases across all routes
+	Route   string
+	Topic   string
+	Payload []byte
+	QoS     byte
+	Retain  bool
+	Time    time.Time // when it was appended
+}
+
+// Stats describe the outbox.
+type Stats struct {
+	Messages int
+	Bytes    int64     // payload and topic bytes held
+	Oldest   time.Time // of the oldest message held; zero when empty
+	Routes   map[string]int
+	Appended uint64
+	Acked    uint64
+	Dropped  map[string]uint64 // by reason
+	Commits  uint64            // transactions written (each one fsyncs)
+}
+
+// Outbox is an open outbox file.
+type Outbox struct {
+	db   *bolt.DB
+	o    Options
+	log  *slog.Logger
+	path string
+
+	ops    chan op
+	sendMu sync.RWMutex  // held for reading while sending on ops; Close takes it to close ops
+	done   chan struct{} // closed when the committer has stopped
+
+	mu      sync.Mutex
+	seq     uint64 // last assigned
+	routes  map[string]*routeState
+	st      Stats // counters; Messages/Bytes/Oldest/Routes are derived
+	changed chan struct{}
+	closed  bool
+	pending int // appends not yet committed
+	pendB   int64
+
+	// Drops are logged at most once a minute per reason, with the count
+	// since the last line.
+	unlogged map[string]uint64
+	lastLog  map[string]time.Time
+}
+
+type routeState struct {
+	count int
+	bytes int64
+	// head is the time of the oldest message of the route, zero when
+	// empty; kept so Stats and expiry need no disk read.
+	head time.Time
+}
+
+type op struct {
+	append *Message
+	policy Policy
+	done   chan error // for appends; nil for acks
+	ack    []uint64   // seqs to delete
+	route  string
+}
+
+var bucketPrefix = []byte("route:")
+
+// Open opens or creates the outbox at path. A file that bbolt cannot read
+// is moved aside to path.corrupt-<time> and a new one is started: a corrupt
+// state file is reported, never a crash loop.
+func Open(path string, o *Options, log *slog.Logger) (*Outbox, error) {
+	var opts Options
+	if o != nil {
+		opts = *o
+	}
+	if opts.CommitInterval <= 0 {
+		opts.CommitInterval = 50 * time.Millisecond
+	}
+	if opts.MaxBatch <= 0 {
+		opts.MaxBatch = 4096
+	}
+	if opts.MaxBytes <= 0 {
+		opts.MaxBytes = 256 << 20
+	}
+	if opts.MaxAge <= 0 {
+		opts.MaxAge = 168 * time.Hour
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	ob := &Outbox{o: opts, log: log, path: path, ops: make(chan op, 1024), done: make(chan struct{}), changed: make(chan struct{}),
+		routes: map[string]*routeState{}, st: Stats{Dropped: map[string]uint64{}},
+		unlogged: map[string]uint64{}, lastLog: map[string]time.Time{}}
+	db, err := ob.open()
+	if err != nil {
+		if !errors.Is(err, errCorrupt) {
+			return nil, fmt.Errorf("outbox: open %s: %w", path, err)
+		}
+		aside := fmt.Sprintf("%s.corrupt-%s", path, opts.Now().UTC().Format("20060102T150405Z"))
+		if rerr := os.Rename(path, aside); rerr != nil {
+			return nil, fmt.Errorf("outbox: %s is unreadable (%v) and cannot be moved aside: %w", path, err, rerr)
+		}
+		log.Error("outbox file is corrupt: moved aside, starting a new one; the messages it held are not delivered",
+			"path", path, "moved_to", aside, "err", err)
+		ob.routes = map[string]*routeState{}
+		ob.seq = 0
+		if db, err = ob.open(); err != nil {
+			return nil, fmt.Errorf("outbox: open %s: %w", path, err)
+		}
+	}
+	ob.db = db
+	go ob.commitLoop()
+	return ob, nil
+}
+
+// open opens the file and loads the per-route counts. Damage that bbolt
+// only finds while reading (it panics on a bad page) is an error here.
+func (ob *Outbox) open() (db *bolt.DB, err error) {
+	db, err = bolt.Open(ob.path, 0o600, &bolt.Options{
+		Timeout:        2 * time.Second,
+		NoFreelistSync: true, // less to write per commit; rebuilt at open
+		FreelistType:   bolt.FreelistMapType,
+	})
+	if err != nil {
+		if errors.Is(err, bolt.ErrTimeout) {
+			return nil, fmt.Errorf("%w: is another fieldgate using it?", err)
+		}
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w: %v", errCorrupt, err)
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: %v", errCorrupt, r)
+		}
+		if err != nil {
+			db.Close()
+		}
+	}()
+	err = db.View(func(tx *bolt.Tx) error {
+		return tx.ForEach(func(name []byte, b *bolt.Bucket) error {
+			if len(name) <= len(bucketPrefix) || string(name[:len(bucketPrefix)]) != string(bucketPrefix) {
+				return nil
+			}
+			rs := &routeState{}
+			route := string(name[len(bucketPrefix):])
+			err := b.ForEach(func(k, v []byte) error {
+				m, err := decode(k, v)
+				if err != nil {
+					return err
+				}
+				if rs.count == 0 {
+					rs.head = m.Time
+				}
+				rs.count++
+				rs.bytes += size(m)
+				ob.seq = max(ob.seq, m.Seq)
+				return nil
+			})
+			if err != nil {
+				return fmt.Errorf("%w: route %q: %v", errCorrupt, route, err)
+			}
+			ob.routes[route] = rs
+			return nil
+		})
+	})
+	return db, err
+}
+
+// Append queues m (its Route, Topic, Payload, QoS and Retain) for the next
+// commit and returns a channel that yields nil once m is on disk, or the
+// error that kept it off. Under Reject, a full outbox fails at once with
+// ErrFull.
+func (ob *Outbox) Append(m Message, p Policy) (<-chan error, error) {
+	ob.mu.Lock()
+	if ob.closed {
+		ob.mu.Unlock()
+		return nil, ErrClosed
+	}
+	if p == Reject && ob.fullLocked(size(&m)) {
+		ob.st.Dropped[ReasonRejected]++
+		ob.mu.Unlock()
+		ob.logDrops(map[string]uint64{ReasonRejected: 1})
+		return nil, ErrFull
+	}
+	ob.seq++
+	m.Seq = ob.seq
+	m.Time = ob.o.Now()
+	ob.pending++
+	ob.pendB += size(&m)
+	ob.mu.Unlock()
+	done := make(chan error, 1)
+	ob.sendMu.RLock()
+	defer ob.sendMu.RUnlock()
+	if ob.isClosed() {
+		return nil, ErrClosed
+	}
+	ob.ops <- op{append: &m, policy: p, done: done}
+	return done, nil
+}
+
+func (ob *Outbox) isClosed() bool {
+	ob.mu.Lock()
+	defer ob.mu.Unlock()
+	return ob.closed
+}
+
+// Ack deletes acknowledged messages of route. The deletion is written with
+// the next commit.
+func (ob *Outbox) Ack(route string, seqs ...uint64) {
+	if len(seqs) == 0 {
+		return
+	}
+	ob.sendMu.RLock()
+	defer ob.sendMu.RUnlock()
+	if ob.isClosed() {
+		return
+	}
+	ob.ops <- op{ack: seqs, route: route}
+}
+
+// fullLocked is full for what is on disk and what is waiting for a commit.
+func (ob *Outbox) fullLocked(add int64) bool {
+	return full(ob.routes, ob.o, ob.pending, ob.pendB+add)
+}
+
+// Read returns up to max messages of route with a sequence number greater
+// than after, oldest first.
+func (ob *Outbox) Read(route string, after uint64, max int) ([]Message, error) {
+	var out []Message
+	err := ob.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketName(route))
+		if b == nil {
+			return nil
+		}
+		c := b.Cursor()
+		k, v := c.Seek(key(after + 1))
+		for ; k != nil && len(out) < max; k, v = c.Next() {
+			m, err := decode(k, v)
+			if err != nil {
+				return err
+			}
+			m.Route = route
+			m.Payload = append([]byte(nil), m.Payload...) // v is only valid in the transaction
+			out = append(out, *m)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Routes lists the routes that hold messages, sorted.
+func (ob *Outbox) Routes() []string {
+	ob.mu.Lock()
+	defer ob.mu.Unlock()
+	var rs []string
+	for r, s := range ob.routes {
+		if s.count > 0 {
+			rs = append(rs, r)
+		}
+	}
+	sort.Strings(rs)
+	return rs
+}
+
+// Changed returns a channel that is closed at the next commit.
+func (ob *Outbox) Changed() <-chan struct{} {
+	ob.mu.Lock()
+	defer ob.mu.Unlock()
+	return ob.changed
+}
+
+// Stats returns a snapshot.
+func (ob *Outbox) Stats() Stats {
+	ob.mu.Lock()
+	defer ob.mu.Unlock()
+	st := ob.st
+	st.Dropped = map[string]uint64{}
+	for k, v := range ob.st.Dropped {
+		st.Dropped[k] = v
+	}
+	st.Routes = map[string]int{}
+	for r, rs := range ob.routes {
+		if rs.count == 0 {
+			continue
+		}
+		st.Routes[r] = rs.count
+		st.Messages += rs.count
+		st.Bytes += rs.bytes
+		if st.Oldest.IsZero() || rs.head.Before(st.Oldest) {
+			st.Oldest = rs.head
+		}
+	}
+	return st
+}
+
+// Close commits what is pending and closes the file.
+func (ob *Outbox) Close() error {
+	ob.mu.Lock()
+	if ob.closed {
+		ob.mu.Unlock()
+		return nil
+	}
+	ob.closed = true
+	ob.mu.Unlock()
+	ob.sendMu.Lock()
+	close(ob.ops)
+	ob.sendMu.Unlock()
+	<-ob.done
+	return ob.db.Close()
+}
+
+// commitLoop gathers operations and writes them in one transaction per
+// commit interval, or sooner when MaxBatch are pending.
+func (ob *Outbox) commitLoop() {
+	defer close(ob.done)
+	var batch []op
+	var timer <-chan time.Time
+	for {
+		select {
+		case o, ok := <-ob.ops:
+			if !ok {
+				ob.commit(batch)
+				return
+			}
+			batch = append(batch, o)
+			if timer == nil {
+				timer = time.After(ob.o.CommitInterval)
+			}
+			if len(batch) < ob.o.MaxBatch {
+				continue
+			}
+		case <-timer:
+		}
+		ob.commit(batch)
+		batch, timer = batch[:0], nil
+	}
+}
+
+// commit writes a batch: deletions first, then expiry, then appends, each
+// append making room for itself under DropOldest.
+func (ob *Outbox) commit(batch []op) {
+	if len(batch) == 0 {
+		return
+	}
+	// Work on a copy of the per-route state; it becomes the real one only
+	// if the transaction commits.
+	ob.mu.Lock()
+	routes := make(map[string]*routeState, len(ob.routes))
+	for r, rs := range ob.routes {
+		c := *rs
+		routes[r] = &c
+	}
+	ob.mu.Unlock()
+	var acked uint64
+	dropped := map[string]uint64{}
+	var appended, pendingB int64
+	now := ob.o.Now()
+
+	err := ob.db.Update(func(tx *bolt.Tx) error {
+		for _, o := range batch {
+			if o.ack == nil {
+				continue
+			}
+			b := tx.Bucket(bucketName(o.route))
+			if b == nil {
+				continue
+			}
+			for _, s := range o.ack {
+				v := b.Get(key(s))
+				if v == nil {
+					continue // already dropped or acknowledged
+				}
+				m, err := decode(key(s), v)
+				if err != nil {
+					return err
+				}
+				if err := b.Delete(key(s)); err != nil {
+					return err
+				}
+				rs := routes[o.route]
+				rs.count--
+				rs.bytes -= size(m)
+				acked++
+			}
+		}
+		// Expiry.
+		for r, rs := range routes {
+			if rs.count == 0 || now.Sub(rs.head) <= ob.o.MaxAge {
+				continue
+			}
+			n, err := deleteOldest(tx, r, rs, func(m *Message) bool { return now.Sub(m.Time) > ob.o.MaxAge })
+			if err != nil {
+				return err
+			}
+			dropped[ReasonExpired] += n
+		}
+		for _, o := range batch {
+			if o.append == nil {
+				continue
+			}
+			m := o.append
+			sz := size(m)
+			pendingB += sz
+			if o.policy == DropOldest {
+				for full(routes, ob.o, 0, sz) {
+					n, err := dropGlobalOldest(tx, routes)
+					if err != nil {
+						return err
+					}
+					if n == 0 {
+						break // the message alone is larger than the bound: keep it
+					}
+					dropped[ReasonOverflow] += n
+				}
+			}
+			b, err := tx.CreateBucketIfNotExists(bucketName(m.Route))
+			if err != nil {
+				return err
+			}
+			b.FillPercent = 0.95 // keys only grow: pack the pages
+			if err := b.Put(key(m.Seq), encode(m)); err != nil {
+				return err
+			}
+			rs := routes[m.Route]
+			if rs == nil {
+				rs = &routeState{}
+				routes[m.Route] = rs
+			}
+			if rs.count == 0 {
+				rs.head = m.Time
+			}
+			rs.count++
+			rs.bytes += sz
+			appended++
+		}
+		for _, rs := range routes {
+			if rs.count == 0 {
+				rs.head = time.Time{}
+			}
+		}
+		return nil
+	})
+
+	ob.mu.Lock()
+	for _, o := range batch {
+		if o.append != nil {
+			ob.pending--
+		}
+	}
+	ob.pendB -= pendingB
+	if err == nil {
+		ob.routes = routes
+		ob.st.Appended += uint64(appended)
+		ob.st.Acked += acked
+		ob.st.Commits++
+		for r, n := range dropped {
+			ob.st.Dropped[r] += n
+		}
+	}
+	close(ob.changed)
+	ob.changed = make(chan struct{})
+	ob.mu.Unlock()
+
+	if err != nil {
+		ob.log.Error("outbox commit failed: the batch's publishers are told, nothing acknowledged is lost", "err", err, "operations", len(batch))
+		err = fmt.Errorf("outbox: commit: %w", err)
+	}
+	ob.logDrops(dropped)
+	for _, o := range batch {
+		if o.done != nil {
+			o.done <- err
+		}
+	}
+}
+
+// full reports whether routes, with n more messages of b bytes, would be
+// at or beyond a bound.
+func full(routes map[string]*routeState, o Options, n int, b int64) bool {
+	for _, rs := range routes {
+		n += rs.count
+		b += rs.bytes
+	}
+	return b > o.MaxBytes || (o.MaxMessages > 0 && n+1 > o.MaxMessages)
+}
+
+// dropGlobalOldest deletes the oldest message of all routes (the lowest
+// sequence number) and returns how many it deleted (0 or 1).
+func dropGlobalOldest(tx *bolt.Tx, routes map[string]*routeState) (uint64, error) {
+	var oldest string
+	var oldestSeq uint64
+	for r, rs := range routes {
+		if rs.count == 0 {
+			continue
+		}
+		k, _ := tx.Bucket(bucketName(r)).Cursor().First()
+		if k == nil {
+			continue
+		}
+		if s := binary.BigEndian.Uint64(k); oldest == "" || s < oldestSeq {
+			oldest, oldestSeq = r, s
+		}
+	}
+	if oldest == "" {
+		return 0, nil
+	}
+	first := true
+	return deleteOldest(tx, oldest, routes[oldest], func(*Message) bool {
+		ok := first
+		first = false
+		return ok
+	})
+}
+
+// deleteOldest deletes messages from the head of route while pred holds,
+// and updates rs.
+func deleteOldest(tx *bolt.Tx, route string, rs *routeState, pred func(*Message) bool) (uint64, error) {
+	b := tx.Bucket(bucketName(route))
+	if b == nil {
+		return 0, nil
+	}
+	var n uint64
+	c := b.Cursor()
+	for k, v := c.First(); k != nil; k, v = c.First() {
+		m, err := decode(k, v)
+		if err != nil {
+			return n, err
+		}
+		if !pred(m) {
+			rs.head = m.Time
+			return n, nil
+		}
+		if err := c.Delete(); err != nil {
+			return n, err
+		}
+		rs.count--
+		rs.bytes -= size(m)
+		n++
+	}
+	rs.head = time.Time{}
+	return n, nil
+}
+
+func bucketName(route string) []byte { return append(append([]byte(nil), bucketPrefix...), route...) }
+
+func key(seq uint64) []byte { return binary.BigEndian.AppendUint64(nil, seq) }
+
+// size is what a message counts against MaxBytes.
+func size(m *Message) int64 { return int64(len(m.Topic) + len(m.Payload)) }
+
+// Record layout (value of key seq):
+//
+//	byte 0      format version (1)
+//	byte 1      flags: bits 0-1 QoS, bit 2 retain
+//	bytes 2-9   append time, Unix nanoseconds, big-endian
+//	uvarint     topic length, then the topic
+//	rest        payload
+func encode(m *Message) []byte {
+	b := make([]byte, 0, 10+binary.MaxVarintLen32+len(m.Topic)+len(m.Payload))
+	flags := m.QoS & 3
+	if m.Retain {
+		flags |= 4
+	}
+	b = append(b, 1, flags)
+	b = binary.BigEndian.AppendUint64(b, uint64(m.Time.UnixNano()))
+	b = binary.AppendUvarint(b, uint64(len(m.Topic)))
+	b = append(b, m.Topic...)
+	return append(b, m.Payload...)
+}
+
+func decode(k, v []byte) (*Message, error) {
+	if len(k) != 8 || len(v) < 11 || v[0] != 1 {
+		return nil, fmt.Errorf("outbox: bad record %x", k)
+	}
+	m := &Message{Seq: binary.BigEndian.Uint64(k), QoS: v[1] & 3, Retain: v[1]&4 != 0}
+	m.Time = time.Unix(0, int64(binary.BigEndian.Uint64(v[2:10])))
+	n, w := binary.Uvarint(v[10:])
+	if w <= 0 || uint64(len(v)-10-w) < n {
+		return nil, fmt.Errorf("outbox: bad record %x", k)
+	}
+	m.Topic = string(v[10+w : 10+w+int(n)])
+	m.Payload = v[10+w+int(n):]
+	return m, nil
+}
+
+// logDrops logs drops, at most once a minute per reason.
+func (ob *Outbox) logDrops(dropped map[string]uint64) {
+	if len(dropped) == 0 {
+		return
+	}
+	now := ob.o.Now()
+	ob.mu.Lock()
+	defer ob.mu.Unlock()
+	for reason, n := range dropped {
+		ob.unlogged[reason] += n
+		if now.Sub(ob.lastLog[reason]) < time.Minute {
+			continue
+		}
+		ob.log.Warn("outbox dropped messages", "reason", reason, "messages", ob.unlogged[reason], "total", ob.st.Dropped[reason])
+		ob.unlogged[reason] = 0
+		ob.lastLog[reason] = now
+	}
+}

@@ -1,0 +1,276 @@
+package outbox
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// open opens an outbox in a temporary directory; the file's consistency is
+// checked when the test ends.
+func open(t *testing.T, path string, o *Options) *Outbox {
+	t.Helper()
+	if path == "" {
+		path = filepath.Join(t.TempDir(), "outbox.db")
+	}
+	ob, err := Open(path, o, discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ob.Close()
+		db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true})
+		if err != nil {
+			t.Errorf("reopen for check: %v", err)
+			return
+		}
+		defer db.Close()
+		if err := db.View(func(tx *bolt.Tx) error {
+			for err := range tx.Check() {
+				return err
+			}
+			return nil
+		}); err != nil {
+			t.Errorf("bbolt check: %v", err)
+		}
+	})
+	return ob
+}
+
+func mustAppend(t *testing.T, ob *Outbox, route, topic string, p Policy) {
+	t.Helper()
+	done, err := ob.Append(Message{Route: route, Topic: topic, Payload: []byte("payload of " + topic), QoS: 1}, p)
+	if err != nil {
+		t.Fatalf("append %s: %v", topic, err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("commit %s: %v", topic, err)
+	}
+}
+
+func topics(ms []Message) []string {
+	var ts []string
+	for _, m := range ms {
+		ts = append(ts, fmt.Sprintf("%d:%s", m.Seq, m.Topic))
+	}
+	return ts
+}
+
+func TestAppendReadAckReopen(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "outbox.db")
+	ob, err := Open(path, &Options{CommitInterval: time.Millisecond}, discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		mustAppend(t, ob, "a", fmt.Sprintf("a/%d", i), DropOldest)
+		mustAppend(t, ob, "b", fmt.Sprintf("b/%d", i), DropOldest)
+	}
+	ms, err := ob.Read("a", 0, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := fmt.Sprint(topics(ms)), "[1:a/0 3:a/1 5:a/2]"; got != want {
+		t.Errorf("read a: got %s, want %s", got, want)
+	}
+	if m := ms[0]; string(m.Payload) != "payload of a/0" || m.QoS != 1 || m.Retain || m.Route != "a" {
+		t.Errorf("message: got %+v", m)
+	}
+	ob.Ack("a", 1, 3)
+	ob.Ack("b", 2)
+	if err := ob.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// What was committed survives a reopen, and sequence numbers go on.
+	ob = open(t, path, &Options{CommitInterval: time.Millisecond})
+	st := ob.Stats()
+	if st.Messages != 7 || st.Routes["a"] != 3 || st.Routes["b"] != 4 {
+		t.Errorf("after reopen: got %+v, want 7 messages, a:3 b:4", st)
+	}
+	ms, _ = ob.Read("a", 0, 10)
+	if got, want := fmt.Sprint(topics(ms)), "[5:a/2 7:a/3 9:a/4]"; got != want {
+		t.Errorf("read a after acks: got %s, want %s", got, want)
+	}
+	ms, _ = ob.Read("b", 4, 10)
+	if got, want := fmt.Sprint(topics(ms)), "[6:b/2 8:b/3 10:b/4]"; got != want {
+		t.Errorf("read b after seq 4: got %s, want %s", got, want)
+	}
+	mustAppend(t, ob, "a", "a/5", DropOldest)
+	ms, _ = ob.Read("a", 9, 10)
+	if got, want := fmt.Sprint(topics(ms)), "[11:a/5]"; got != want {
+		t.Errorf("after reopen, a new message: got %s, want %s", got, want)
+	}
+}
+
+// Appends from many publishers share one transaction.
+func TestGroupCommit(t *testing.T) {
+	ob := open(t, "", &Options{CommitInterval: time.Hour, MaxBatch: 1000})
+	var wg sync.WaitGroup
+	errs := make(chan error, 1000)
+	for p := range 10 {
+		wg.Go(func() {
+			var dones []<-chan error
+			for i := range 100 {
+				done, err := ob.Append(Message{Route: "r", Topic: fmt.Sprintf("p%d/%d", p, i)}, DropOldest)
+				if err != nil {
+					errs <- err
+					return
+				}
+				dones = append(dones, done)
+			}
+			for _, d := range dones {
+				if err := <-d; err != nil {
+					errs <- err
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	st := ob.Stats()
+	if st.Commits != 1 || st.Messages != 1000 {
+		t.Errorf("got %d commits for %d messages, want 1 commit for 1000", st.Commits, st.Messages)
+	}
+	// Per publisher, the order of appends is the order on disk.
+	ms, _ := ob.Read("r", 0, 1000)
+	next := map[byte]int{}
+	for _, m := range ms {
+		var p, i int
+		fmt.Sscanf(m.Topic, "p%d/%d", &p, &i)
+		if i != next[byte(p)] {
+			t.Fatalf("publisher %d: message %d stored before %d", p, i, next[byte(p)])
+		}
+		next[byte(p)]++
+	}
+}
+
+func TestDropOldest(t *testing.T) {
+	ob := open(t, "", &Options{CommitInterval: time.Millisecond, MaxMessages: 5})
+	for i := range 8 {
+		route := "a"
+		if i%3 == 2 {
+			route = "b"
+		}
+		mustAppend(t, ob, route, fmt.Sprintf("m%d", i), DropOldest)
+	}
+	// m0..m7 went in; the three oldest of all routes (m0, m1 of a; m2 of b) made room.
+	a, _ := ob.Read("a", 0, 10)
+	b, _ := ob.Read("b", 0, 10)
+	if got, want := fmt.Sprint(topics(a), topics(b)), "[4:m3 5:m4 7:m6 8:m7] [6:m5]"; got != want {
+		t.Errorf("got %s, want %s", got, want)
+	}
+	if st := ob.Stats(); st.Dropped[ReasonOverflow] != 3 || st.Messages != 5 {
+		t.Errorf("stats: got %+v, want 3 dropped for overflow and 5 held", st)
+	}
+}
+
+func TestDropOldestByBytes(t *testing.T) {
+	// Each message is 2+13 = 15 bytes ("mN" and "payload of mN").
+	ob := open(t, "", &Options{CommitInterval: time.Millisecond, MaxBytes: 45})
+	for i := range 5 {
+		mustAppend(t, ob, "a", fmt.Sprintf("m%d", i), DropOldest)
+	}
+	a, _ := ob.Read("a", 0, 10)
+	if got, want := fmt.Sprint(topics(a)), "[3:m2 4:m3 5:m4]"; got != want {
+		t.Errorf("got %s, want %s", got, want)
+	}
+	if st := ob.Stats(); st.Bytes != 45 || st.Dropped[ReasonOverflow] != 2 {
+		t.Errorf("stats: got %+v, want 45 bytes held, 2 dropped", st)
+	}
+}
+
+func TestReject(t *testing.T) {
+	ob := open(t, "", &Options{CommitInterval: time.Millisecond, MaxMessages: 3})
+	for i := range 3 {
+		mustAppend(t, ob, "a", fmt.Sprintf("m%d", i), Reject)
+	}
+	if _, err := ob.Append(Message{Route: "a", Topic: "m3"}, Reject); !errors.Is(err, ErrFull) {
+		t.Fatalf("fourth append: got %v, want ErrFull", err)
+	}
+	a, _ := ob.Read("a", 0, 10)
+	if got, want := fmt.Sprint(topics(a)), "[1:m0 2:m1 3:m2]"; got != want {
+		t.Errorf("got %s, want %s: a rejected message must not displace others", got, want)
+	}
+	if st := ob.Stats(); st.Dropped[ReasonRejected] != 1 {
+		t.Errorf("got %v, want 1 rejected", st.Dropped)
+	}
+	// Once a message is acknowledged there is room again.
+	ob.Ack("a", 1)
+	mustAppend(t, ob, "b", "x", DropOldest) // a commit after the ack
+	if _, err := ob.Append(Message{Route: "a", Topic: "m3"}, Reject); !errors.Is(err, ErrFull) {
+		t.Errorf("with a:2 + b:1 held: got %v, want ErrFull", err)
+	}
+}
+
+func TestExpiry(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	var mu sync.Mutex
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	ob := open(t, "", &Options{CommitInterval: time.Millisecond, MaxAge: time.Hour, Now: clock})
+	mustAppend(t, ob, "a", "old1", DropOldest)
+	mustAppend(t, ob, "b", "old2", DropOldest)
+	advance(50 * time.Minute)
+	mustAppend(t, ob, "a", "young", DropOldest)
+	advance(20 * time.Minute) // old ones are 70 min old now
+	mustAppend(t, ob, "b", "new", DropOldest)
+	a, _ := ob.Read("a", 0, 10)
+	b, _ := ob.Read("b", 0, 10)
+	if got, want := fmt.Sprint(topics(a), topics(b)), "[3:young] [4:new]"; got != want {
+		t.Errorf("got %s, want %s", got, want)
+	}
+	st := ob.Stats()
+	if st.Dropped[ReasonExpired] != 2 {
+		t.Errorf("got %v, want 2 expired", st.Dropped)
+	}
+	if want := now.Add(-20 * time.Minute); !st.Oldest.Equal(want) {
+		t.Errorf("oldest: got %v, want %v", st.Oldest, want)
+	}
+}
+
+func TestCorruptFileMovedAside(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "outbox.db")
+	junk := make([]byte, 64<<10)
+	for i := range junk {
+		junk[i] = byte(i * 7)
+	}
+	if err := os.WriteFile(path, junk, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ob := open(t, path, &Options{CommitInterval: time.Millisecond})
+	mustAppend(t, ob, "a", "fresh", DropOldest)
+	aside, _ := filepath.Glob(path + ".corrupt-*")
+	if len(aside) != 1 {
+		t.Fatalf("got %v, want one outbox.db.corrupt-<time>", aside)
+	}
+	if data, _ := os.ReadFile(aside[0]); len(data) != len(junk) {
+		t.Errorf("the corrupt file was not kept as it was")
+	}
+}
+
+func TestLockedFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "outbox.db")
+	open(t, path, nil)
+	_, err := Open(path, nil, discard())
+	if err == nil || !errors.Is(err, bolt.ErrTimeout) {
+		t.Fatalf("second open: got %v, want a lock timeout", err)
+	}
+	if aside, _ := filepath.Glob(path + ".corrupt-*"); len(aside) != 0 {
+		t.Errorf("a locked file was moved aside: %v", aside)
+	}
+}

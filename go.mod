@@ -1,6 +1,6 @@
 module github.com/fieldgate/fieldgate
 
-go 1.26
+go 1.26.0
 
 require (
 	github.com/eclipse/paho.mqtt.golang v1.5.1
@@ -8,6 +8,7 @@ require (
 	github.com/pelletier/go-toml/v2 v2.4.3
 	go.etcd.io/bbolt v1.5.0
 	go.uber.org/goleak v1.3.0
+	golang.org/x/time v0.16.0
 )
 
 require (

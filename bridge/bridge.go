@@ -1,10 +1,13 @@
 // Package bridge carries selected topics between the local broker and a
 // central broker over mutually authenticated TLS.
 //
-// Messages on "out" routes are queued by Forward and sent in order, one
-// route's messages never overtaking each other; a message leaves the queue
-// only once the central broker has acknowledged it (QoS 1). Messages on
-// "in" routes are handed to Options.Deliver.
+// Messages on "out" routes are appended to the durable outbox (bridge/outbox)
+// by Forward; the local broker acknowledges the publish once the append is
+// on disk. The uplink drains the outbox in order per route, a window of
+// MaxInflight messages at a time, and deletes a message only when the
+// central broker has acknowledged it; after a reconnect it resends from the
+// head, so delivery is at least once and in order. Messages on "in" routes
+// are handed to Options.Deliver.
 package bridge
 
 import (
@@ -18,10 +21,14 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"golang.org/x/time/rate"
+
+	"github.com/fieldgate/fieldgate/bridge/outbox"
 )
 
-// ErrQueueFull is returned by Forward when a message cannot be queued.
-var ErrQueueFull = errors.New("bridge: queue full")
+// ErrQueueFull is returned by Forward when a route's policy is Reject and
+// the outbox is full.
+var ErrQueueFull = errors.New("bridge: outbox full")
 
 // Options configure a Bridge.
 type Options struct {
@@ -32,17 +39,24 @@ type Options struct {
 	TLS      *tls.Config
 	ClientID string
 	Routes   []Route
+	// Outbox stores what the out routes forward. Required.
+	Outbox *outbox.Outbox
 	// Deliver publishes a message from the central broker on the local
 	// broker. Required when a route carries messages in.
 	Deliver func(topic string, payload []byte, qos byte, retain bool) error
 
-	QueueSize    int           // messages held while the uplink is down; default 10000
+	// StatusTopic, if set, carries a retained "online" once connected and
+	// "offline" as the last will and on a clean shutdown.
+	StatusTopic string
+
+	MaxInflight  int           // messages sent and not yet acknowledged; default 32
+	MaxRate      float64       // messages per second to the central broker; 0: unlimited
 	KeepAlive    time.Duration // default 30s
 	ReconnectMin time.Duration // default 1s
 	ReconnectMax time.Duration // default 2m
-	// FlushTimeout bounds how long Run keeps sending the queue once its
-	// context is done. Default 5s.
-	FlushTimeout time.Duration
+	// DrainTimeout bounds how long Run waits, once its context is done,
+	// for the acknowledgements of messages in flight. Default 2s.
+	DrainTimeout time.Duration
 }
 
 // Status is a snapshot of the uplink.
@@ -51,31 +65,23 @@ type Status struct {
 	Attempts    uint64 // connection attempts so far
 	Connections uint64 // attempts that succeeded
 	LastError   string // why the last attempt or connection failed
-	Queued      int    // messages waiting to be sent
+	Queued      int    // messages in the outbox
 	Sent        uint64 // messages acknowledged by the central broker
-	Dropped     uint64 // messages dropped because the queue was full
+	Resent      uint64 // messages sent again after a connection was lost
 	Received    uint64 // messages from the central broker delivered locally
+	DroppedQoS0 uint64 // QoS 0 messages dropped while offline (qos0_offline = "drop")
 }
 
 // Bridge is the uplink to the central broker.
 type Bridge struct {
 	o   Options
 	log *slog.Logger
+	ob  *outbox.Outbox
 
 	mu      sync.Mutex
-	queue   []message
-	seq     uint64 // of the last message queued
 	st      Status
-	changed chan struct{} // closed and replaced on every change of st or queue
+	changed chan struct{} // closed and replaced on every change of st
 	lostErr chan error
-}
-
-type message struct {
-	seq     uint64
-	topic   string
-	payload []byte
-	qos     byte
-	retain  bool
 }
 
 // New returns a Bridge; Run connects it.
@@ -86,8 +92,11 @@ func New(o Options, log *slog.Logger) (*Bridge, error) {
 	if o.TLS == nil {
 		return nil, errors.New("bridge: no TLS configuration")
 	}
-	if o.QueueSize <= 0 {
-		o.QueueSize = 10000
+	if o.Outbox == nil {
+		return nil, errors.New("bridge: no outbox")
+	}
+	if o.MaxInflight <= 0 {
+		o.MaxInflight = 32
 	}
 	if o.KeepAlive <= 0 {
 		o.KeepAlive = 30 * time.Second
@@ -98,64 +107,75 @@ func New(o Options, log *slog.Logger) (*Bridge, error) {
 	if o.ReconnectMax < o.ReconnectMin {
 		o.ReconnectMax = max(2*time.Minute, o.ReconnectMin)
 	}
-	if o.FlushTimeout <= 0 {
-		o.FlushTimeout = 5 * time.Second
+	if o.DrainTimeout <= 0 {
+		o.DrainTimeout = 2 * time.Second
 	}
-	for _, r := range o.Routes {
+	for i := range o.Routes {
+		r := &o.Routes[i]
 		if r.Direction&In != 0 && o.Deliver == nil {
 			return nil, errors.New("bridge: a route carries messages in but Deliver is nil")
 		}
+		if r.ID == "" {
+			r.ID = r.defaultID()
+		}
 	}
-	return &Bridge{o: o, log: log, changed: make(chan struct{}), lostErr: make(chan error, 1)}, nil
+	return &Bridge{o: o, log: log, ob: o.Outbox, changed: make(chan struct{}), lostErr: make(chan error, 1)}, nil
 }
 
-// Forward queues a local message for the central broker if an "out" route
-// matches its topic; the first matching route decides. It does not block.
-func (b *Bridge) Forward(topic string, payload []byte, qos byte, retain bool) error {
+// Forward stores a local message for the central broker if an "out" route
+// matches its topic; the first matching route decides. It returns nil, nil
+// when no route takes the message or when it need not be waited for;
+// otherwise a channel that yields nil once the message is on disk. Under
+// the Reject policy a full outbox returns ErrQueueFull at once.
+func (b *Bridge) Forward(topic string, payload []byte, qos byte, retain bool) (<-chan error, error) {
 	for i := range b.o.Routes {
 		r := &b.o.Routes[i]
-		if r.Direction&Out == 0 || !Match(r.Local, topic) {
+		if r.Direction&Out == 0 || !r.MatchLocal(topic) {
 			continue
 		}
-		// The route's QoS is the uplink's: a reading published at QoS 0 on
-		// the local broker still travels upstream at least once.
-		m := message{topic: r.RemoteTopic(topic), payload: payload, qos: r.QoS, retain: retain}
-		b.update(func(st *Status) {
-			b.seq++
-			m.seq = b.seq
-			if len(b.queue) >= b.o.QueueSize {
-				b.queue = b.queue[1:] // drop-oldest: telemetry keeps the newest
-				st.Dropped++
-			}
-			b.queue = append(b.queue, m)
-		})
-		return nil
+		if qos == 0 && r.DropQoS0Offline && !b.Status().Connected {
+			b.update(func(st *Status) { st.DroppedQoS0++ })
+			return nil, nil
+		}
+		// The route's QoS is the uplink's: a reading published at QoS 0
+		// on the local broker still travels upstream at least once.
+		done, err := b.ob.Append(outbox.Message{Route: r.ID, Topic: r.RemoteTopic(topic), Payload: payload, QoS: r.QoS, Retain: retain}, r.Policy)
+		if errors.Is(err, outbox.ErrFull) {
+			return nil, fmt.Errorf("%w: %w", ErrQueueFull, err)
+		}
+		return done, err
 	}
-	return nil
+	return nil, nil
 }
 
 // Status returns a snapshot of the uplink.
 func (b *Bridge) Status() Status {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	return b.statusLocked()
+}
+
+func (b *Bridge) statusLocked() Status {
 	st := b.st
-	st.Queued = len(b.queue)
+	st.Queued = b.ob.Stats().Messages
 	return st
 }
 
-// Wait blocks until cond holds for the status or ctx ends.
+// Wait blocks until cond holds for the status or ctx ends. The status is
+// looked at again on every change of the uplink and every outbox commit.
 func (b *Bridge) Wait(ctx context.Context, cond func(Status) bool) (Status, error) {
 	for {
 		b.mu.Lock()
-		st := b.st
-		st.Queued = len(b.queue)
 		ch := b.changed
+		st := b.statusLocked()
 		b.mu.Unlock()
+		obCh := b.ob.Changed()
 		if cond(st) {
 			return st, nil
 		}
 		select {
 		case <-ch:
+		case <-obCh:
 		case <-ctx.Done():
 			return st, ctx.Err()
 		}
@@ -170,9 +190,8 @@ func (b *Bridge) update(f func(*Status)) {
 	b.mu.Unlock()
 }
 
-// Run connects to the central broker, reconnecting with backoff, and sends
-// the queue until ctx ends; then it flushes for up to FlushTimeout and
-// disconnects.
+// Run connects to the central broker, reconnecting with backoff, and drains
+// the outbox until ctx ends.
 func (b *Bridge) Run(ctx context.Context) error {
 	opts := paho.NewClientOptions()
 	for _, a := range b.o.Addresses {
@@ -181,11 +200,12 @@ func (b *Bridge) Run(ctx context.Context) error {
 	opts.SetClientID(b.o.ClientID).
 		SetTLSConfig(b.o.TLS).
 		SetProtocolVersion(4).
-		SetCleanSession(true).
+		SetCleanSession(true). // our outbox, not paho's store, owns redelivery
 		SetAutoReconnect(false).
 		SetConnectRetry(false).
 		SetKeepAlive(b.o.KeepAlive).
 		SetConnectTimeout(15 * time.Second).
+		SetWriteTimeout(30 * time.Second).
 		SetOrderMatters(false).
 		SetConnectionLostHandler(func(_ paho.Client, err error) {
 			select {
@@ -193,13 +213,15 @@ func (b *Bridge) Run(ctx context.Context) error {
 			default:
 			}
 		})
+	if b.o.StatusTopic != "" {
+		opts.SetWill(b.o.StatusTopic, "offline", 1, true)
+	}
 	client := paho.NewClient(opts)
 
 	var lastLogged string
 	var ceil, delay time.Duration
 	for {
 		if ctx.Err() != nil {
-			b.dropQueueOnExit()
 			return nil
 		}
 		err := b.connect(ctx, client)
@@ -218,9 +240,9 @@ func (b *Bridge) Run(ctx context.Context) error {
 		}
 		ceil, lastLogged = 0, ""
 		b.update(func(st *Status) { st.Attempts++; st.Connections++; st.Connected = true; st.LastError = "" })
-		b.log.Info("uplink connected", "addresses", b.o.Addresses, "client_id", b.o.ClientID)
+		b.log.Info("uplink connected", "addresses", b.o.Addresses, "client_id", b.o.ClientID, "queued", b.ob.Stats().Messages)
 
-		err = b.send(ctx, client)
+		err = b.drain(ctx, client)
 		b.update(func(st *Status) {
 			st.Connected = false
 			if err != nil {
@@ -229,14 +251,13 @@ func (b *Bridge) Run(ctx context.Context) error {
 		})
 		if err != nil {
 			b.log.Warn("uplink lost", "err", err)
+			client.Disconnect(0)
 			continue
 		}
-		// ctx ended: flush what we can, then leave.
-		fctx, cancel := context.WithTimeout(context.Background(), b.o.FlushTimeout)
-		b.flush(fctx, client)
-		cancel()
+		if b.o.StatusTopic != "" { // a clean shutdown sends no will
+			client.Publish(b.o.StatusTopic, 1, true, "offline").WaitTimeout(time.Second)
+		}
 		client.Disconnect(250)
-		b.dropQueueOnExit()
 		return nil
 	}
 }
@@ -246,13 +267,7 @@ func (b *Bridge) connect(ctx context.Context, client paho.Client) error {
 	case <-b.lostErr:
 	default:
 	}
-	tok := client.Connect()
-	select {
-	case <-tok.Done():
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	if err := tok.Error(); err != nil {
+	if err := wait(ctx, client.Connect()); err != nil {
 		return err
 	}
 	for i := range b.o.Routes {
@@ -260,18 +275,27 @@ func (b *Bridge) connect(ctx context.Context, client paho.Client) error {
 		if r.Direction&In == 0 {
 			continue
 		}
-		st := client.Subscribe(r.RemoteFilter(), r.QoS, b.inbound(r))
-		select {
-		case <-st.Done():
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		if err := st.Error(); err != nil {
+		if err := wait(ctx, client.Subscribe(r.RemoteFilter(), r.QoS, b.inbound(r))); err != nil {
 			client.Disconnect(0)
 			return fmt.Errorf("subscribe %s: %w", r.RemoteFilter(), err)
 		}
 	}
+	if b.o.StatusTopic != "" {
+		if err := wait(ctx, client.Publish(b.o.StatusTopic, 1, true, "online")); err != nil {
+			client.Disconnect(0)
+			return fmt.Errorf("publish %s: %w", b.o.StatusTopic, err)
+		}
+	}
 	return nil
+}
+
+func wait(ctx context.Context, tok paho.Token) error {
+	select {
+	case <-tok.Done():
+		return tok.Error()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 func (b *Bridge) inbound(r *Route) paho.MessageHandler {
@@ -288,78 +312,112 @@ func (b *Bridge) inbound(r *Route) paho.MessageHandler {
 	}
 }
 
-// send publishes the head of the queue, one message at a time and in order,
-// until the connection is lost (error) or ctx ends (nil).
-func (b *Bridge) send(ctx context.Context, client paho.Client) error {
-	for {
-		b.mu.Lock()
-		ch := b.changed
-		var head *message
-		if len(b.queue) > 0 {
-			head = &b.queue[0]
+// inflight is a message sent and not yet acknowledged.
+type inflight struct {
+	route string
+	seq   uint64
+	tok   paho.Token
+}
+
+// drain sends the outbox, oldest first per route and taking the routes in
+// turn, keeping up to MaxInflight messages unacknowledged. It returns an
+// error when the connection is lost and nil when ctx ends.
+func (b *Bridge) drain(ctx context.Context, client paho.Client) error {
+	var limiter *rate.Limiter
+	if b.o.MaxRate > 0 {
+		limiter = rate.NewLimiter(rate.Limit(b.o.MaxRate), max(1, int(b.o.MaxRate/10)))
+	}
+	cursor := map[string]uint64{} // last seq sent on this connection, per route
+	var window []inflight
+	next := 0 // route to look at first, so one route's backlog does not starve another
+	lost := func(err error) error {
+		if n := len(window); n > 0 {
+			b.update(func(st *Status) { st.Resent += uint64(n) })
 		}
-		b.mu.Unlock()
-		if head == nil {
-			select {
-			case <-ch:
-				continue
-			case err := <-b.lostErr:
-				return err
-			case <-ctx.Done():
-				return nil
+		return err
+	}
+
+	for {
+		changed := b.ob.Changed()
+		// Fill the window.
+		routes := b.ob.Routes()
+		for i := 0; i < len(routes) && len(window) < b.o.MaxInflight; i++ {
+			r := routes[(next+i)%len(routes)]
+			ms, err := b.ob.Read(r, cursor[r], b.o.MaxInflight-len(window))
+			if err != nil {
+				return lost(fmt.Errorf("outbox: %w", err))
+			}
+			for _, m := range ms {
+				if limiter != nil {
+					if err := limiter.Wait(ctx); err != nil {
+						break
+					}
+				}
+				window = append(window, inflight{route: r, seq: m.Seq, tok: client.Publish(m.Topic, m.QoS, m.Retain, m.Payload)})
+				cursor[r] = m.Seq
 			}
 		}
-		if err := b.publish(ctx, client, head); err != nil {
-			return err
+		if len(routes) > 0 {
+			next = (next + 1) % len(routes)
 		}
-		if ctx.Err() != nil {
+
+		var headDone <-chan struct{}
+		if len(window) > 0 {
+			headDone = window[0].tok.Done()
+		}
+		select {
+		case <-headDone:
+			// Acknowledge every finished message at the head, by route.
+			acks := map[string][]uint64{}
+			n := 0
+			for len(window) > 0 && isDone(window[0].tok) {
+				w := window[0]
+				if err := w.tok.Error(); err != nil {
+					return lost(err)
+				}
+				acks[w.route] = append(acks[w.route], w.seq)
+				window = window[1:]
+				n++
+			}
+			for r, seqs := range acks {
+				b.ob.Ack(r, seqs...)
+			}
+			b.update(func(st *Status) { st.Sent += uint64(n) })
+		case <-changed:
+		case err := <-b.lostErr:
+			return lost(err)
+		case <-ctx.Done():
+			b.settle(window)
 			return nil
 		}
 	}
 }
 
-// publish sends m and, once the central broker has acknowledged it, takes
-// it off the queue.
-func (b *Bridge) publish(ctx context.Context, client paho.Client, m *message) error {
-	tok := client.Publish(m.topic, m.qos, m.retain, m.payload)
+// settle waits a little for the acknowledgements of messages in flight at
+// shutdown, so they are not sent twice after the restart.
+func (b *Bridge) settle(window []inflight) {
+	deadline := time.After(b.o.DrainTimeout)
+	n := 0
+	for _, w := range window {
+		select {
+		case <-w.tok.Done():
+		case <-deadline:
+		}
+		if !isDone(w.tok) || w.tok.Error() != nil {
+			break
+		}
+		b.ob.Ack(w.route, w.seq)
+		n++
+	}
+	b.update(func(st *Status) { st.Sent += uint64(n) })
+}
+
+func isDone(t paho.Token) bool {
 	select {
-	case <-tok.Done():
-	case err := <-b.lostErr:
-		return err
-	case <-ctx.Done():
-		return nil
-	}
-	if err := tok.Error(); err != nil {
-		return err
-	}
-	b.update(func(st *Status) {
-		if len(b.queue) > 0 && b.queue[0].seq == m.seq { // unless dropped meanwhile
-			b.queue = b.queue[1:]
-		}
-		st.Sent++
-	})
-	return nil
-}
-
-// flush sends what is queued until the queue is empty or ctx ends.
-func (b *Bridge) flush(ctx context.Context, client paho.Client) {
-	for ctx.Err() == nil {
-		b.mu.Lock()
-		if len(b.queue) == 0 {
-			b.mu.Unlock()
-			return
-		}
-		head := &b.queue[0]
-		b.mu.Unlock()
-		if err := b.publish(ctx, client, head); err != nil {
-			return
-		}
-	}
-}
-
-func (b *Bridge) dropQueueOnExit() {
-	if st := b.Status(); st.Queued > 0 {
-		b.log.Warn("uplink stopped with messages not delivered; they are lost (the in-memory queue is not durable)", "messages", st.Queued)
+	case <-t.Done():
+		return true
+	default:
+		return false
 	}
 }
 

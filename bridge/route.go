@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/fieldgate/fieldgate/bridge/outbox"
 )
 
 // Direction says which way a route carries messages.
@@ -41,13 +43,32 @@ func ParseDirection(s string) (Direction, error) {
 	return 0, fmt.Errorf("want out, in or both, got %q", s)
 }
 
-// Route maps a local topic filter to the central broker's topic space: a
-// local topic T is T with Prefix in front of it on the central broker.
+// Route maps topics between the brokers as a Mosquitto bridge's "topic"
+// line does: local topic LocalPrefix+T is Prefix+T on the central broker,
+// for every T matching Local.
 type Route struct {
-	Local     string // local topic filter, e.g. "sensors/#"
-	Direction Direction
-	Prefix    string // remote prefix with %d already expanded, e.g. "devices/EGW-0001/"
-	QoS       byte
+	Local       string // topic filter, e.g. "sensors/#"
+	Direction   Direction
+	LocalPrefix string // e.g. "site/"; usually empty
+	Prefix      string // remote prefix with %d already expanded, e.g. "devices/EGW-0001/"
+	QoS         byte
+
+	// Policy applies when the outbox is full.
+	Policy outbox.Policy
+	// DropQoS0Offline drops QoS 0 messages while the uplink is down
+	// instead of storing them.
+	DropQoS0Offline bool
+	// ID names the route's queue in the outbox. Default: Local and
+	// Prefix, so a route keeps its backlog across restarts as long as
+	// neither changes.
+	ID string
+}
+
+func (r *Route) defaultID() string { return r.LocalPrefix + r.Local + " " + r.Prefix }
+
+// MatchLocal reports whether local topic t is carried by the route.
+func (r *Route) MatchLocal(t string) bool {
+	return strings.HasPrefix(t, r.LocalPrefix) && Match(r.Local, t[len(r.LocalPrefix):])
 }
 
 // ExpandPrefix replaces %d in a configured remote prefix by the device id.
@@ -55,8 +76,9 @@ func ExpandPrefix(prefix, deviceID string) string {
 	return strings.ReplaceAll(prefix, "%d", deviceID)
 }
 
-// RemoteTopic is the central broker's topic for local topic t.
-func (r *Route) RemoteTopic(t string) string { return r.Prefix + t }
+// RemoteTopic is the central broker's topic for local topic t, which
+// MatchLocal accepted.
+func (r *Route) RemoteTopic(t string) string { return r.Prefix + t[len(r.LocalPrefix):] }
 
 // RemoteFilter is the filter to subscribe to on the central broker for an
 // "in" route.
@@ -68,11 +90,11 @@ func (r *Route) LocalTopic(t string) (string, bool) {
 	if !strings.HasPrefix(t, r.Prefix) {
 		return "", false
 	}
-	local := t[len(r.Prefix):]
-	if local == "" || !Match(r.Local, local) {
+	rest := t[len(r.Prefix):]
+	if rest == "" || !Match(r.Local, rest) {
 		return "", false
 	}
-	return local, true
+	return r.LocalPrefix + rest, true
 }
 
 // ValidateFilter checks an MQTT topic filter as the spec defines it: '#'

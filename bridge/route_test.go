@@ -2,11 +2,15 @@ package bridge
 
 import (
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/fieldgate/fieldgate/bridge/outbox"
 )
 
 func TestMatch(t *testing.T) {
@@ -95,38 +99,61 @@ func TestBackoff(t *testing.T) {
 }
 
 func TestForward(t *testing.T) {
-	b, err := New(Options{
-		Addresses: []string{"ssl://127.0.0.1:1"},
-		TLS:       &tls.Config{},
-		QueueSize: 3,
-		Routes: []Route{
-			{Local: "commands/#", Direction: In, Prefix: "devices/x/", QoS: 1},
-			{Local: "sensors/#", Direction: Out, Prefix: "devices/x/", QoS: 1},
-			{Local: "sensors/raw/#", Direction: Out, Prefix: "raw/", QoS: 0}, // shadowed by the route above
-			{Local: "alarms/#", Direction: Both, Prefix: "", QoS: 0},
-		},
-		Deliver: func(string, []byte, byte, bool) error { return nil },
-	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ob, err := outbox.Open(filepath.Join(t.TempDir(), "outbox.db"), &outbox.Options{CommitInterval: time.Millisecond, MaxMessages: 3}, discard())
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, topic := range []string{"commands/x", "other/y", "sensors/a", "sensors/raw/b", "alarms/door", "sensors/c"} {
-		if err := b.Forward(topic, []byte(topic), 0, false); err != nil {
+	defer ob.Close()
+	b, err := New(Options{
+		Addresses: []string{"ssl://127.0.0.1:1"},
+		TLS:       &tls.Config{},
+		Outbox:    ob,
+		Routes: []Route{
+			{Local: "commands/#", Direction: In, Prefix: "devices/x/", QoS: 1},
+			{Local: "sensors/#", Direction: Out, Prefix: "devices/x/", QoS: 1, ID: "s"},
+			{Local: "sensors/raw/#", Direction: Out, Prefix: "raw/", QoS: 0, ID: "raw"}, // shadowed by the route above
+			{Local: "alarms/#", Direction: Both, LocalPrefix: "site/", Prefix: "", QoS: 0, ID: "a", Policy: outbox.Reject},
+			{Local: "debug/#", Direction: Out, Prefix: "dbg/", QoS: 0, ID: "d", DropQoS0Offline: true},
+		},
+		Deliver: func(string, []byte, byte, bool) error { return nil },
+	}, discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, topic := range []string{"commands/x", "other/y", "sensors/a", "sensors/raw/b", "alarms/door", "site/alarms/door", "debug/1", "sensors/c"} {
+		stored, err := b.Forward(topic, []byte(topic), 0, false)
+		if err != nil {
 			t.Fatalf("Forward(%s): %v", topic, err)
 		}
+		if stored != nil {
+			if err := <-stored; err != nil {
+				t.Fatalf("Forward(%s): stored: %v", topic, err)
+			}
+		}
 	}
-	// "commands/x" is an in-route and "other/y" matches none: not queued.
-	// Four were queued into room for three: the oldest was dropped.
-	st := b.Status()
-	if st.Queued != 3 || st.Dropped != 1 {
-		t.Errorf("got %d queued, %d dropped; want 3 queued, 1 dropped", st.Queued, st.Dropped)
+	// "commands/x" is an in-route, "other/y" and "alarms/door" (no
+	// local prefix) match none, "debug/1" is QoS 0 while offline on a
+	// route that drops those. Four were stored into room for three: the
+	// oldest was dropped.
+	st := ob.Stats()
+	if st.Messages != 3 || st.Dropped[outbox.ReasonOverflow] != 1 || b.Status().DroppedQoS0 != 1 {
+		t.Errorf("got %+v, %+v; want 3 stored, 1 dropped for overflow, 1 QoS 0 dropped offline", st, b.Status())
 	}
 	var got []string
-	for _, m := range b.queue {
-		got = append(got, fmt.Sprintf("%s q%d", m.topic, m.qos))
+	for _, r := range []string{"s", "a"} {
+		ms, _ := ob.Read(r, 0, 10)
+		for _, m := range ms {
+			got = append(got, fmt.Sprintf("%s q%d", m.Topic, m.QoS))
+		}
 	}
-	want := []string{"devices/x/sensors/raw/b q1", "alarms/door q0", "devices/x/sensors/c q1"}
+	want := []string{"devices/x/sensors/raw/b q1", "devices/x/sensors/c q1", "alarms/door q0"}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Errorf("queue: got %v, want %v", got, want)
+		t.Errorf("outbox: got %v, want %v", got, want)
+	}
+	// The alarm route rejects when full.
+	if _, err := b.Forward("site/alarms/fire", nil, 1, false); !errors.Is(err, ErrQueueFull) {
+		t.Errorf("full outbox, reject policy: got %v, want ErrQueueFull", err)
 	}
 }
+
+func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }

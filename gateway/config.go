@@ -20,6 +20,7 @@ import (
 	"github.com/pelletier/go-toml/v2/unstable"
 
 	"github.com/fieldgate/fieldgate/bridge"
+	"github.com/fieldgate/fieldgate/bridge/outbox"
 	"github.com/fieldgate/fieldgate/sensors"
 )
 
@@ -72,16 +73,37 @@ type ListenerConfig struct {
 
 // BridgeConfig is the [bridge] section.
 type BridgeConfig struct {
-	Address []string      `toml:"address"`
-	Routes  []RouteConfig `toml:"route"`
+	Address      []string      `toml:"address"`
+	ServerName   string        `toml:"server_name"`
+	ALPN         []string      `toml:"alpn"`
+	KeepAlive    Duration      `toml:"keepalive"`
+	ReconnectMin Duration      `toml:"reconnect_min"`
+	ReconnectMax Duration      `toml:"reconnect_max"`
+	MaxInflight  int           `toml:"max_inflight"`
+	MaxRate      float64       `toml:"max_rate"`
+	StatusTopic  *string       `toml:"status_topic"`
+	Outbox       OutboxConfig  `toml:"outbox"`
+	Routes       []RouteConfig `toml:"route"`
+}
+
+// OutboxConfig is [bridge.outbox]. The file is outbox.db in the state
+// directory.
+type OutboxConfig struct {
+	CommitInterval Duration `toml:"commit_interval"`
+	MaxBytes       Size     `toml:"max_bytes"`
+	MaxMessages    int      `toml:"max_messages"`
+	MaxAge         Duration `toml:"max_age"`
 }
 
 // RouteConfig is one [[bridge.route]].
 type RouteConfig struct {
 	Local        string `toml:"local"`
 	Direction    string `toml:"direction"`
+	LocalPrefix  string `toml:"local_prefix"`
 	RemotePrefix string `toml:"remote_prefix"`
 	QoS          int    `toml:"qos"`
+	Overflow     string `toml:"overflow"`
+	QoS0Offline  string `toml:"qos0_offline"`
 }
 
 // SensorConfig is one [[sensor]].
@@ -107,11 +129,41 @@ func (d *Duration) UnmarshalText(b []byte) error {
 // MarshalText implements encoding.TextMarshaler.
 func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
 
+// Size is a number of bytes written as a string with a unit: "256MiB",
+// "64 KiB", "1GB", or a bare number of bytes.
+type Size int64
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (s *Size) UnmarshalText(b []byte) error {
+	v, err := parseSize(string(b))
+	if err != nil {
+		return err
+	}
+	*s = Size(v)
+	return nil
+}
+
+func parseSize(str string) (int64, error) {
+	t := strings.TrimSpace(str)
+	i := strings.IndexFunc(t, func(r rune) bool { return (r < '0' || r > '9') && r != '.' })
+	num, unit := t, ""
+	if i >= 0 {
+		num, unit = t[:i], strings.TrimSpace(t[i:])
+	}
+	mult, ok := map[string]float64{"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}[unit]
+	v, err := strconv.ParseFloat(num, 64)
+	if !ok || err != nil || v < 0 {
+		return 0, fmt.Errorf("not a size (want e.g. \"256MiB\", \"64KiB\", \"1GB\"): %q", str)
+	}
+	return int64(v * mult), nil
+}
+
 // Defaults.
 const (
 	DefaultStateDir       = "/var/lib/fieldgate"
 	DefaultSensorInterval = 10 * time.Second
 	DefaultRemotePrefix   = "devices/%d/"
+	DefaultStatusTopic    = "devices/%d/status"
 )
 
 // ConfigError is one problem in a configuration file. It prints as
@@ -204,6 +256,8 @@ func typeReason(msg string) string {
 		"bool":             "true or false",
 		"[]string":         "an array of strings",
 		"gateway.Duration": "a duration such as \"1s\"",
+		"gateway.Size":     "a size such as \"256MiB\"",
+		"float64":          "a number",
 	}[m[2]]
 	if want == "" {
 		want = m[2]
@@ -388,6 +442,39 @@ func (c *Config) validate() error {
 		if len(b.Routes) == 0 {
 			c.errorf(&errs, "bridge.route", "missing: a bridge with no [[bridge.route]] forwards nothing")
 		}
+		c.durationDefault(&errs, "bridge.keepalive", &b.KeepAlive, 30*time.Second, time.Second)
+		c.durationDefault(&errs, "bridge.reconnect_min", &b.ReconnectMin, time.Second, 10*time.Millisecond)
+		c.durationDefault(&errs, "bridge.reconnect_max", &b.ReconnectMax, 2*time.Minute, 10*time.Millisecond)
+		if b.ReconnectMax.Duration < b.ReconnectMin.Duration {
+			c.errorf(&errs, "bridge.reconnect_max", "%s is less than reconnect_min (%s)", b.ReconnectMax, b.ReconnectMin)
+		}
+		if !c.has("bridge.max_inflight") {
+			b.MaxInflight = 32
+		}
+		if b.MaxInflight < 1 || b.MaxInflight > 65535 {
+			c.errorf(&errs, "bridge.max_inflight", "must be between 1 and 65535, got %d", b.MaxInflight)
+		}
+		if b.MaxRate < 0 {
+			c.errorf(&errs, "bridge.max_rate", "must be 0 (unlimited) or more, got %v", b.MaxRate)
+		}
+		if b.StatusTopic == nil {
+			t := DefaultStatusTopic
+			b.StatusTopic = &t
+		} else if strings.ContainsAny(*b.StatusTopic, "+#") {
+			c.errorf(&errs, "bridge.status_topic", "%q: no wildcards in a topic", *b.StatusTopic)
+		}
+		ob := &b.Outbox
+		c.durationDefault(&errs, "bridge.outbox.commit_interval", &ob.CommitInterval, 50*time.Millisecond, time.Millisecond)
+		c.durationDefault(&errs, "bridge.outbox.max_age", &ob.MaxAge, 168*time.Hour, time.Minute)
+		if !c.has("bridge.outbox.max_bytes") {
+			ob.MaxBytes = 256 << 20
+		}
+		if ob.MaxBytes < 64<<10 {
+			c.errorf(&errs, "bridge.outbox.max_bytes", "must be at least 64KiB, got %d bytes", ob.MaxBytes)
+		}
+		if ob.MaxMessages < 0 {
+			c.errorf(&errs, "bridge.outbox.max_messages", "must be 0 (no limit) or more, got %d", ob.MaxMessages)
+		}
 		for i := range b.Routes {
 			r := &b.Routes[i]
 			key := fmt.Sprintf("bridge.route[%d]", i)
@@ -400,17 +487,35 @@ func (c *Config) validate() error {
 			if err := bridge.ValidateFilter(r.Local); err != nil {
 				c.errorf(&errs, key+".local", "%v", err)
 			}
-			if _, ok := c.lines[key+".remote_prefix"]; !ok {
+			if !c.has(key + ".remote_prefix") {
 				r.RemotePrefix = DefaultRemotePrefix
 			}
 			if err := bridge.ValidatePrefix(r.RemotePrefix); err != nil {
 				c.errorf(&errs, key+".remote_prefix", "%v", err)
 			}
-			if _, ok := c.lines[key+".qos"]; !ok {
+			if !c.has(key + ".qos") {
 				r.QoS = 1
 			}
 			if r.QoS != 0 && r.QoS != 1 {
 				c.errorf(&errs, key+".qos", "must be 0 or 1, got %d", r.QoS)
+			}
+			if r.LocalPrefix != "" {
+				if err := bridge.ValidatePrefix(r.LocalPrefix); err != nil {
+					c.errorf(&errs, key+".local_prefix", "%v", err)
+				}
+			}
+			if r.Overflow == "" {
+				r.Overflow = "drop-oldest"
+			}
+			if _, err := outbox.ParsePolicy(r.Overflow); err != nil {
+				c.errorf(&errs, key+".overflow", "%v", err)
+			}
+			switch r.QoS0Offline {
+			case "":
+				r.QoS0Offline = "keep"
+			case "keep", "drop":
+			default:
+				c.errorf(&errs, key+".qos0_offline", "want keep or drop, got %q", r.QoS0Offline)
 			}
 		}
 	}
@@ -435,7 +540,7 @@ func (c *Config) validate() error {
 		} else if !sensors.Known(s.Driver) {
 			c.errorf(&errs, key+".driver", "unknown driver %q (known drivers: %s)", s.Driver, strings.Join(sensors.Drivers(), ", "))
 		}
-		if _, ok := c.lines[key+".interval"]; !ok {
+		if !c.has(key + ".interval") {
 			s.Interval.Duration = DefaultSensorInterval
 		}
 		if s.Interval.Duration < 10*time.Millisecond {
@@ -446,6 +551,23 @@ func (c *Config) validate() error {
 		return errs[i].(*ConfigError).Line < errs[j].(*ConfigError).Line
 	})
 	return errors.Join(errs...)
+}
+
+// has reports whether key is written in the file.
+func (c *Config) has(key string) bool {
+	_, ok := c.lines[key]
+	return ok
+}
+
+// durationDefault sets d to def when key is absent, and checks it is at
+// least least.
+func (c *Config) durationDefault(errs *[]error, key string, d *Duration, def, least time.Duration) {
+	if !c.has(key) {
+		d.Duration = def
+	}
+	if d.Duration < least {
+		c.errorf(errs, key, "must be at least %s, got %s", least, d)
+	}
 }
 
 func (c *Config) checkFile(errs *[]error, key, path string) {

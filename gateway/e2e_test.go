@@ -18,6 +18,7 @@ import (
 
 	"github.com/fieldgate/fieldgate/bridge"
 	"github.com/fieldgate/fieldgate/bridge/mosquittotest"
+	"github.com/fieldgate/fieldgate/bridge/outbox"
 	"github.com/fieldgate/fieldgate/localbroker"
 	"github.com/fieldgate/fieldgate/provisioning"
 	"github.com/fieldgate/fieldgate/provisioning/pkitest"
@@ -172,9 +173,17 @@ func TestEndToEnd(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	quantities := map[string]bool{}
-	for len(quantities) < 2 {
+	online := false
+	for len(quantities) < 2 || !online {
 		select {
 		case m := <-arrived:
+			if m.Topic() == "devices/EGW-E2E-1/status" {
+				// Birth message, retained; "offline" is the will.
+				if string(m.Payload()) == "online" {
+					online = true
+				}
+				continue
+			}
 			checkReading(t, m.Topic(), m.Payload(), quantities)
 		case <-ctx.Done():
 			t.Fatalf("readings arrived for %v only; bridge status %+v", quantities, g.Bridge().Status())
@@ -286,7 +295,13 @@ func TestCentralRefusesNoClientCertificate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	ob, err := outbox.Open(filepath.Join(t.TempDir(), "outbox.db"), nil, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ob.Close()
 	b, err := bridge.New(bridge.Options{
+		Outbox:    ob,
 		Addresses: []string{c.broker.URL},
 		TLS:       &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
 		ClientID:  "no-cert",

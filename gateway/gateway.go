@@ -11,10 +11,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/fieldgate/fieldgate/bridge"
+	"github.com/fieldgate/fieldgate/bridge/outbox"
 	"github.com/fieldgate/fieldgate/localbroker"
 	"github.com/fieldgate/fieldgate/provisioning"
 	"github.com/fieldgate/fieldgate/sensors"
@@ -25,6 +28,7 @@ type Gateway struct {
 	cfg    *Config
 	log    *slog.Logger
 	broker *localbroker.Broker
+	outbox *outbox.Outbox // nil without [bridge]
 	bridge *bridge.Bridge // nil without [bridge]
 	loop   *sensors.Loop  // nil without [[sensor]]
 }
@@ -40,28 +44,47 @@ func New(cfg *Config, log *slog.Logger) (g *Gateway, err error) {
 		}
 	}()
 
-	var fwd func(localbroker.Message) error
-	if cfg.Bridge != nil {
+	if err := os.MkdirAll(cfg.Device.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("state directory: %w", err)
+	}
+	var fwd func(localbroker.Message) (<-chan error, error)
+	if bc := cfg.Bridge; bc != nil {
 		tlsCfg, err := uplinkTLS(cfg)
 		if err != nil {
 			return nil, err
 		}
+		g.outbox, err = outbox.Open(filepath.Join(cfg.Device.StateDir, "outbox.db"), &outbox.Options{
+			CommitInterval: bc.Outbox.CommitInterval.Duration,
+			MaxBytes:       int64(bc.Outbox.MaxBytes),
+			MaxMessages:    bc.Outbox.MaxMessages,
+			MaxAge:         bc.Outbox.MaxAge.Duration,
+		}, log.With("component", "outbox"))
+		if err != nil {
+			return nil, err
+		}
 		g.bridge, err = bridge.New(bridge.Options{
-			Addresses: cfg.Bridge.Address,
-			TLS:       tlsCfg,
-			ClientID:  cfg.Device.ID,
-			Routes:    routes(cfg),
-			Deliver:   g.deliver,
+			Addresses:    bc.Address,
+			TLS:          tlsCfg,
+			ClientID:     cfg.Device.ID,
+			Routes:       routes(cfg),
+			Outbox:       g.outbox,
+			Deliver:      g.deliver,
+			StatusTopic:  bridge.ExpandPrefix(*bc.StatusTopic, cfg.Device.ID),
+			MaxInflight:  bc.MaxInflight,
+			MaxRate:      bc.MaxRate,
+			KeepAlive:    bc.KeepAlive.Duration,
+			ReconnectMin: bc.ReconnectMin.Duration,
+			ReconnectMax: bc.ReconnectMax.Duration,
 		}, log.With("component", "bridge"))
 		if err != nil {
 			return nil, err
 		}
-		fwd = func(m localbroker.Message) error {
-			err := g.bridge.Forward(m.Topic, m.Payload, m.QoS, m.Retain)
+		fwd = func(m localbroker.Message) (<-chan error, error) {
+			stored, err := g.bridge.Forward(m.Topic, m.Payload, m.QoS, m.Retain)
 			if errors.Is(err, bridge.ErrQueueFull) {
-				return fmt.Errorf("%w: %w", localbroker.ErrRejected, err)
+				return nil, fmt.Errorf("%w: %w", localbroker.ErrRejected, err)
 			}
-			return err
+			return stored, err
 		}
 	}
 
@@ -107,8 +130,9 @@ func (g *Gateway) Subscribe(filter string, id int, fn func(localbroker.Message))
 }
 
 // Run runs the gateway until ctx ends, then shuts down in order: sensors
-// first (nothing new comes in), then the bridge (flushes what it can and
-// disconnects), then the broker.
+// first, then the bridge (it waits briefly for the acknowledgements of
+// what is in flight, and disconnects), then the broker, then the outbox
+// (which commits what is pending).
 func (g *Gateway) Run(ctx context.Context) error {
 	g.logStart()
 
@@ -134,16 +158,22 @@ func (g *Gateway) Run(ctx context.Context) error {
 }
 
 func (g *Gateway) close() error {
-	if g.broker == nil {
-		return nil
+	var errs []error
+	if g.broker != nil {
+		errs = append(errs, g.broker.Close())
 	}
-	return g.broker.Close()
+	if g.outbox != nil {
+		errs = append(errs, g.outbox.Close())
+	}
+	return errors.Join(errs...)
 }
 
 func (g *Gateway) logStart() {
 	attrs := []any{"device", g.cfg.Device.ID, "listeners", g.broker.Addrs(), "sensors", len(g.cfg.Sensors)}
 	if g.bridge != nil {
-		attrs = append(attrs, "bridge", g.cfg.Bridge.Address, "routes", len(g.cfg.Bridge.Routes))
+		st := g.outbox.Stats()
+		attrs = append(attrs, "bridge", g.cfg.Bridge.Address, "routes", len(g.cfg.Bridge.Routes),
+			"outbox", filepath.Join(g.cfg.Device.StateDir, "outbox.db"), "outbox_messages", st.Messages)
 	} else {
 		attrs = append(attrs, "bridge", "none")
 	}
@@ -165,11 +195,15 @@ func routes(cfg *Config) []bridge.Route {
 	var rs []bridge.Route
 	for _, r := range cfg.Bridge.Routes {
 		dir, _ := bridge.ParseDirection(r.Direction) // validated
+		policy, _ := outbox.ParsePolicy(r.Overflow)
 		rs = append(rs, bridge.Route{
-			Local:     r.Local,
-			Direction: dir,
-			Prefix:    bridge.ExpandPrefix(r.RemotePrefix, cfg.Device.ID),
-			QoS:       byte(r.QoS),
+			Local:           r.Local,
+			Direction:       dir,
+			LocalPrefix:     r.LocalPrefix,
+			Prefix:          bridge.ExpandPrefix(r.RemotePrefix, cfg.Device.ID),
+			QoS:             byte(r.QoS),
+			Policy:          policy,
+			DropQoS0Offline: r.QoS0Offline == "drop",
 		})
 	}
 	return rs
@@ -196,6 +230,8 @@ func uplinkTLS(cfg *Config) (*tls.Config, error) {
 	return &tls.Config{
 		Certificates: []tls.Certificate{cert},
 		RootCAs:      roots,
+		ServerName:   cfg.Bridge.ServerName, // empty: the host of each address
+		NextProtos:   cfg.Bridge.ALPN,
 		MinVersion:   tls.VersionTLS12,
 	}, nil
 }

@@ -4,15 +4,20 @@
 // Every publish the broker accepts, from a network client or from the
 // gateway's own sensors, is handed to Options.Forward before it is
 // acknowledged; that is where the bridge takes what it sends upstream.
+// When Forward says the message is being stored, the PUBACK waits until it
+// is on disk, without holding up the client's other packets.
 package localbroker
 
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"sync"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
@@ -44,8 +49,11 @@ type Options struct {
 	Listeners []Listener
 	// Forward, if set, is called for every accepted publish, before the
 	// publisher is acknowledged, except those sent with PublishLocal.
-	// An error wrapping ErrRejected refuses the message.
-	Forward func(Message) error
+	// An error wrapping ErrRejected refuses the message (MQTT 5: reason
+	// code 0x97). A non-nil channel means the message is being stored:
+	// the publisher is acknowledged, and local subscribers get the
+	// message, once the channel yields nil.
+	Forward func(Message) (stored <-chan error, err error)
 }
 
 // Broker is a running local broker.
@@ -72,7 +80,8 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 		Logger: slog.New(minLevel{slog.LevelWarn, log.Handler()}),
 	})
 	b := &Broker{srv: srv, log: log}
-	if err := srv.AddHook(&gateHook{log: log, forward: o.Forward}, nil); err != nil {
+	gate := &gateHook{log: log, forward: o.Forward, srv: srv, marker: newMarker(), waiters: map[*mqtt.Client]chan deferred{}}
+	if err := srv.AddHook(gate, nil); err != nil {
 		return nil, fmt.Errorf("localbroker: %w", err)
 	}
 	for i, l := range o.Listeners {
@@ -132,13 +141,33 @@ func (b *Broker) Close() error {
 type gateHook struct {
 	mqtt.HookBase
 	log     *slog.Logger
-	forward func(Message) error
+	forward func(Message) (<-chan error, error)
+	srv     *mqtt.Server
+
+	// marker tags a publish injected again once stored, so that OnPublish
+	// lets it through; it is random, so a client cannot forge it.
+	marker packets.UserProperty
+
+	mu      sync.Mutex
+	waiters map[*mqtt.Client]chan deferred // per client, in order of arrival
+}
+
+// deferred is a publish whose acknowledgement waits for storage.
+type deferred struct {
+	pk     packets.Packet
+	stored <-chan error
+}
+
+func newMarker() packets.UserProperty {
+	b := make([]byte, 16)
+	rand.Read(b)
+	return packets.UserProperty{Key: "fieldgate-stored", Val: hex.EncodeToString(b)}
 }
 
 func (h *gateHook) ID() string { return "fieldgate-gate" }
 
 func (h *gateHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish}, []byte{b})
+	return bytes.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish, mqtt.OnDisconnect}, []byte{b})
 }
 
 func (h *gateHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
@@ -152,12 +181,32 @@ func (h *gateHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 }
 
 func (h *gateHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if n := len(pk.Properties.User); n > 0 && pk.Properties.User[n-1] == h.marker {
+		pk.Properties.User = pk.Properties.User[:n-1] // stored already: deliver and acknowledge
+		return pk, nil
+	}
 	if h.forward == nil || cl.ID == uplinkClientID {
 		return pk, nil
 	}
-	err := h.forward(Message{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain})
+	stored, err := h.forward(Message{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain})
 	if err == nil {
-		return pk, nil
+		switch {
+		case stored == nil || (pk.FixedHeader.Qos == 0 && !cl.Net.Inline):
+			// Nothing to wait for: QoS 0 has no acknowledgement.
+			return pk, nil
+		case cl.Net.Inline:
+			// The gateway's own sensors: their goroutine can wait.
+			err = <-stored
+			if err == nil {
+				return pk, nil
+			}
+		default:
+			// A network client: mochi drops this copy now and the waiter
+			// injects it again, tagged, once it is on disk. The client's
+			// next packets are read meanwhile.
+			h.deferAck(cl, deferred{pk: pk, stored: stored})
+			return pk, packets.ErrRejectPacket
+		}
 	}
 	// mochi answers a Code error with a PUBACK reason code only for MQTT 5
 	// QoS>0 publishes; anything else must be dropped explicitly or it
@@ -167,6 +216,53 @@ func (h *gateHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet
 	}
 	h.log.Warn("publish refused", "client_id", cl.ID, "topic", pk.TopicName, "err", err)
 	return pk, packets.ErrRejectPacket
+}
+
+// deferAck queues d on its client's waiter, starting one if needed. It
+// blocks when the client has many publishes waiting: that is the back
+// pressure that keeps a flooding client from outrunning the disk.
+func (h *gateHook) deferAck(cl *mqtt.Client, d deferred) {
+	h.mu.Lock()
+	ch, ok := h.waiters[cl]
+	if !ok {
+		ch = make(chan deferred, 256)
+		h.waiters[cl] = ch
+		go h.wait(cl, ch)
+	}
+	h.mu.Unlock()
+	ch <- d
+}
+
+// wait acknowledges a client's stored publishes in the order they came.
+func (h *gateHook) wait(cl *mqtt.Client, ch chan deferred) {
+	for d := range ch {
+		if err := <-d.stored; err != nil {
+			h.log.Warn("publish not stored: not acknowledged", "client_id", cl.ID, "topic", d.pk.TopicName, "err", err)
+			if cl.Properties.ProtocolVersion == 5 {
+				cl.WritePacket(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: d.pk.PacketID, ReasonCode: packets.ErrUnspecifiedError.Code})
+			} else {
+				// MQTT 3.1.1 has no negative acknowledgement: disconnect,
+				// so the client sends the message again.
+				h.srv.DisconnectClient(cl, packets.ErrUnspecifiedError)
+			}
+			continue
+		}
+		pk := d.pk
+		pk.Properties.User = append(append([]packets.UserProperty(nil), pk.Properties.User...), h.marker)
+		if err := h.srv.InjectPacket(cl, pk); err != nil && !cl.Closed() {
+			h.log.Warn("stored publish: acknowledgement failed", "client_id", cl.ID, "err", err)
+		}
+	}
+}
+
+// OnDisconnect ends the client's waiter once what it holds is done.
+func (h *gateHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if ch, ok := h.waiters[cl]; ok {
+		close(ch)
+		delete(h.waiters, cl)
+	}
 }
 
 func remoteAddr(cl *mqtt.Client) string {

@@ -13,7 +13,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 )
 
-func newBroker(t *testing.T, fwd func(Message) error) *Broker {
+func newBroker(t *testing.T, fwd func(Message) (<-chan error, error)) *Broker {
 	t.Helper()
 	b, err := New(&Options{Listeners: []Listener{{Address: "127.0.0.1:0"}}, Forward: fwd}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
@@ -44,14 +44,20 @@ func TestAnonymousRefused(t *testing.T) {
 func TestForward(t *testing.T) {
 	var mu sync.Mutex
 	var forwarded []string
-	b := newBroker(t, func(m Message) error {
+	b := newBroker(t, func(m Message) (<-chan error, error) {
 		mu.Lock()
 		defer mu.Unlock()
 		forwarded = append(forwarded, m.Topic)
-		if m.Topic == "full/x" {
-			return ErrRejected
+		stored := make(chan error, 1)
+		switch m.Topic {
+		case "full/x":
+			return nil, ErrRejected
+		case "disk/full":
+			stored <- errors.New("no space left on device")
+		default:
+			stored <- nil
 		}
-		return nil
+		return stored, nil
 	})
 	got := make(chan string, 10)
 	if err := b.Subscribe("#", 1, func(m Message) { got <- m.Topic + " " + string(m.Payload) }); err != nil {
@@ -60,7 +66,7 @@ func TestForward(t *testing.T) {
 	for _, m := range []struct {
 		local bool
 		topic string
-	}{{false, "sensors/a"}, {false, "full/x"}, {true, "commands/b"}, {false, "sensors/c"}} {
+	}{{false, "sensors/a"}, {false, "full/x"}, {true, "commands/b"}, {false, "disk/full"}, {false, "sensors/c"}} {
 		msg := Message{Topic: m.topic, Payload: []byte("p"), QoS: 1}
 		var err error
 		if m.local {
@@ -72,8 +78,8 @@ func TestForward(t *testing.T) {
 			t.Fatalf("publish %s: %v", m.topic, err)
 		}
 	}
-	// The rejected message was not delivered; the one from the uplink was,
-	// without being forwarded back.
+	// The rejected message and the one that could not be stored were not
+	// delivered; the one from the uplink was, without being forwarded back.
 	var delivered []string
 	for len(delivered) < 3 {
 		select {
@@ -88,7 +94,7 @@ func TestForward(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if want := "sensors/a full/x sensors/c"; strings.Join(forwarded, " ") != want {
+	if want := "sensors/a full/x disk/full sensors/c"; strings.Join(forwarded, " ") != want {
 		t.Errorf("forwarded %v, want %s", forwarded, want)
 	}
 }

@@ -26,6 +26,8 @@ type Options struct {
 	Optional bool
 	// Extra is appended to mosquitto.conf.
 	Extra string
+	// Port to listen on; 0 picks a free one.
+	Port int
 }
 
 // Broker is a running Mosquitto.
@@ -35,6 +37,8 @@ type Broker struct {
 	// URL is ssl://localhost:port, for clients that verify the name.
 	URL string
 
+	cmd     *exec.Cmd
+	done    chan struct{} // closed when the log reader has stopped
 	mu      sync.Mutex
 	log     []string
 	exited  bool
@@ -64,7 +68,10 @@ func Start(t testing.TB, o Options) *Broker {
 		}
 		t.Skip("mosquitto is not installed; run .ci/deps or make test")
 	}
-	port := freePort(t)
+	port := o.Port
+	if port == 0 {
+		port = FreePort(t)
+	}
 	dir := t.TempDir()
 	require := "true"
 	if o.Optional {
@@ -127,6 +134,7 @@ use_identity_as_username true
 		close(b.changed)
 		b.mu.Unlock()
 	}()
+	b.cmd, b.done = cmd, done
 	t.Cleanup(func() {
 		cmd.Process.Signal(os.Interrupt)
 		<-done
@@ -141,6 +149,14 @@ use_identity_as_username true
 		t.Fatalf("mosquitto did not start: %v\n%s", err, b.Log())
 	}
 	return b
+}
+
+// Kill kills Mosquitto with SIGKILL, as a crash or power cut would, and
+// waits for it to be gone. Start it again with the same Port to restart it.
+func (b *Broker) Kill() {
+	b.cmd.Process.Kill()
+	<-b.done
+	b.cmd.Wait()
 }
 
 // Log returns what Mosquitto has logged so far.
@@ -175,7 +191,8 @@ func (b *Broker) WaitLog(ctx context.Context, substr string) (string, error) {
 	}
 }
 
-func freePort(t testing.TB) int {
+// FreePort returns a loopback TCP port that was free a moment ago.
+func FreePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -61,6 +61,7 @@ const (
 	ReasonOverflow = "overflow" // deleted to make room (DropOldest)
 	ReasonRejected = "rejected" // refused at Append (Reject)
 	ReasonExpired  = "expired"  // older than MaxAge
+	ReasonPurged   = "purged"   // deleted by Purge (fieldgate queue purge)
 )
 
 // Options configure an Outbox. The zero value of a field means its default.
@@ -74,7 +75,14 @@ type Options struct {
 	MaxAge      time.Duration // default 168h
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// ReadOnly opens the file for inspection only (fieldgate queue): it
+	// is not created, not moved aside when corrupt, and Append and Ack
+	// fail. It cannot be opened while a gateway holds it.
+	ReadOnly bool
 }
+
+// ErrReadOnly is returned by Append on an outbox opened ReadOnly.
+var ErrReadOnly = errors.New("outbox: opened read-only")
 
 // Message is one stored message.
 type Message struct {
@@ -139,6 +147,8 @@ type op struct {
 	done   chan error // for appends; nil for acks
 	ack    []uint64   // seqs to delete
 	route  string
+	purge  bool     // delete route, or every route when route is ""
+	purged chan int // how many messages the purge deleted
 }
 
 var bucketPrefix = []byte("route:")
@@ -171,7 +181,7 @@ func Open(path string, o *Options, log *slog.Logger) (*Outbox, error) {
 		unlogged: map[string]uint64{}, lastLog: map[string]time.Time{}}
 	db, err := ob.open()
 	if err != nil {
-		if !errors.Is(err, errCorrupt) {
+		if !errors.Is(err, errCorrupt) || opts.ReadOnly {
 			return nil, fmt.Errorf("outbox: open %s: %w", path, err)
 		}
 		aside := fmt.Sprintf("%s.corrupt-%s", path, opts.Now().UTC().Format("20060102T150405Z"))
@@ -187,6 +197,11 @@ func Open(path string, o *Options, log *slog.Logger) (*Outbox, error) {
 		}
 	}
 	ob.db = db
+	if opts.ReadOnly {
+		ob.closed = true // no committer: Append and Ack refuse
+		close(ob.done)
+		return ob, nil
+	}
 	go ob.commitLoop()
 	return ob, nil
 }
@@ -194,7 +209,13 @@ func Open(path string, o *Options, log *slog.Logger) (*Outbox, error) {
 // open opens the file and loads the per-route counts. Damage that bbolt
 // only finds while reading (it panics on a bad page) is an error here.
 func (ob *Outbox) open() (db *bolt.DB, err error) {
+	if ob.o.ReadOnly {
+		if _, err := os.Stat(ob.path); err != nil {
+			return nil, err
+		}
+	}
 	db, err = bolt.Open(ob.path, 0o600, &bolt.Options{
+		ReadOnly:       ob.o.ReadOnly,
 		Timeout:        2 * time.Second,
 		NoFreelistSync: true, // less to write per commit; rebuilt at open
 		FreelistType:   bolt.FreelistMapType,
@@ -255,6 +276,9 @@ func (ob *Outbox) Append(m Message, p Policy) (<-chan error, error) {
 	ob.mu.Lock()
 	if ob.closed {
 		ob.mu.Unlock()
+		if ob.o.ReadOnly {
+			return nil, ErrReadOnly
+		}
 		return nil, ErrClosed
 	}
 	if p == Reject && ob.fullLocked(size(&m)) {
@@ -343,6 +367,28 @@ func (ob *Outbox) Routes() []string {
 	return rs
 }
 
+// Purge deletes every message of route, or of all routes when route is
+// empty, and returns how many it deleted. They are counted as dropped for
+// ReasonPurged.
+func (ob *Outbox) Purge(route string) (int, error) {
+	if ob.o.ReadOnly {
+		return 0, ErrReadOnly
+	}
+	res := make(chan int, 1)
+	done := make(chan error, 1)
+	ob.sendMu.RLock()
+	if ob.isClosed() {
+		ob.sendMu.RUnlock()
+		return 0, ErrClosed
+	}
+	ob.ops <- op{purge: true, route: route, purged: res, done: done}
+	ob.sendMu.RUnlock()
+	if err := <-done; err != nil {
+		return 0, err
+	}
+	return <-res, nil
+}
+
 // Changed returns a channel that is closed at the next commit.
 func (ob *Outbox) Changed() <-chan struct{} {
 	ob.mu.Lock()
@@ -377,6 +423,10 @@ func (ob *Outbox) Stats() Stats {
 // Close commits what is pending and closes the file.
 func (ob *Outbox) Close() error {
 	ob.mu.Lock()
+	if ob.o.ReadOnly {
+		ob.mu.Unlock()
+		return ob.db.Close()
+	}
 	if ob.closed {
 		ob.mu.Unlock()
 		return nil
@@ -438,6 +488,26 @@ func (ob *Outbox) commit(batch []op) {
 	now := ob.o.Now()
 
 	err := ob.db.Update(func(tx *bolt.Tx) error {
+		for _, o := range batch {
+			if !o.purge {
+				continue
+			}
+			n := 0
+			for r, rs := range routes {
+				if o.route != "" && r != o.route {
+					continue
+				}
+				if tx.Bucket(bucketName(r)) != nil {
+					if err := tx.DeleteBucket(bucketName(r)); err != nil {
+						return err
+					}
+				}
+				n += rs.count
+				*rs = routeState{}
+			}
+			dropped[ReasonPurged] += uint64(n)
+			o.purged <- n
+		}
 		for _, o := range batch {
 			if o.ack == nil {
 				continue

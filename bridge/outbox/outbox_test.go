@@ -274,3 +274,42 @@ func TestLockedFile(t *testing.T) {
 		t.Errorf("a locked file was moved aside: %v", aside)
 	}
 }
+
+func TestReadOnlyAndPurge(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "outbox.db")
+	if _, err := Open(path, &Options{ReadOnly: true}, discard()); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("read-only open of a missing file: got %v, want not exist", err)
+	}
+	ob := open(t, path, &Options{CommitInterval: time.Millisecond})
+	for i := range 4 {
+		mustAppend(t, ob, []string{"a", "b"}[i%2], fmt.Sprintf("m%d", i), DropOldest)
+	}
+	// Held by a running gateway: inspection says so instead of waiting.
+	if _, err := Open(path, &Options{ReadOnly: true}, discard()); !errors.Is(err, bolt.ErrTimeout) {
+		t.Errorf("read-only open of a held file: got %v, want a lock timeout", err)
+	}
+	n, err := ob.Purge("a")
+	if err != nil || n != 2 {
+		t.Fatalf("purge a: got %d, %v; want 2", n, err)
+	}
+	if st := ob.Stats(); st.Messages != 2 || st.Routes["b"] != 2 || st.Dropped[ReasonPurged] != 2 {
+		t.Errorf("after purge: %+v", st)
+	}
+	ob.Close()
+
+	ro, err := Open(path, &Options{ReadOnly: true}, discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	if st := ro.Stats(); st.Messages != 2 {
+		t.Errorf("read-only stats: got %+v, want 2 messages", st)
+	}
+	ms, err := ro.Read("b", 0, 10)
+	if got, want := fmt.Sprint(topics(ms)), "[2:m1 4:m3]"; err != nil || got != want {
+		t.Errorf("read-only read: got %s, %v; want %s", got, err, want)
+	}
+	if _, err := ro.Append(Message{Route: "b"}, DropOldest); !errors.Is(err, ErrReadOnly) {
+		t.Errorf("append read-only: got %v, want ErrReadOnly", err)
+	}
+}

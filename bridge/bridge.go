@@ -62,14 +62,15 @@ type Options struct {
 // Status is a snapshot of the uplink.
 type Status struct {
 	Connected   bool
-	Attempts    uint64 // connection attempts so far
-	Connections uint64 // attempts that succeeded
-	LastError   string // why the last attempt or connection failed
-	Queued      int    // messages in the outbox
-	Sent        uint64 // messages acknowledged by the central broker
-	Resent      uint64 // messages sent again after a connection was lost
-	Received    uint64 // messages from the central broker delivered locally
-	DroppedQoS0 uint64 // QoS 0 messages dropped while offline (qos0_offline = "drop")
+	Attempts    uint64    // connection attempts so far
+	Connections uint64    // attempts that succeeded
+	LastError   string    // why the last attempt or connection failed
+	Queued      int       // messages in the outbox
+	Sent        uint64    // messages acknowledged by the central broker
+	LastSent    time.Time // when the last of them was acknowledged
+	Resent      uint64    // messages sent again after a connection was lost
+	Received    uint64    // messages from the central broker delivered locally
+	DroppedQoS0 uint64    // QoS 0 messages dropped while offline (qos0_offline = "drop")
 }
 
 // Bridge is the uplink to the central broker.
@@ -382,7 +383,7 @@ func (b *Bridge) drain(ctx context.Context, client paho.Client) error {
 			for r, seqs := range acks {
 				b.ob.Ack(r, seqs...)
 			}
-			b.update(func(st *Status) { st.Sent += uint64(n) })
+			b.update(func(st *Status) { st.Sent += uint64(n); st.LastSent = time.Now() })
 		case <-changed:
 		case err := <-b.lostErr:
 			return lost(err)

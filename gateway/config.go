@@ -36,6 +36,7 @@ type Config struct {
 	Broker   BrokerConfig   `toml:"broker"`
 	Bridge   *BridgeConfig  `toml:"bridge"`
 	Sensors  []SensorConfig `toml:"sensor"`
+	Metrics  MetricsConfig  `toml:"metrics"`
 
 	// Path is the file the configuration was read from.
 	Path string `toml:"-"`
@@ -104,6 +105,14 @@ type RouteConfig struct {
 	QoS          int    `toml:"qos"`
 	Overflow     string `toml:"overflow"`
 	QoS0Offline  string `toml:"qos0_offline"`
+}
+
+// MetricsConfig is [metrics]: Prometheus metrics on /metrics and the
+// uplink's health on /healthz.
+type MetricsConfig struct {
+	// Address is host:port to serve on, e.g. "127.0.0.1:9411"; empty:
+	// no metrics server.
+	Address string `toml:"address"`
 }
 
 // SensorConfig is one [[sensor]].
@@ -517,6 +526,14 @@ func (c *Config) validate() error {
 			default:
 				c.errorf(&errs, key+".qos0_offline", "want keep or drop, got %q", r.QoS0Offline)
 			}
+		}
+	}
+
+	if a := c.Metrics.Address; a != "" {
+		if _, port, err := net.SplitHostPort(a); err != nil {
+			c.errorf(&errs, "metrics.address", "want host:port, got %q", a)
+		} else if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+			c.errorf(&errs, "metrics.address", "bad port %q", port)
 		}
 	}
 

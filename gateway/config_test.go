@@ -63,6 +63,10 @@ driver = "simulated"
 	if r1.Direction != "in" || r1.QoS != 0 || r1.RemotePrefix != "cmd/%d/" {
 		t.Errorf("route 1: got %+v", r1)
 	}
+	if c.Bridge.MaxInflight != 32 || c.Bridge.Outbox.MaxBytes != 256<<20 || c.Bridge.Outbox.CommitInterval.Duration != 50*time.Millisecond ||
+		c.Bridge.Outbox.MaxAge.Duration != 168*time.Hour || *c.Bridge.StatusTopic != "devices/%d/status" || r0.Overflow != "drop-oldest" || r0.QoS0Offline != "keep" {
+		t.Errorf("bridge defaults: got %+v, outbox %+v, route %+v", c.Bridge, c.Bridge.Outbox, r0)
+	}
 	if got := c.Sensors[0].Interval.Duration; got != time.Second {
 		t.Errorf("sensor 0 interval: got %v, want 1s", got)
 	}
@@ -135,6 +139,16 @@ func TestParseConfigErrors(t *testing.T) {
 			"f.toml:11: bridge.route[0].remote_prefix: \"x/+/\": no wildcards in a prefix",
 			"f.toml:12: bridge.route[0].qos: must be 0 or 1, got 2",
 		}},
+		{"bad outbox and route options", "[device]\n" + id + "[bridge]\naddress = [\"ssl://c:8883\"]\nreconnect_min = \"5s\"\nreconnect_max = \"1s\"\n[bridge.outbox]\nmax_bytes = \"lots\"\n", []string{
+			"f.toml:11: bridge.outbox.max_bytes: not a size (want e.g. \"256MiB\", \"64KiB\", \"1GB\"): \"lots\"",
+		}},
+		{"bad bridge values", "[device]\n" + id + "[bridge]\naddress = [\"ssl://c:8883\"]\nreconnect_min = \"5s\"\nreconnect_max = \"1s\"\nmax_inflight = 0\n[bridge.outbox]\nmax_bytes = \"1KiB\"\n[[bridge.route]]\nlocal = \"a/#\"\noverflow = \"drop-newest\"\nqos0_offline = \"maybe\"\n", []string{
+			"f.toml:9: bridge.reconnect_max: 1s is less than reconnect_min (5s)",
+			"f.toml:10: bridge.max_inflight: must be between 1 and 65535, got 0",
+			"f.toml:12: bridge.outbox.max_bytes: must be at least 64KiB, got 1024 bytes",
+			"f.toml:15: bridge.route[0].overflow: want drop-oldest or reject, got \"drop-newest\"",
+			"f.toml:16: bridge.route[0].qos0_offline: want keep or drop, got \"maybe\"",
+		}},
 		{"bridge without routes", "[device]\n" + id + "[bridge]\naddress = [\"ssl://c:8883\"]\n", []string{
 			"f.toml:6: bridge.route: missing: a bridge with no [[bridge.route]] forwards nothing",
 		}},
@@ -177,5 +191,21 @@ func TestLoadConfigMissingFile(t *testing.T) {
 	}
 	if _, err := LoadConfig(path); err != nil {
 		t.Errorf("got %v, want a valid config", err)
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want int64
+	}{{"256MiB", 256 << 20}, {"64 KiB", 64 << 10}, {"1GB", 1e9}, {"1.5MiB", 3 << 19}, {"4096", 4096}, {"10B", 10}} {
+		if got, err := parseSize(tc.in); err != nil || got != tc.want {
+			t.Errorf("parseSize(%q): got %d, %v; want %d", tc.in, got, err, tc.want)
+		}
+	}
+	for _, in := range []string{"", "MiB", "-1KiB", "12 parsecs"} {
+		if _, err := parseSize(in); err == nil {
+			t.Errorf("parseSize(%q): got no error", in)
+		}
 	}
 }

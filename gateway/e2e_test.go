@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -109,6 +111,9 @@ qos = 1
 name = "sim"
 driver = "simulated"
 interval = "50ms"
+
+[metrics]
+address = "127.0.0.1:0"
 `, dir, dev.KeyFile, dev.CertFile, caFile, c.broker.URL)
 	path := filepath.Join(dir, "fieldgate.toml")
 	if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
@@ -211,6 +216,47 @@ func TestEndToEnd(t *testing.T) {
 	if _, err := c.broker.WaitLog(ctx, "u'EGW-E2E-1'"); err != nil {
 		t.Error(err)
 	}
+
+	// The metrics say so too.
+	code, health := get(t, "http://"+g.MetricsAddr()+"/healthz")
+	if code != 200 || !strings.HasPrefix(health, "uplink flowing") {
+		t.Errorf("/healthz: %d %q, want 200 uplink flowing", code, health)
+	}
+	_, text := get(t, "http://"+g.MetricsAddr()+"/metrics")
+	for _, want := range []string{"\nfieldgate_uplink_connected 1\n", "\nfieldgate_uplink_received_total 1\n", "\nfieldgate_certificate_expiry_timestamp_seconds "} {
+		if !strings.Contains(text, want) {
+			t.Errorf("/metrics has no %q:\n%s", strings.TrimSpace(want), text)
+		}
+	}
+	if v := metricValue(t, text, "fieldgate_uplink_sent_total"); v < 2 {
+		t.Errorf("fieldgate_uplink_sent_total %v, want at least the 2 readings seen", v)
+	}
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+func metricValue(t *testing.T, text, name string) float64 {
+	t.Helper()
+	for _, l := range strings.Split(text, "\n") {
+		if v, ok := strings.CutPrefix(l, name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("%s: %v", l, err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("no metric %s in\n%s", name, text)
+	return 0
 }
 
 // checkReading checks one message from the central broker and records its
@@ -283,6 +329,10 @@ func TestBridgeRefusesUnknownCA(t *testing.T) {
 	}
 	if q := g.Bridge().Status().Queued; q == 0 {
 		t.Error("nothing queued: readings were neither sent nor kept")
+	}
+	code, health := get(t, "http://"+g.MetricsAddr()+"/healthz")
+	if code != 503 || !strings.Contains(health, "certificate signed by unknown authority") {
+		t.Errorf("/healthz: %d %q, want 503 naming the unknown authority", code, health)
 	}
 }
 

@@ -23,21 +23,27 @@ import (
 	"github.com/fieldgate/fieldgate/sensors"
 )
 
+// Version is the version of the running binary; cmd/fieldgate sets it.
+var Version = "dev"
+
 // Gateway is a configured Fieldgate, ready to Run.
 type Gateway struct {
-	cfg    *Config
-	log    *slog.Logger
-	broker *localbroker.Broker
-	outbox *outbox.Outbox // nil without [bridge]
-	bridge *bridge.Bridge // nil without [bridge]
-	loop   *sensors.Loop  // nil without [[sensor]]
+	cfg        *Config
+	log        *slog.Logger
+	started    time.Time
+	certExpiry time.Time // of the device certificate; zero without one
+	metrics    *metrics  // nil without [metrics]
+	broker     *localbroker.Broker
+	outbox     *outbox.Outbox // nil without [bridge]
+	bridge     *bridge.Bridge // nil without [bridge]
+	loop       *sensors.Loop  // nil without [[sensor]]
 }
 
 // New builds a gateway from a validated configuration: it loads the
 // identity, binds the broker's listeners and opens the sensors. Nothing
 // runs until Run.
 func New(cfg *Config, log *slog.Logger) (g *Gateway, err error) {
-	g = &Gateway{cfg: cfg, log: log}
+	g = &Gateway{cfg: cfg, log: log, started: time.Now()}
 	defer func() {
 		if err != nil {
 			g.close()
@@ -53,6 +59,7 @@ func New(cfg *Config, log *slog.Logger) (g *Gateway, err error) {
 		if err != nil {
 			return nil, err
 		}
+		g.certExpiry = tlsCfg.Certificates[0].Leaf.NotAfter
 		g.outbox, err = outbox.Open(filepath.Join(cfg.Device.StateDir, "outbox.db"), &outbox.Options{
 			CommitInterval: bc.Outbox.CommitInterval.Duration,
 			MaxBytes:       int64(bc.Outbox.MaxBytes),
@@ -97,6 +104,12 @@ func New(cfg *Config, log *slog.Logger) (g *Gateway, err error) {
 		return nil, err
 	}
 
+	if cfg.Metrics.Address != "" {
+		if g.metrics, err = newMetrics(g, cfg.Metrics.Address); err != nil {
+			return nil, err
+		}
+	}
+
 	if len(cfg.Sensors) > 0 {
 		var entries []sensors.Entry
 		for _, s := range cfg.Sensors {
@@ -121,6 +134,15 @@ func New(cfg *Config, log *slog.Logger) (g *Gateway, err error) {
 // BrokerAddrs returns the addresses the local broker listens on.
 func (g *Gateway) BrokerAddrs() []string { return g.broker.Addrs() }
 
+// MetricsAddr returns the address the metrics server listens on, or ""
+// without [metrics].
+func (g *Gateway) MetricsAddr() string {
+	if g.metrics == nil {
+		return ""
+	}
+	return g.metrics.addr()
+}
+
 // Bridge returns the uplink, or nil when none is configured.
 func (g *Gateway) Bridge() *bridge.Bridge { return g.bridge }
 
@@ -138,7 +160,11 @@ func (g *Gateway) Run(ctx context.Context) error {
 
 	sensorsCtx, stopSensors := context.WithCancel(context.Background())
 	bridgeCtx, stopBridge := context.WithCancel(context.Background())
-	var sensorsDone, bridgeDone sync.WaitGroup
+	var sensorsDone, bridgeDone, metricsDone sync.WaitGroup
+	metricsCtx, stopMetrics := context.WithCancel(context.Background())
+	if g.metrics != nil {
+		metricsDone.Go(func() { g.metrics.run(metricsCtx, g.log) })
+	}
 	if g.loop != nil {
 		sensorsDone.Go(func() { g.loop.Run(sensorsCtx) })
 	}
@@ -152,6 +178,8 @@ func (g *Gateway) Run(ctx context.Context) error {
 	sensorsDone.Wait()
 	stopBridge()
 	bridgeDone.Wait()
+	stopMetrics()
+	metricsDone.Wait()
 	err := g.close()
 	g.log.Info("stopped")
 	return err
@@ -159,6 +187,9 @@ func (g *Gateway) Run(ctx context.Context) error {
 
 func (g *Gateway) close() error {
 	var errs []error
+	if g.metrics != nil {
+		g.metrics.ln.Close() // Run's Shutdown closes it too; this is for New's failures
+	}
 	if g.broker != nil {
 		errs = append(errs, g.broker.Close())
 	}
@@ -176,6 +207,9 @@ func (g *Gateway) logStart() {
 			"outbox", filepath.Join(g.cfg.Device.StateDir, "outbox.db"), "outbox_messages", st.Messages)
 	} else {
 		attrs = append(attrs, "bridge", "none")
+	}
+	if g.metrics != nil {
+		attrs = append(attrs, "metrics", "http://"+g.metrics.addr()+"/metrics")
 	}
 	g.log.Info("fieldgate starting", attrs...)
 }

@@ -105,6 +105,9 @@ type Stats struct {
 	Acked    uint64
 	Dropped  map[string]uint64 // by reason
 	Commits  uint64            // transactions written (each one fsyncs)
+	// CommitTime is the time spent in transactions, in total: with
+	// Commits, the mean commit latency.
+	CommitTime time.Duration
 }
 
 // Outbox is an open outbox file.
@@ -486,6 +489,7 @@ func (ob *Outbox) commit(batch []op) {
 	dropped := map[string]uint64{}
 	var appended, pendingB int64
 	now := ob.o.Now()
+	start := time.Now()
 
 	err := ob.db.Update(func(tx *bolt.Tx) error {
 		for _, o := range batch {
@@ -604,6 +608,7 @@ func (ob *Outbox) commit(batch []op) {
 		ob.st.Appended += uint64(appended)
 		ob.st.Acked += acked
 		ob.st.Commits++
+		ob.st.CommitTime += time.Since(start)
 		for r, n := range dropped {
 			ob.st.Dropped[r] += n
 		}

@@ -6,6 +6,7 @@
 //
 //	fieldgate run [--config FILE]            run the gateway
 //	fieldgate check-config [--config FILE]   validate a configuration
+//	fieldgate queue stats|peek|purge         inspect the outbox
 //	fieldgate version                        print the version
 package main
 
@@ -28,6 +29,7 @@ import (
 var version = "dev"
 
 func main() {
+	gateway.Version = version
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
@@ -36,6 +38,7 @@ const usage = `usage: fieldgate <command> [flags]
 commands:
   run           run the gateway (broker, sensors, bridge)
   check-config  validate a configuration file and exit
+  queue         inspect or purge the outbox (stats, peek, purge)
   version       print the version
 
 Run "fieldgate <command> -h" for a command's flags.
@@ -51,6 +54,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdRun(rest, stderr)
 	case "check-config":
 		return cmdCheckConfig(rest, stdout, stderr)
+	case "queue":
+		return cmdQueue(rest, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "fieldgate %s %s %s/%s\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return 0

@@ -1,0 +1,65 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fieldgate/fieldgate/bridge/outbox"
+)
+
+func TestQueue(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "fieldgate.toml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("[device]\nid = \"EGW-Q\"\nstate_dir = %q\n", dir)), 0o600)
+	queue := func(args ...string) (int, string, string) {
+		var out, errOut bytes.Buffer
+		code := run(append([]string{"queue"}, append(args, "--config", cfg)...), &out, &errOut)
+		return code, out.String(), errOut.String()
+	}
+	if code, _, errOut := queue("stats"); code != 1 || !strings.Contains(errOut, "outbox.db: no such file or directory") {
+		t.Errorf("no outbox yet: exit %d, %q", code, errOut)
+	}
+
+	ob, err := outbox.Open(filepath.Join(dir, "outbox.db"), &outbox.Options{CommitInterval: time.Millisecond}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range []string{"sensors/# devices/EGW-Q/", "alarms/# devices/EGW-Q/", "sensors/# devices/EGW-Q/"} {
+		done, err := ob.Append(outbox.Message{Route: r, Topic: fmt.Sprintf("t/%d", i), Payload: []byte("p"), QoS: 1}, outbox.DropOldest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		<-done
+	}
+	// While a gateway holds it, the command says so.
+	if code, _, errOut := queue("stats"); code != 1 || !strings.Contains(errOut, "held by a running fieldgate") {
+		t.Errorf("held outbox: exit %d, %q", code, errOut)
+	}
+	ob.Close()
+
+	code, out, errOut := queue("stats")
+	if code != 0 || !strings.Contains(out, "messages 3\n") || !strings.Contains(out, "\"sensors/# devices/EGW-Q/\"") {
+		t.Errorf("stats: exit %d, %q %q", code, out, errOut)
+	}
+	code, out, _ = queue("peek", "-n", "1")
+	if code != 0 || !strings.Contains(out, "#2 ") || !strings.Contains(out, "#1 ") || strings.Contains(out, "#3 ") {
+		t.Errorf("peek -n 1: want the head of each route (#1 and #2), got %q", out)
+	}
+	if code, _, _ := queue("purge"); code != 2 {
+		t.Errorf("purge without --route or --all: exit %d, want 2", code)
+	}
+	code, out, _ = queue("purge", "--route", "sensors/# devices/EGW-Q/")
+	if code != 0 || out != "purged 2 messages\n" {
+		t.Errorf("purge: exit %d, %q", code, out)
+	}
+	if _, out, _ = queue("stats"); !strings.Contains(out, "messages 1\n") {
+		t.Errorf("stats after purge: %q", out)
+	}
+}

@@ -1,0 +1,165 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"runtime"
+	"sort"
+	"strings"
+	"time"
+)
+
+// metrics serves Prometheus metrics on /metrics and the uplink's health on
+// /healthz, on a loopback address.
+type metrics struct {
+	g   *Gateway
+	srv *http.Server
+	ln  net.Listener
+	now func() time.Time
+}
+
+// flowStall is how long the uplink may be connected with messages waiting
+// and none acknowledged before /healthz says it is not flowing.
+const flowStall = time.Minute
+
+func newMetrics(g *Gateway, addr string) (*metrics, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
+	m := &metrics{g: g, ln: ln, now: time.Now}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/metrics", m.serveMetrics)
+	mux.HandleFunc("/healthz", m.serveHealth)
+	m.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	return m, nil
+}
+
+func (m *metrics) addr() string { return m.ln.Addr().String() }
+
+func (m *metrics) run(ctx context.Context, log *slog.Logger) {
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		m.srv.Shutdown(sctx)
+	}()
+	if err := m.srv.Serve(m.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		log.Error("metrics server stopped", "err", err)
+	}
+}
+
+// health says whether the uplink is flowing: connected, and either nothing
+// waits or something was acknowledged lately.
+func (m *metrics) health() (bool, string) {
+	b := m.g.bridge
+	if b == nil {
+		return true, "no uplink configured"
+	}
+	st := b.Status()
+	switch {
+	case !st.Connected:
+		return false, "uplink not connected: " + st.LastError
+	case st.Queued > 0 && m.now().Sub(st.LastSent) > flowStall && m.now().Sub(m.g.started) > flowStall:
+		return false, fmt.Sprintf("uplink connected but stalled: %d messages waiting, none acknowledged for %s", st.Queued, flowStall)
+	}
+	return true, fmt.Sprintf("uplink flowing: %d messages waiting", st.Queued)
+}
+
+func (m *metrics) serveHealth(w http.ResponseWriter, r *http.Request) {
+	ok, msg := m.health()
+	if !ok {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	fmt.Fprintln(w, msg)
+}
+
+func (m *metrics) serveMetrics(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+	m.write(w)
+}
+
+// write writes the metrics in the Prometheus text format.
+func (m *metrics) write(w io.Writer) {
+	p := promWriter{w: w}
+	p.metric("fieldgate_build_info", "gauge", "Version of the running fieldgate.", 1, "version", Version, "goversion", runtime.Version())
+	p.metric("fieldgate_start_time_seconds", "gauge", "When the gateway started, in seconds since the epoch.", float64(m.g.started.UnixMilli())/1e3)
+	if exp := m.g.certExpiry; !exp.IsZero() {
+		p.metric("fieldgate_certificate_expiry_timestamp_seconds", "gauge", "When the device certificate expires.", float64(exp.Unix()))
+	}
+	if m.g.outbox != nil {
+		st := m.g.outbox.Stats()
+		p.metric("fieldgate_outbox_messages", "gauge", "Messages held in the outbox.", float64(st.Messages))
+		p.metric("fieldgate_outbox_bytes", "gauge", "Topic and payload bytes held in the outbox.", float64(st.Bytes))
+		age := 0.0
+		if !st.Oldest.IsZero() {
+			age = m.now().Sub(st.Oldest).Seconds()
+		}
+		p.metric("fieldgate_outbox_oldest_age_seconds", "gauge", "Age of the oldest message in the outbox.", age)
+		p.metric("fieldgate_outbox_enqueued_total", "counter", "Messages stored in the outbox.", float64(st.Appended))
+		p.metric("fieldgate_outbox_forwarded_total", "counter", "Messages deleted from the outbox after the central broker acknowledged them.", float64(st.Acked))
+		reasons := make([]string, 0, len(st.Dropped))
+		for r := range st.Dropped {
+			reasons = append(reasons, r)
+		}
+		sort.Strings(reasons)
+		p.help("fieldgate_outbox_dropped_total", "counter", "Messages dropped or refused, by reason.")
+		for _, r := range reasons {
+			p.sample("fieldgate_outbox_dropped_total", float64(st.Dropped[r]), "reason", r)
+		}
+		p.metric("fieldgate_outbox_commits_total", "counter", "Outbox transactions written; each one fsyncs.", float64(st.Commits))
+		p.metric("fieldgate_outbox_commit_seconds_total", "counter", "Time spent writing outbox transactions.", st.CommitTime.Seconds())
+	}
+	if b := m.g.bridge; b != nil {
+		st := b.Status()
+		up := 0.0
+		if st.Connected {
+			up = 1
+		}
+		p.metric("fieldgate_uplink_connected", "gauge", "1 when the uplink to the central broker is connected.", up)
+		p.metric("fieldgate_uplink_connect_attempts_total", "counter", "Connection attempts to the central broker.", float64(st.Attempts))
+		p.metric("fieldgate_uplink_connections_total", "counter", "Successful connections to the central broker.", float64(st.Connections))
+		p.metric("fieldgate_uplink_sent_total", "counter", "Messages acknowledged by the central broker.", float64(st.Sent))
+		p.metric("fieldgate_uplink_redelivered_total", "counter", "Messages sent again after a connection was lost.", float64(st.Resent))
+		p.metric("fieldgate_uplink_received_total", "counter", "Messages from the central broker delivered locally.", float64(st.Received))
+		p.metric("fieldgate_uplink_qos0_dropped_total", "counter", "QoS 0 messages dropped while offline.", float64(st.DroppedQoS0))
+		ok, _ := m.health()
+		flowing := 0.0
+		if ok {
+			flowing = 1
+		}
+		p.metric("fieldgate_uplink_flowing", "gauge", "1 when the uplink is connected and messages are being acknowledged.", flowing)
+	}
+}
+
+type promWriter struct{ w io.Writer }
+
+func (p promWriter) help(name, typ, help string) {
+	fmt.Fprintf(p.w, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, typ)
+}
+
+func (p promWriter) sample(name string, v float64, labels ...string) {
+	var b strings.Builder
+	b.WriteString(name)
+	if len(labels) > 0 {
+		b.WriteByte('{')
+		for i := 0; i+1 < len(labels); i += 2 {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			fmt.Fprintf(&b, "%s=%q", labels[i], labels[i+1])
+		}
+		b.WriteByte('}')
+	}
+	fmt.Fprintf(p.w, "%s %v\n", b.String(), v)
+}
+
+func (p promWriter) metric(name, typ, help string, v float64, labels ...string) {
+	p.help(name, typ, help)
+	p.sample(name, v, labels...)
+}

@@ -17,7 +17,10 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
+	"net/url"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
@@ -83,6 +86,9 @@ type Bridge struct {
 	st      Status
 	changed chan struct{} // closed and replaced on every change of st
 	lostErr chan error
+	// conn is the current connection's state: dead as soon as a read or
+	// write on its socket fails, before paho notices.
+	conn atomic.Pointer[watchedConn]
 }
 
 // New returns a Bridge; Run connects it.
@@ -206,8 +212,13 @@ func (b *Bridge) Run(ctx context.Context) error {
 		SetConnectRetry(false).
 		SetKeepAlive(b.o.KeepAlive).
 		SetConnectTimeout(15 * time.Second).
-		SetWriteTimeout(30 * time.Second).
+		// paho's Publish blocks for up to this long when called as the
+		// connection dies; drain checks the connection first, so this is
+		// the rare worst case. It is also the deadline for writing one
+		// packet, which a slow cellular link must meet.
+		SetWriteTimeout(10 * time.Second).
 		SetOrderMatters(false).
+		SetCustomOpenConnectionFn(b.dial).
 		SetConnectionLostHandler(func(_ paho.Client, err error) {
 			select {
 			case b.lostErr <- err:
@@ -252,7 +263,10 @@ func (b *Bridge) Run(ctx context.Context) error {
 		})
 		if err != nil {
 			b.log.Warn("uplink lost", "err", err)
-			client.Disconnect(0)
+			var reported *connLost
+			if !errors.As(err, &reported) {
+				b.settleLoss(client)
+			}
 			continue
 		}
 		if b.o.StatusTopic != "" { // a clean shutdown sends no will
@@ -260,6 +274,71 @@ func (b *Bridge) Run(ctx context.Context) error {
 		}
 		client.Disconnect(250)
 		return nil
+	}
+}
+
+// dial opens the TLS connection for paho, watched so that drain knows the
+// moment it fails: paho's Publish blocks for WriteTimeout when called on a
+// connection that died and paho has not noticed yet.
+func (b *Bridge) dial(uri *url.URL, o paho.ClientOptions) (net.Conn, error) {
+	cfg := o.TLSConfig.Clone()
+	if cfg.ServerName == "" {
+		cfg.ServerName = uri.Hostname()
+	}
+	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: o.ConnectTimeout}, Config: cfg}
+	c, err := d.Dial("tcp", uri.Host)
+	if err != nil {
+		return nil, err
+	}
+	w := &watchedConn{Conn: c}
+	b.conn.Store(w)
+	return w, nil
+}
+
+func (b *Bridge) connDead() bool {
+	c := b.conn.Load()
+	return c == nil || c.dead.Load()
+}
+
+type watchedConn struct {
+	net.Conn
+	dead atomic.Bool
+}
+
+func (c *watchedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if err != nil {
+		c.dead.Store(true)
+	}
+	return n, err
+}
+
+func (c *watchedConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if err != nil {
+		c.dead.Store(true)
+	}
+	return n, err
+}
+
+// connLost is paho's report that the connection was lost; when drain
+// returns it, paho is done with the connection.
+type connLost struct{ err error }
+
+func (e *connLost) Error() string { return e.err.Error() }
+func (e *connLost) Unwrap() error { return e.err }
+
+// settleLoss leaves client disconnected and done with its clean-up, so that
+// Connect can be called again: paho refuses to connect while it is still
+// handling the loss of the last connection.
+func (b *Bridge) settleLoss(client paho.Client) {
+	if client.IsConnectionOpen() {
+		client.Disconnect(0) // our decision, e.g. a publish failed
+		return
+	}
+	select {
+	case <-b.lostErr: // paho has finished with the lost connection
+	case <-time.After(5 * time.Second):
 	}
 }
 
@@ -349,6 +428,9 @@ func (b *Bridge) drain(ctx context.Context, client paho.Client) error {
 				return lost(fmt.Errorf("outbox: %w", err))
 			}
 			for _, m := range ms {
+				if !client.IsConnectionOpen() || b.connDead() {
+					break // lost: paho's Publish would block, lostErr is coming
+				}
 				if limiter != nil {
 					if err := limiter.Wait(ctx); err != nil {
 						break
@@ -386,7 +468,7 @@ func (b *Bridge) drain(ctx context.Context, client paho.Client) error {
 			b.update(func(st *Status) { st.Sent += uint64(n); st.LastSent = time.Now() })
 		case <-changed:
 		case err := <-b.lostErr:
-			return lost(err)
+			return lost(&connLost{err})
 		case <-ctx.Done():
 			b.settle(window)
 			return nil

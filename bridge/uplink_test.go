@@ -193,8 +193,15 @@ func TestCutsAndCentralRestart(t *testing.T) {
 	cuts := 0
 	for _, at := range []int{n / 20, n / 8, n / 4} { // cut while draining
 		r.until(ta, at, time.Minute)
+		before := r.b.Status().Connections
 		r.proxy.Reset()
 		cuts++
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		_, err := r.b.Wait(ctx, func(s Status) bool { return s.Connections > before })
+		cancel()
+		if err != nil {
+			t.Fatalf("no reconnection after cut %d: %+v", cuts, r.b.Status())
+		}
 	}
 	// Kill the central broker mid-drain. The proxy is blocked and reset
 	// first, and the observer catches up, so that what Mosquitto

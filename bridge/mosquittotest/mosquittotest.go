@@ -53,42 +53,17 @@ func Required() bool { return os.Getenv("FIELDGATE_REQUIRE_PEERS") == "1" }
 // is not installed, unless Required.
 func Start(t testing.TB, o Options) *Broker {
 	t.Helper()
-	bin, err := exec.LookPath("mosquitto")
-	if err != nil {
-		for _, p := range []string{"/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"} {
-			if _, err2 := os.Stat(p); err2 == nil {
-				bin, err = p, nil
-				break
-			}
-		}
-	}
-	if err != nil {
-		if Required() {
-			t.Fatalf("mosquitto is not installed (run .ci/deps): %v", err)
-		}
-		t.Skip("mosquitto is not installed; run .ci/deps or make test")
-	}
 	port := o.Port
 	if port == 0 {
 		port = FreePort(t)
 	}
-	dir := t.TempDir()
 	require := "true"
 	if o.Optional {
 		require = "false"
 	}
-	// Mosquitto started as root switches to the user "mosquitto", which
-	// cannot read the test's temporary files; it runs as whoever runs the
-	// tests instead.
-	u, err := user.Current()
-	if err != nil {
-		t.Fatal(err)
-	}
-	conf := fmt.Sprintf(`user %s
-per_listener_settings false
+	conf := fmt.Sprintf(`per_listener_settings false
 allow_anonymous false
 persistence false
-log_dest stderr
 log_type all
 connection_messages true
 listener %d 127.0.0.1
@@ -98,9 +73,44 @@ keyfile %s
 require_certificate %s
 use_identity_as_username true
 %s
-`, u.Username, port, o.CAFile, o.CertFile, o.KeyFile, require, o.Extra)
-	confPath := filepath.Join(dir, "mosquitto.conf")
-	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
+`, port, o.CAFile, o.CertFile, o.KeyFile, require, o.Extra)
+	return StartConf(t, port, conf)
+}
+
+// Binary returns the path of mosquitto, or skips the test (fails it when
+// Required) if it is not installed.
+func Binary(t testing.TB, name string) string {
+	t.Helper()
+	bin, err := exec.LookPath(name)
+	if err != nil {
+		for _, dir := range []string{"/usr/sbin", "/usr/local/sbin"} {
+			if _, err2 := os.Stat(filepath.Join(dir, name)); err2 == nil {
+				return filepath.Join(dir, name)
+			}
+		}
+		if Required() {
+			t.Fatalf("%s is not installed (run .ci/deps): %v", name, err)
+		}
+		t.Skipf("%s is not installed; run .ci/deps or make test", name)
+	}
+	return bin
+}
+
+// StartConf runs Mosquitto with conf, whose listener is on port, until the
+// test ends. It adds the lines that let the test read Mosquitto's log and
+// its temporary files.
+func StartConf(t testing.TB, port int, conf string) *Broker {
+	t.Helper()
+	bin := Binary(t, "mosquitto")
+	// Mosquitto started as root switches to the user "mosquitto", which
+	// cannot read the test's temporary files; it runs as whoever runs the
+	// tests instead.
+	u, err := user.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	confPath := filepath.Join(t.TempDir(), "mosquitto.conf")
+	if err := os.WriteFile(confPath, []byte("user "+u.Username+"\nlog_dest stderr\n"+conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
 

@@ -85,10 +85,6 @@ type Bridge struct {
 	mu      sync.Mutex
 	st      Status
 	changed chan struct{} // closed and replaced on every change of st
-	lostErr chan error
-	// conn is the current connection's state: dead as soon as a read or
-	// write on its socket fails, before paho notices.
-	conn atomic.Pointer[watchedConn]
 }
 
 // New returns a Bridge; Run connects it.
@@ -126,7 +122,7 @@ func New(o Options, log *slog.Logger) (*Bridge, error) {
 			r.ID = r.defaultID()
 		}
 	}
-	return &Bridge{o: o, log: log, ob: o.Outbox, changed: make(chan struct{}), lostErr: make(chan error, 1)}, nil
+	return &Bridge{o: o, log: log, ob: o.Outbox, changed: make(chan struct{})}, nil
 }
 
 // Forward stores a local message for the central broker if an "out" route
@@ -200,44 +196,19 @@ func (b *Bridge) update(f func(*Status)) {
 // Run connects to the central broker, reconnecting with backoff, and drains
 // the outbox until ctx ends.
 func (b *Bridge) Run(ctx context.Context) error {
-	opts := paho.NewClientOptions()
-	for _, a := range b.o.Addresses {
-		opts.AddBroker(a)
-	}
-	opts.SetClientID(b.o.ClientID).
-		SetTLSConfig(b.o.TLS).
-		SetProtocolVersion(4).
-		SetCleanSession(true). // our outbox, not paho's store, owns redelivery
-		SetAutoReconnect(false).
-		SetConnectRetry(false).
-		SetKeepAlive(b.o.KeepAlive).
-		SetConnectTimeout(15 * time.Second).
-		// paho's Publish blocks for up to this long when called as the
-		// connection dies; drain checks the connection first, so this is
-		// the rare worst case. It is also the deadline for writing one
-		// packet, which a slow cellular link must meet.
-		SetWriteTimeout(10 * time.Second).
-		SetOrderMatters(false).
-		SetCustomOpenConnectionFn(b.dial).
-		SetConnectionLostHandler(func(_ paho.Client, err error) {
-			select {
-			case b.lostErr <- err:
-			default:
-			}
-		})
-	if b.o.StatusTopic != "" {
-		opts.SetWill(b.o.StatusTopic, "offline", 1, true)
-	}
-	client := paho.NewClient(opts)
-
 	var lastLogged string
 	var ceil, delay time.Duration
 	for {
 		if ctx.Err() != nil {
 			return nil
 		}
-		err := b.connect(ctx, client)
+		// A new paho client for every connection: a Publish still blocked
+		// on a dead connection's client can then never go out, late and
+		// out of order, on the next one.
+		c := b.newConn()
+		err := b.connect(ctx, c)
 		if err != nil {
+			c.client.Disconnect(0)
 			b.update(func(st *Status) { st.Attempts++; st.LastError = err.Error() })
 			if err.Error() != lastLogged { // the same failure every backoff is not news
 				b.log.Warn("uplink connect failed", "addresses", b.o.Addresses, "err", err)
@@ -254,7 +225,7 @@ func (b *Bridge) Run(ctx context.Context) error {
 		b.update(func(st *Status) { st.Attempts++; st.Connections++; st.Connected = true; st.LastError = "" })
 		b.log.Info("uplink connected", "addresses", b.o.Addresses, "client_id", b.o.ClientID, "queued", b.ob.Stats().Messages)
 
-		err = b.drain(ctx, client)
+		err = b.drain(ctx, c)
 		b.update(func(st *Status) {
 			st.Connected = false
 			if err != nil {
@@ -263,41 +234,78 @@ func (b *Bridge) Run(ctx context.Context) error {
 		})
 		if err != nil {
 			b.log.Warn("uplink lost", "err", err)
-			var reported *connLost
-			if !errors.As(err, &reported) {
-				b.settleLoss(client)
-			}
+			go c.client.Disconnect(0) // may wait on paho's clean-up; nothing waits for it
 			continue
 		}
 		if b.o.StatusTopic != "" { // a clean shutdown sends no will
-			client.Publish(b.o.StatusTopic, 1, true, "offline").WaitTimeout(time.Second)
+			c.client.Publish(b.o.StatusTopic, 1, true, "offline").WaitTimeout(time.Second)
 		}
-		client.Disconnect(250)
+		c.client.Disconnect(250)
 		return nil
 	}
 }
 
-// dial opens the TLS connection for paho, watched so that drain knows the
-// moment it fails: paho's Publish blocks for WriteTimeout when called on a
-// connection that died and paho has not noticed yet.
-func (b *Bridge) dial(uri *url.URL, o paho.ClientOptions) (net.Conn, error) {
+// conn is one connection to the central broker.
+type conn struct {
+	client paho.Client
+	lost   chan error // paho's report that the connection was lost
+	socket atomic.Pointer[watchedConn]
+}
+
+func (b *Bridge) newConn() *conn {
+	c := &conn{lost: make(chan error, 1)}
+	opts := paho.NewClientOptions()
+	for _, a := range b.o.Addresses {
+		opts.AddBroker(a)
+	}
+	opts.SetClientID(b.o.ClientID).
+		SetTLSConfig(b.o.TLS).
+		SetProtocolVersion(4).
+		SetCleanSession(true). // our outbox, not paho's store, owns redelivery
+		SetAutoReconnect(false).
+		SetConnectRetry(false).
+		SetKeepAlive(b.o.KeepAlive).
+		SetConnectTimeout(15 * time.Second).
+		// The deadline for writing one packet, which a slow cellular
+		// link must meet; and how long paho's Publish may block when
+		// called as the connection dies (see conn.publisher).
+		SetWriteTimeout(30 * time.Second).
+		SetOrderMatters(false).
+		SetCustomOpenConnectionFn(c.dial).
+		SetConnectionLostHandler(func(_ paho.Client, err error) {
+			select {
+			case c.lost <- err:
+			default:
+			}
+		})
+	if b.o.StatusTopic != "" {
+		opts.SetWill(b.o.StatusTopic, "offline", 1, true)
+	}
+	c.client = paho.NewClient(opts)
+	return c
+}
+
+// dial opens the TLS connection for paho, watched so that the drain knows
+// the moment it fails, before paho does.
+func (c *conn) dial(uri *url.URL, o paho.ClientOptions) (net.Conn, error) {
 	cfg := o.TLSConfig.Clone()
 	if cfg.ServerName == "" {
 		cfg.ServerName = uri.Hostname()
 	}
 	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: o.ConnectTimeout}, Config: cfg}
-	c, err := d.Dial("tcp", uri.Host)
+	nc, err := d.Dial("tcp", uri.Host)
 	if err != nil {
 		return nil, err
 	}
-	w := &watchedConn{Conn: c}
-	b.conn.Store(w)
+	w := &watchedConn{Conn: nc}
+	c.socket.Store(w)
 	return w, nil
 }
 
-func (b *Bridge) connDead() bool {
-	c := b.conn.Load()
-	return c == nil || c.dead.Load()
+// dead reports whether a read or write on the socket has failed.
+func (c *conn) dead() bool {
+	w := c.socket.Load()
+	return w == nil || w.dead.Load()
 }
 
 type watchedConn struct {
@@ -321,33 +329,8 @@ func (c *watchedConn) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// connLost is paho's report that the connection was lost; when drain
-// returns it, paho is done with the connection.
-type connLost struct{ err error }
-
-func (e *connLost) Error() string { return e.err.Error() }
-func (e *connLost) Unwrap() error { return e.err }
-
-// settleLoss leaves client disconnected and done with its clean-up, so that
-// Connect can be called again: paho refuses to connect while it is still
-// handling the loss of the last connection.
-func (b *Bridge) settleLoss(client paho.Client) {
-	if client.IsConnectionOpen() {
-		client.Disconnect(0) // our decision, e.g. a publish failed
-		return
-	}
-	select {
-	case <-b.lostErr: // paho has finished with the lost connection
-	case <-time.After(5 * time.Second):
-	}
-}
-
-func (b *Bridge) connect(ctx context.Context, client paho.Client) error {
-	select { // a loss reported for an earlier connection is stale now
-	case <-b.lostErr:
-	default:
-	}
-	if err := wait(ctx, client.Connect()); err != nil {
+func (b *Bridge) connect(ctx context.Context, c *conn) error {
+	if err := wait(ctx, c.client.Connect()); err != nil {
 		return err
 	}
 	for i := range b.o.Routes {
@@ -355,14 +338,12 @@ func (b *Bridge) connect(ctx context.Context, client paho.Client) error {
 		if r.Direction&In == 0 {
 			continue
 		}
-		if err := wait(ctx, client.Subscribe(r.RemoteFilter(), r.QoS, b.inbound(r))); err != nil {
-			client.Disconnect(0)
+		if err := wait(ctx, c.client.Subscribe(r.RemoteFilter(), r.QoS, b.inbound(r))); err != nil {
 			return fmt.Errorf("subscribe %s: %w", r.RemoteFilter(), err)
 		}
 	}
 	if b.o.StatusTopic != "" {
-		if err := wait(ctx, client.Publish(b.o.StatusTopic, 1, true, "online")); err != nil {
-			client.Disconnect(0)
+		if err := wait(ctx, c.client.Publish(b.o.StatusTopic, 1, true, "online")); err != nil {
 			return fmt.Errorf("publish %s: %w", b.o.StatusTopic, err)
 		}
 	}
@@ -392,26 +373,45 @@ func (b *Bridge) inbound(r *Route) paho.MessageHandler {
 	}
 }
 
-// inflight is a message sent and not yet acknowledged.
+// inflight is a message handed to paho and not yet acknowledged.
 type inflight struct {
 	route string
 	seq   uint64
-	tok   paho.Token
+	tok   paho.Token // nil until the publisher has handed it to paho
+}
+
+// publisher hands messages to paho, in order, and returns their tokens.
+// paho's Publish can block (up to the write timeout) on a connection that
+// is dying, so it runs apart from the drain, which must notice the loss.
+func (c *conn) publisher(in <-chan outbox.Message, out chan<- paho.Token) {
+	defer close(out)
+	for m := range in {
+		if c.dead() {
+			return
+		}
+		out <- c.client.Publish(m.Topic, m.QoS, m.Retain, m.Payload)
+	}
 }
 
 // drain sends the outbox, oldest first per route and taking the routes in
 // turn, keeping up to MaxInflight messages unacknowledged. It returns an
 // error when the connection is lost and nil when ctx ends.
-func (b *Bridge) drain(ctx context.Context, client paho.Client) error {
+func (b *Bridge) drain(ctx context.Context, c *conn) error {
 	var limiter *rate.Limiter
 	if b.o.MaxRate > 0 {
 		limiter = rate.NewLimiter(rate.Limit(b.o.MaxRate), max(1, int(b.o.MaxRate/10)))
 	}
+	toPaho := make(chan outbox.Message, b.o.MaxInflight)
+	tokens := make(chan paho.Token, b.o.MaxInflight)
+	go c.publisher(toPaho, tokens)
+	defer close(toPaho)
+
 	cursor := map[string]uint64{} // last seq sent on this connection, per route
-	var window []inflight
-	next := 0 // route to look at first, so one route's backlog does not starve another
+	var window []inflight         // in the order handed to paho
+	handed := 0                   // how many of window have their token
+	next := 0                     // route to look at first, so one route's backlog does not starve another
 	lost := func(err error) error {
-		if n := len(window); n > 0 {
+		if n := handed; n > 0 {
 			b.update(func(st *Status) { st.Resent += uint64(n) })
 		}
 		return err
@@ -421,22 +421,18 @@ func (b *Bridge) drain(ctx context.Context, client paho.Client) error {
 		changed := b.ob.Changed()
 		// Fill the window.
 		routes := b.ob.Routes()
-		for i := 0; i < len(routes) && len(window) < b.o.MaxInflight; i++ {
+		for i := 0; i < len(routes) && len(window) < b.o.MaxInflight && !c.dead(); i++ {
 			r := routes[(next+i)%len(routes)]
 			ms, err := b.ob.Read(r, cursor[r], b.o.MaxInflight-len(window))
 			if err != nil {
 				return lost(fmt.Errorf("outbox: %w", err))
 			}
 			for _, m := range ms {
-				if !client.IsConnectionOpen() || b.connDead() {
-					break // lost: paho's Publish would block, lostErr is coming
+				if limiter != nil && limiter.Wait(ctx) != nil {
+					break
 				}
-				if limiter != nil {
-					if err := limiter.Wait(ctx); err != nil {
-						break
-					}
-				}
-				window = append(window, inflight{route: r, seq: m.Seq, tok: client.Publish(m.Topic, m.QoS, m.Retain, m.Payload)})
+				toPaho <- m
+				window = append(window, inflight{route: r, seq: m.Seq})
 				cursor[r] = m.Seq
 			}
 		}
@@ -445,21 +441,28 @@ func (b *Bridge) drain(ctx context.Context, client paho.Client) error {
 		}
 
 		var headDone <-chan struct{}
-		if len(window) > 0 {
+		if handed > 0 {
 			headDone = window[0].tok.Done()
 		}
 		select {
+		case tok, ok := <-tokens:
+			if !ok {
+				return lost(errors.New("connection lost"))
+			}
+			window[handed].tok = tok
+			handed++
 		case <-headDone:
 			// Acknowledge every finished message at the head, by route.
 			acks := map[string][]uint64{}
 			n := 0
-			for len(window) > 0 && isDone(window[0].tok) {
+			for handed > 0 && isDone(window[0].tok) {
 				w := window[0]
 				if err := w.tok.Error(); err != nil {
 					return lost(err)
 				}
 				acks[w.route] = append(acks[w.route], w.seq)
 				window = window[1:]
+				handed--
 				n++
 			}
 			for r, seqs := range acks {
@@ -467,10 +470,10 @@ func (b *Bridge) drain(ctx context.Context, client paho.Client) error {
 			}
 			b.update(func(st *Status) { st.Sent += uint64(n); st.LastSent = time.Now() })
 		case <-changed:
-		case err := <-b.lostErr:
-			return lost(&connLost{err})
+		case err := <-c.lost:
+			return lost(err)
 		case <-ctx.Done():
-			b.settle(window)
+			b.settle(window[:handed])
 			return nil
 		}
 	}

@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -51,16 +50,9 @@ func newRig(t *testing.T, maxInflight int) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert, err := tls.LoadX509KeyPair(dev.CertFile, dev.KeyFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caPEM, _ := os.ReadFile(r.ca.CertFile)
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(caPEM)
 	r.b, err = New(Options{
 		Addresses: []string{"ssl://" + r.proxy.Addr},
-		TLS:       &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: roots, ServerName: "localhost", MinVersion: tls.VersionTLS12},
+		TLS:       clientTLS(t, r.ca, dev),
 		ClientID:  "EGW-RIG",
 		Outbox:    r.ob,
 		Routes: []Route{
@@ -80,6 +72,19 @@ func newRig(t *testing.T, maxInflight int) *rig {
 	go func() { defer close(done); r.b.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done; r.ob.Close() })
 	return r
+}
+
+// clientTLS is the device side of mutual TLS with a central broker whose
+// certificate ca signed for localhost.
+func clientTLS(t testing.TB, ca *pkitest.CA, dev pkitest.Pair) *tls.Config {
+	t.Helper()
+	cert, err := tls.LoadX509KeyPair(dev.CertFile, dev.KeyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.Cert)
+	return &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: roots, ServerName: "localhost", MinVersion: tls.VersionTLS12}
 }
 
 func (r *rig) startCentral() {

@@ -17,7 +17,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
@@ -47,6 +50,7 @@ type Listener struct {
 // Options configure a Broker.
 type Options struct {
 	Listeners []Listener
+	Security  Security
 	// Forward, if set, is called for every accepted publish, before the
 	// publisher is acknowledged, except those sent with PublishLocal.
 	// An error wrapping ErrRejected refuses the message (MQTT 5: reason
@@ -61,6 +65,7 @@ type Broker struct {
 	srv    *mqtt.Server
 	log    *slog.Logger
 	uplink *mqtt.Client // inline identity for messages from the uplink
+	gate   *gateHook
 	addrs  []string
 }
 
@@ -80,7 +85,10 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 		Logger: slog.New(minLevel{slog.LevelWarn, log.Handler()}),
 	})
 	b := &Broker{srv: srv, log: log}
-	gate := &gateHook{log: log, forward: o.Forward, srv: srv, marker: newMarker(), waiters: map[*mqtt.Client]chan deferred{}}
+	gate := &gateHook{log: log, forward: o.Forward, srv: srv, marker: newMarker(), waiters: map[*mqtt.Client]chan deferred{},
+		refusals: &refusalLog{now: time.Now}}
+	gate.sec.Store(&o.Security)
+	b.gate = gate
 	if err := srv.AddHook(gate, nil); err != nil {
 		return nil, fmt.Errorf("localbroker: %w", err)
 	}
@@ -134,15 +142,20 @@ func (b *Broker) Close() error {
 	return b.srv.Close()
 }
 
-// gateHook decides who may connect and hands accepted publishes to the
-// forwarder. Until a password file or client certificates are configured
-// (issue 3), no network client is let in: anonymous access is never the
-// default.
+// SetSecurity replaces the security files in use (on SIGHUP); clients
+// already connected keep their session and are judged by the new ACL from
+// their next packet.
+func (b *Broker) SetSecurity(s Security) { b.gate.sec.Store(&s) }
+
+// gateHook decides who may connect and what they may do, and hands
+// accepted publishes to the forwarder.
 type gateHook struct {
 	mqtt.HookBase
-	log     *slog.Logger
-	forward func(Message) (<-chan error, error)
-	srv     *mqtt.Server
+	log      *slog.Logger
+	sec      atomic.Pointer[Security]
+	refusals *refusalLog
+	forward  func(Message) (<-chan error, error)
+	srv      *mqtt.Server
 
 	// marker tags a publish injected again once stored, so that OnPublish
 	// lets it through; it is random, so a client cannot forge it.
@@ -171,13 +184,48 @@ func (h *gateHook) Provides(b byte) bool {
 }
 
 func (h *gateHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
-	h.log.Info("client refused: no credentials are accepted yet (anonymous access is disabled)",
-		"client_id", cl.ID, "remote", remoteAddr(cl))
+	sec := h.sec.Load()
+	user := string(pk.Connect.Username)
+	var reason string
+	switch {
+	case user == "" && sec.AllowAnonymous:
+		return true
+	case user == "":
+		reason = "no username, and anonymous access is disabled"
+	case sec.Passwords == nil:
+		reason = "no password_file is configured"
+	case sec.Passwords.Verify(user, pk.Connect.Password):
+		return true
+	default:
+		reason = "wrong password or unknown user"
+	}
+	if remote := remoteAddr(cl); h.refusals.allow(remote, reason) {
+		h.log.Info("client refused", "reason", reason, "username", user, "client_id", cl.ID, "remote", remote)
+	}
 	return false
 }
 
+// OnACLCheck is asked by mochi for a publish (write), for a subscription
+// (not write, topic is the filter) and for each delivery (not write, topic
+// is the message's). A subscription to a wildcard filter is allowed when a
+// rule could let it read something (Mosquitto allows them all); each
+// delivery is then checked as Mosquitto checks it.
 func (h *gateHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
-	return false
+	sec := h.sec.Load()
+	user := string(cl.Properties.Username)
+	if sec.ACL == nil {
+		return user != "" // authenticated: every topic, as Mosquitto without an acl_file
+	}
+	var ok bool
+	switch {
+	case write:
+		ok, _ = sec.ACL.Check(user, cl.ID, topic, AccessWrite)
+	case strings.ContainsAny(topic, "+#"):
+		ok, _ = sec.ACL.CheckSubscribe(user, cl.ID, topic)
+	default:
+		ok, _ = sec.ACL.Check(user, cl.ID, topic, AccessRead)
+	}
+	return ok
 }
 
 func (h *gateHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {

@@ -21,6 +21,7 @@ import (
 
 	"github.com/fieldgate/fieldgate/bridge"
 	"github.com/fieldgate/fieldgate/bridge/outbox"
+	"github.com/fieldgate/fieldgate/localbroker"
 	"github.com/fieldgate/fieldgate/sensors"
 )
 
@@ -64,7 +65,10 @@ type IdentityConfig struct {
 
 // BrokerConfig is the [broker] section.
 type BrokerConfig struct {
-	Listeners []ListenerConfig `toml:"listener"`
+	AllowAnonymous bool             `toml:"allow_anonymous"`
+	PasswordFile   string           `toml:"password_file"`
+	ACLFile        string           `toml:"acl_file"`
+	Listeners      []ListenerConfig `toml:"listener"`
 }
 
 // ListenerConfig is one [[broker.listener]].
@@ -427,6 +431,16 @@ func (c *Config) validate() error {
 		c.errorf(&errs, "device.id", "%q: want letters, digits and '-._:', starting with a letter or digit (it is used in topics and SenML names)", c.Device.ID)
 	}
 
+	if p := c.Broker.PasswordFile; p != "" {
+		if _, err := localbroker.LoadPasswordFile(p); err != nil {
+			c.errorf(&errs, "broker.password_file", "%v", strings.TrimPrefix(pathError(err).Error(), "localbroker: "))
+		}
+	}
+	if p := c.Broker.ACLFile; p != "" {
+		if _, err := localbroker.LoadACL(p); err != nil {
+			c.errorf(&errs, "broker.acl_file", "%v", strings.TrimPrefix(pathError(err).Error(), "localbroker: "))
+		}
+	}
 	for i, l := range c.Broker.Listeners {
 		key := fmt.Sprintf("broker.listener[%d].address", i)
 		if err := checkPlainAddress(l.Address); err != nil {

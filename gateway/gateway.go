@@ -95,7 +95,11 @@ func New(cfg *Config, log *slog.Logger) (g *Gateway, err error) {
 		}
 	}
 
-	lo := &localbroker.Options{Forward: fwd}
+	sec, err := security(cfg)
+	if err != nil {
+		return nil, err
+	}
+	lo := &localbroker.Options{Forward: fwd, Security: sec}
 	for _, l := range cfg.Broker.Listeners {
 		lo.Listeners = append(lo.Listeners, localbroker.Listener{Address: l.Address})
 	}
@@ -212,11 +216,38 @@ func (g *Gateway) logStart() {
 		attrs = append(attrs, "metrics", "http://"+g.metrics.addr()+"/metrics")
 	}
 	g.log.Info("fieldgate starting", attrs...)
+	b := g.cfg.Broker
+	switch {
+	case b.AllowAnonymous:
+		g.log.Warn("allow_anonymous is on: clients without a username may connect")
+	case b.PasswordFile == "" && len(b.Listeners) > 0:
+		g.log.Info("no password_file: network clients cannot log in")
+	}
+	if b.PasswordFile != "" && b.ACLFile == "" {
+		g.log.Warn("no acl_file: every client that logs in may publish and subscribe to every topic")
+	}
 }
 
 // deliver publishes a message from the central broker locally.
 func (g *Gateway) deliver(topic string, payload []byte, qos byte, retain bool) error {
 	return g.broker.PublishLocal(localbroker.Message{Topic: topic, Payload: payload, QoS: qos, Retain: retain})
+}
+
+// security loads the broker's password and ACL files.
+func security(cfg *Config) (localbroker.Security, error) {
+	sec := localbroker.Security{AllowAnonymous: cfg.Broker.AllowAnonymous}
+	var err error
+	if p := cfg.Broker.PasswordFile; p != "" {
+		if sec.Passwords, err = localbroker.LoadPasswordFile(p); err != nil {
+			return sec, err
+		}
+	}
+	if p := cfg.Broker.ACLFile; p != "" {
+		if sec.ACL, err = localbroker.LoadACL(p); err != nil {
+			return sec, err
+		}
+	}
+	return sec, nil
 }
 
 type brokerPublisher struct{ b *localbroker.Broker }

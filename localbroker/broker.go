@@ -80,9 +80,11 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 	}
 	srv := mqtt.New(&mqtt.Options{
 		InlineClient: true,
-		// mochi tells at Info level of every hook and listener it adds;
-		// the start-up line of the gateway says what matters.
-		Logger: slog.New(minLevel{slog.LevelWarn, log.Handler()}),
+		// mochi logs every hook and listener it adds (Info), every client
+		// that goes away (Warn, with no message) and every publish our
+		// hook refuses (Error, with the whole packet): the gateway logs
+		// what matters itself, rate-limited.
+		Logger: slog.New(mochiFilter{log.Handler()}),
 	})
 	b := &Broker{srv: srv, log: log}
 	gate := &gateHook{log: log, forward: o.Forward, srv: srv, marker: newMarker(), waiters: map[*mqtt.Client]chan deferred{},
@@ -262,7 +264,9 @@ func (h *gateHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet
 	if errors.Is(err, ErrRejected) && !cl.Net.Inline && cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos > 0 {
 		return pk, packets.ErrQuotaExceeded
 	}
-	h.log.Warn("publish refused", "client_id", cl.ID, "topic", pk.TopicName, "err", err)
+	if remote := remoteAddr(cl); h.refusals.allow(remote, "publish: "+err.Error()) {
+		h.log.Warn("publish refused", "client_id", cl.ID, "remote", remote, "topic", pk.TopicName, "err", err)
+	}
 	return pk, packets.ErrRejectPacket
 }
 
@@ -323,20 +327,24 @@ func remoteAddr(cl *mqtt.Client) string {
 	return cl.Net.Remote
 }
 
-// minLevel drops records below a level.
-type minLevel struct {
-	min slog.Level
-	slog.Handler
+// mochiFilter passes on mochi's errors but not its chatter.
+type mochiFilter struct{ slog.Handler }
+
+func (h mochiFilter) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= slog.LevelError && h.Handler.Enabled(ctx, l)
 }
 
-func (h minLevel) Enabled(ctx context.Context, l slog.Level) bool {
-	return l >= h.min && h.Handler.Enabled(ctx, l)
+func (h mochiFilter) Handle(ctx context.Context, r slog.Record) error {
+	if r.Message == "publish packet error" { // our own refusal, logged by us
+		return nil
+	}
+	return h.Handler.Handle(ctx, r)
 }
 
-func (h minLevel) WithAttrs(as []slog.Attr) slog.Handler {
-	return minLevel{h.min, h.Handler.WithAttrs(as)}
+func (h mochiFilter) WithAttrs(as []slog.Attr) slog.Handler {
+	return mochiFilter{h.Handler.WithAttrs(as)}
 }
 
-func (h minLevel) WithGroup(name string) slog.Handler {
-	return minLevel{h.min, h.Handler.WithGroup(name)}
+func (h mochiFilter) WithGroup(name string) slog.Handler {
+	return mochiFilter{h.Handler.WithGroup(name)}
 }

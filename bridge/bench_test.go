@@ -6,7 +6,6 @@ package bridge
 
 import (
 	"context"
-	"fmt"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -123,7 +122,10 @@ func BenchmarkDrain50k(b *testing.B) {
 			ca := pkitest.NewCA(b, "Central CA")
 			srv, obs, dev := ca.Server(b, "central"), ca.Client(b, "observer"), ca.Client(b, "EGW-MOSQ")
 			centralPort := mosquittotest.FreePort(b)
-			edge := startMosquittoBridge(b, ca, dev, centralPort)
+			edge := mosquittotest.StartBridge(b, mosquittotest.BridgeOptions{
+				CAFile: ca.CertFile, CertFile: dev.CertFile, KeyFile: dev.KeyFile,
+				CentralPort: centralPort, Topic: `sensors/# out 1 "" devices/EGW-MOSQ/`,
+			})
 			publishQoS1(b, edge.Addr, n)
 			central := mosquittotest.Start(b, mosquittotest.Options{CAFile: ca.CertFile, CertFile: srv.CertFile, KeyFile: srv.KeyFile, Port: centralPort, Extra: centralExtra})
 			arrived := make(chan paho.Message, n+100)
@@ -159,33 +161,6 @@ func benchBridge(b *testing.B, ca *pkitest.CA, dev pkitest.Pair, addr string) (*
 	go func() { defer close(done); br.Run(ctx) }()
 	b.Cleanup(func() { cancel(); <-done; ob.Close() })
 	return br, ob
-}
-
-// startMosquittoBridge runs a Mosquitto as Fieldgate's peer would be set up
-// by hand: a local listener, persistence on, no queue limit, and a bridge
-// with the same certificate and route towards the central broker on
-// centralPort, retrying every second.
-func startMosquittoBridge(b *testing.B, ca *pkitest.CA, dev pkitest.Pair, centralPort int) *mosquittotest.Broker {
-	b.Helper()
-	port := mosquittotest.FreePort(b)
-	conf := fmt.Sprintf(`listener %d 127.0.0.1
-allow_anonymous true
-persistence true
-persistence_location %s/
-autosave_interval 1800
-max_queued_messages 0
-max_inflight_messages 0
-
-connection central
-address localhost:%d
-bridge_cafile %s
-bridge_certfile %s
-bridge_keyfile %s
-cleansession false
-restart_timeout 1 1
-topic sensors/# out 1 "" devices/EGW-MOSQ/
-`, port, b.TempDir(), centralPort, ca.CertFile, dev.CertFile, dev.KeyFile)
-	return mosquittotest.StartConf(b, port, conf)
 }
 
 // publishQoS1 publishes n 64-byte QoS 1 messages on sensors/t to the

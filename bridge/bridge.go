@@ -297,7 +297,7 @@ func (c *conn) dial(uri *url.URL, o paho.ClientOptions) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	w := &watchedConn{Conn: nc}
+	w := newWatchedConn(nc)
 	c.socket.Store(w)
 	return w, nil
 }
@@ -308,9 +308,36 @@ func (c *conn) dead() bool {
 	return w == nil || w.dead.Load()
 }
 
+// watchedConn is the uplink's socket. It marks itself dead on the first
+// failed read or write, and it coalesces writes: paho writes every packet
+// on its own, one TLS record and one system call each, which at thousands
+// of messages a second is most of the gateway's work. Writes are gathered
+// and sent by one goroutine, as many as came while the last send was under
+// way.
 type watchedConn struct {
 	net.Conn
 	dead atomic.Bool
+
+	mu      sync.Mutex
+	cond    *sync.Cond // signalled when buf is taken, or on failure
+	buf     []byte
+	werr    error
+	kick    chan struct{}
+	stopped chan struct{} // closed when the writer has returned
+	closing bool
+}
+
+// maxPending is how much the writer may hold unsent before Write blocks.
+const maxPending = 256 << 10
+
+// writeTimeout bounds one send, as paho's write deadline did.
+const writeTimeout = 30 * time.Second
+
+func newWatchedConn(nc net.Conn) *watchedConn {
+	c := &watchedConn{Conn: nc, kick: make(chan struct{}, 1), stopped: make(chan struct{})}
+	c.cond = sync.NewCond(&c.mu)
+	go c.writer()
+	return c
 }
 
 func (c *watchedConn) Read(p []byte) (int, error) {
@@ -322,11 +349,70 @@ func (c *watchedConn) Read(p []byte) (int, error) {
 }
 
 func (c *watchedConn) Write(p []byte) (int, error) {
-	n, err := c.Conn.Write(p)
-	if err != nil {
-		c.dead.Store(true)
+	c.mu.Lock()
+	for len(c.buf) > maxPending && c.werr == nil {
+		c.cond.Wait()
 	}
-	return n, err
+	if c.werr != nil {
+		err := c.werr
+		c.mu.Unlock()
+		return 0, err
+	}
+	c.buf = append(c.buf, p...)
+	c.mu.Unlock()
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+	return len(p), nil
+}
+
+// SetWriteDeadline is ignored: the writer sets its own per send.
+func (c *watchedConn) SetWriteDeadline(time.Time) error { return nil }
+
+func (c *watchedConn) writer() {
+	defer close(c.stopped)
+	var spare []byte
+	for {
+		<-c.kick
+		c.mu.Lock()
+		out, closing := c.buf, c.closing
+		c.buf = spare[:0]
+		c.cond.Broadcast()
+		c.mu.Unlock()
+		if len(out) > 0 {
+			c.Conn.SetWriteDeadline(time.Now().Add(writeTimeout))
+			if _, err := c.Conn.Write(out); err != nil {
+				c.dead.Store(true)
+				c.mu.Lock()
+				c.werr = err
+				c.cond.Broadcast()
+				c.mu.Unlock()
+				c.Conn.Close() // paho's reader fails too, and reports the loss
+				return
+			}
+		}
+		spare = out
+		if closing {
+			return
+		}
+	}
+}
+
+// Close sends what is pending (paho's DISCONNECT, say), then closes.
+func (c *watchedConn) Close() error {
+	c.mu.Lock()
+	c.closing = true
+	c.mu.Unlock()
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+	select {
+	case <-c.stopped:
+	case <-time.After(time.Second):
+	}
+	return c.Conn.Close()
 }
 
 func (b *Bridge) connect(ctx context.Context, c *conn) error {

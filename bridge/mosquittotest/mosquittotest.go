@@ -211,3 +211,47 @@ func FreePort(t testing.TB) int {
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
 }
+
+// BridgeOptions describe a Mosquitto set up as a site gateway by hand: a
+// local listener for anonymous site devices, persistence on, no queue
+// limit, and a bridge over mutual TLS to a central broker on localhost.
+type BridgeOptions struct {
+	CAFile, CertFile, KeyFile string // the bridge's trust and identity
+	CentralPort               int
+	Topic                     string // a "topic" line's arguments, e.g. `sensors/# out 1 "" devices/X/`
+	Port                      int    // local listener; 0 picks a free one
+	Dir                       string // persistence location; "" makes one
+}
+
+// StartBridge runs Mosquitto as a bridging site gateway (see
+// BridgeOptions), retrying the central broker every second.
+func StartBridge(t testing.TB, o BridgeOptions) *Broker {
+	t.Helper()
+	if o.Port == 0 {
+		o.Port = FreePort(t)
+	}
+	if o.Dir == "" {
+		o.Dir = t.TempDir()
+	}
+	conf := fmt.Sprintf(`listener %d 127.0.0.1
+allow_anonymous true
+persistence true
+persistence_location %s/
+autosave_interval 1800
+max_queued_messages 0
+max_inflight_messages 0
+
+connection central
+address localhost:%d
+bridge_cafile %s
+bridge_certfile %s
+bridge_keyfile %s
+cleansession false
+restart_timeout 1 1
+topic %s
+`, o.Port, o.Dir, o.CentralPort, o.CAFile, o.CertFile, o.KeyFile, o.Topic)
+	return StartConf(t, o.Port, conf)
+}
+
+// PID is the process id of the running Mosquitto.
+func (b *Broker) PID() int { return b.cmd.Process.Pid }

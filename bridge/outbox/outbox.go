@@ -443,12 +443,17 @@ func (ob *Outbox) Close() error {
 	return ob.db.Close()
 }
 
-// commitLoop gathers operations and writes them in one transaction per
-// commit interval, or sooner when MaxBatch are pending.
+// commitLoop gathers operations and writes them in one transaction, at
+// most one per commit interval (sooner when MaxBatch are pending). The
+// interval is a rate, not a delay: after a quiet spell the first message
+// is committed at once, and those that come while the disk is busy wait
+// for the next turn.
 func (ob *Outbox) commitLoop() {
 	defer close(ob.done)
 	var batch []op
-	var timer <-chan time.Time
+	var timer *time.Timer
+	var due <-chan time.Time
+	var last time.Time // of the last commit
 	for {
 		select {
 		case o, ok := <-ob.ops:
@@ -457,16 +462,18 @@ func (ob *Outbox) commitLoop() {
 				return
 			}
 			batch = append(batch, o)
-			if timer == nil {
-				timer = time.After(ob.o.CommitInterval)
+			if due == nil {
+				timer = time.NewTimer(time.Until(last.Add(ob.o.CommitInterval)))
+				due = timer.C
 			}
 			if len(batch) < ob.o.MaxBatch {
 				continue
 			}
-		case <-timer:
+			timer.Stop()
+		case <-due:
 		}
 		ob.commit(batch)
-		batch, timer = batch[:0], nil
+		batch, due, last = batch[:0], nil, time.Now()
 	}
 }
 

@@ -15,9 +15,9 @@ type Security struct {
 	// Passwords verifies username and password; nil refuses every
 	// client that sends a username.
 	Passwords *PasswordFile
-	// ACL decides what a client may publish and subscribe to. Nil lets an
-	// authenticated client use every topic, as Mosquitto does without an
-	// acl_file; anonymous clients get nothing without an ACL.
+	// ACL decides what a client may publish and subscribe to. Nil lets
+	// every client that got in use every topic, as Mosquitto does without
+	// an acl_file.
 	ACL *ACL
 }
 

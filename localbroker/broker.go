@@ -216,7 +216,8 @@ func (h *gateHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	sec := h.sec.Load()
 	user := string(cl.Properties.Username)
 	if sec.ACL == nil {
-		return user != "" // authenticated: every topic, as Mosquitto without an acl_file
+		// Every topic for whoever got in, as Mosquitto without an acl_file.
+		return user != "" || sec.AllowAnonymous
 	}
 	var ok bool
 	switch {

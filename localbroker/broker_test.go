@@ -1,15 +1,18 @@
 package localbroker
 
 import (
+	"context"
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	paho5 "github.com/eclipse/paho.golang/paho"
 	paho "github.com/eclipse/paho.mqtt.golang"
 )
 
@@ -104,5 +107,87 @@ func TestListenError(t *testing.T) {
 	_, err := New(&Options{Listeners: []Listener{{Address: b.Addrs()[0]}}}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err == nil || !strings.Contains(err.Error(), "listen on "+b.Addrs()[0]) || !errors.Is(err, syscall.EADDRINUSE) {
 		t.Errorf("got %v, want an address-in-use error naming %s", err, b.Addrs()[0])
+	}
+}
+
+// A network client's QoS 1 PUBACK waits for storage: it comes once the
+// message is stored, in order, and a message that could not be stored gets
+// 0x80 (MQTT 5) and is not delivered.
+func TestDeferredAck(t *testing.T) {
+	release := make(chan struct{})
+	forwarded := make(chan string, 10)
+	b, err := New(&Options{
+		Listeners: []Listener{{Address: "127.0.0.1:0"}},
+		Security:  Security{AllowAnonymous: true},
+		Forward: func(m Message) (<-chan error, error) {
+			forwarded <- m.Topic
+			stored := make(chan error, 1)
+			go func() {
+				<-release
+				if m.Topic == "disk/full" {
+					stored <- errors.New("no space left on device")
+				} else {
+					stored <- nil
+				}
+			}()
+			return stored, nil
+		},
+	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	delivered := make(chan string, 10)
+	b.Subscribe("#", 1, func(m Message) { delivered <- m.Topic })
+
+	conn, err := net.Dial("tcp", b.Addrs()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := paho5.NewClient(paho5.ClientConfig{Conn: conn})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := cl.Connect(ctx, &paho5.Connect{ClientID: "dev", KeepAlive: 30, CleanStart: true}); err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Disconnect(&paho5.Disconnect{})
+	type result struct {
+		topic string
+		code  byte
+	}
+	results := make(chan result, 3)
+	for _, topic := range []string{"a/1", "disk/full", "a/2"} {
+		go func() {
+			resp, _ := cl.Publish(ctx, &paho5.Publish{Topic: topic, QoS: 1, Payload: []byte("x")})
+			code := byte(0xff)
+			if resp != nil {
+				code = resp.ReasonCode
+			}
+			results <- result{topic, code}
+		}()
+	}
+	for n := 0; n < 3; {
+		select {
+		case r := <-results:
+			t.Fatalf("%s acknowledged (%#x) before it was stored", r.topic, r.code)
+		case d := <-delivered:
+			t.Fatalf("%s delivered before it was stored", d)
+		case <-forwarded:
+			n++
+		}
+	}
+	close(release)
+	got := map[string]byte{}
+	for range 3 {
+		r := <-results
+		got[r.topic] = r.code
+	}
+	if got["a/1"] != 0 || got["a/2"] != 0 || got["disk/full"] != 0x80 {
+		t.Errorf("reason codes: got %v, want a/1 and a/2 0, disk/full 0x80", got)
+	}
+	for range 2 {
+		if d := <-delivered; d == "disk/full" {
+			t.Error("a message that was not stored was delivered")
+		}
 	}
 }

@@ -472,16 +472,22 @@ func (ob *Outbox) commitLoop() {
 			timer.Stop()
 		case <-due:
 		}
-		ob.commit(batch)
-		batch, due, last = batch[:0], nil, time.Now()
+		retry := ob.commit(batch)
+		batch, due, last = append(batch[:0], retry...), nil, time.Now()
+		if len(batch) > 0 { // acknowledgements to write again
+			timer = time.NewTimer(ob.o.CommitInterval)
+			due = timer.C
+		}
 	}
 }
 
 // commit writes a batch: deletions first, then expiry, then appends, each
-// append making room for itself under DropOldest.
-func (ob *Outbox) commit(batch []op) {
+// append making room for itself under DropOldest. When the transaction
+// fails (a full disk), the appends' publishers are told, and the
+// acknowledgements are returned to be tried again with the next batch.
+func (ob *Outbox) commit(batch []op) (retry []op) {
 	if len(batch) == 0 {
-		return
+		return nil
 	}
 	// Work on a copy of the per-route state; it becomes the real one only
 	// if the transaction commits.
@@ -633,7 +639,11 @@ func (ob *Outbox) commit(batch []op) {
 		if o.done != nil {
 			o.done <- err
 		}
+		if err != nil && o.ack != nil {
+			retry = append(retry, o)
+		}
 	}
+	return retry
 }
 
 // full reports whether routes, with n more messages of b bytes, would be

@@ -7,7 +7,9 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -314,5 +316,59 @@ func TestReadOnlyAndPurge(t *testing.T) {
 	}
 	if _, err := ro.Append(Message{Route: "b"}, DropOldest); !errors.Is(err, ErrReadOnly) {
 		t.Errorf("append read-only: got %v, want ErrReadOnly", err)
+	}
+}
+
+// A full disk fails the commit: the appends of that batch are told, what
+// was committed before stays, and the outbox works again once there is room.
+func TestFullDisk(t *testing.T) {
+	dir := t.TempDir()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=512k"); err != nil {
+		t.Skipf("cannot mount a small tmpfs to fill (needs root): %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+	path := filepath.Join(dir, "outbox.db")
+	ob := open(t, path, &Options{CommitInterval: time.Millisecond, MaxBytes: 1 << 30})
+	payload := make([]byte, 4096)
+	committed := 0
+	var failure error
+	for i := 0; i < 1000 && failure == nil; i++ {
+		done, err := ob.Append(Message{Route: "r", Topic: fmt.Sprintf("t/%d", i), Payload: payload, QoS: 1}, DropOldest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if failure = <-done; failure == nil {
+			committed++
+		}
+	}
+	if failure == nil || !strings.Contains(failure.Error(), "no space left on device") {
+		t.Fatalf("after %d commits: got %v, want no space left on device", committed, failure)
+	}
+	if st := ob.Stats(); st.Messages != committed {
+		t.Errorf("stats after the failure: %d messages, want the %d committed", st.Messages, committed)
+	}
+	// Room is made (here: the file system grows, as when an operator
+	// clears the partition), and the outbox works again.
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", syscall.MS_REMOUNT, "size=4m"); err != nil {
+		t.Fatal(err)
+	}
+	ms, err := ob.Read("r", 0, committed/2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range ms {
+		ob.Ack("r", m.Seq)
+	}
+	done, err := ob.Append(Message{Route: "r", Topic: "after", Payload: payload, QoS: 1}, DropOldest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Errorf("append once there is room again: %v", err)
+	}
+	ob.Close()
+	ob = open(t, path, nil)
+	if st := ob.Stats(); st.Messages != committed-len(ms)+1 {
+		t.Errorf("after reopening: %d messages, want %d", st.Messages, committed-len(ms)+1)
 	}
 }

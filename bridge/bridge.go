@@ -265,6 +265,7 @@ func (b *Bridge) newConn() *conn {
 		SetAutoReconnect(false).
 		SetConnectRetry(false).
 		SetKeepAlive(b.o.KeepAlive).
+		SetPingTimeout(min(10*time.Second, b.o.KeepAlive)). // a stalled link is found within two keepalives
 		SetConnectTimeout(15 * time.Second).
 		// The deadline for writing one packet, which a slow cellular
 		// link must meet; and how long paho's Publish may block when

@@ -60,7 +60,7 @@ func newRig(t *testing.T, maxInflight int) *rig {
 			{Local: "meters/#", Direction: Out, Prefix: "devices/EGW-RIG/", QoS: 1},
 		},
 		MaxInflight:  maxInflight,
-		KeepAlive:    5 * time.Second,
+		KeepAlive:    time.Second,
 		ReconnectMin: 10 * time.Millisecond,
 		ReconnectMax: 50 * time.Millisecond,
 	}, discard())
@@ -246,5 +246,29 @@ func TestCutsAndCentralRestart(t *testing.T) {
 	}
 	if !strings.Contains(r.central.Log(), "u'EGW-RIG'") {
 		t.Error("the bridge did not log in with its certificate's CN")
+	}
+}
+
+// TestStalledLink: the connection goes quiet without closing (a dead NAT,
+// a cellular link gone silent). The keepalive finds it, the bridge
+// reconnects and resends what was swallowed: no loss, no reorder.
+func TestStalledLink(t *testing.T) {
+	r := newRig(t, 16)
+	const n = 6000
+	r.forward(0, n)
+	r.proxy.Unblock()
+	ta := newTally()
+	r.until(ta, n/4, time.Minute)
+	before := r.b.Status().Connections
+	r.proxy.Stall()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := r.b.Wait(ctx, func(s Status) bool { return s.Connections > before }); err != nil {
+		t.Fatalf("no reconnection after the stall: %+v", r.b.Status())
+	}
+	r.until(ta, n, time.Minute)
+	t.Logf("stalled link found and left; %d duplicates, last error %q", ta.dups, r.b.Status().LastError)
+	if ta.dups > 16 {
+		t.Errorf("%d duplicates after one stall: want at most the window (16)", ta.dups)
 	}
 }

@@ -1,14 +1,15 @@
 package mosquittotest
 
 import (
-	"io"
 	"net"
 	"sync"
 	"testing"
 )
 
 // Proxy is a TCP proxy between a client and a broker that a test can cut:
-// Reset drops every connection, Block refuses new ones until Unblock.
+// Reset drops every connection, Stall turns the open ones into black holes
+// (as a dead NAT or a cellular link gone quiet does), Block refuses new
+// ones until Unblock.
 type Proxy struct {
 	// Addr is the proxy's listening address, 127.0.0.1:port.
 	Addr   string
@@ -18,6 +19,7 @@ type Proxy struct {
 	mu      sync.Mutex
 	blocked bool
 	conns   map[net.Conn]struct{}
+	stalled map[net.Conn]bool
 	accepts int // connections let through
 	wg      sync.WaitGroup
 }
@@ -30,7 +32,7 @@ func NewProxy(t testing.TB, target string) *Proxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &Proxy{Addr: ln.Addr().String(), target: target, ln: ln, conns: map[net.Conn]struct{}{}}
+	p := &Proxy{Addr: ln.Addr().String(), target: target, ln: ln, conns: map[net.Conn]struct{}{}, stalled: map[net.Conn]bool{}}
 	p.wg.Add(1)
 	go p.serve()
 	t.Cleanup(func() {
@@ -78,13 +80,42 @@ func (p *Proxy) track(cs ...net.Conn) {
 
 func (p *Proxy) pipe(dst, src net.Conn) {
 	defer p.wg.Done()
-	io.Copy(dst, src)
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 && !p.isStalled(src) {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				break
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
 	dst.Close()
 	src.Close()
 	p.mu.Lock()
 	delete(p.conns, dst)
 	delete(p.conns, src)
+	delete(p.stalled, dst)
+	delete(p.stalled, src)
 	p.mu.Unlock()
+}
+
+func (p *Proxy) isStalled(c net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.stalled[c]
+}
+
+// Stall makes every open connection a black hole: what either side sends
+// is swallowed, nothing is closed. New connections are not affected.
+func (p *Proxy) Stall() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for c := range p.conns {
+		p.stalled[c] = true
+	}
 }
 
 // Reset closes every connection through the proxy, as a network cut does.

@@ -51,6 +51,11 @@ type Options struct {
 	// StatusTopic, if set, carries a retained "online" once connected and
 	// "offline" as the last will and on a clean shutdown.
 	StatusTopic string
+	// SequenceField, if set, is added to the first record of every SenML
+	// pack sent upstream, carrying the message's outbox sequence number,
+	// so that a consumer can drop the duplicates at-least-once delivery
+	// makes. The uplink is MQTT 3.1.1, which has no user properties.
+	SequenceField string
 
 	MaxInflight  int           // messages sent and not yet acknowledged; default 32
 	MaxRate      float64       // messages per second to the central broker; 0: unlimited
@@ -517,6 +522,9 @@ func (b *Bridge) drain(ctx context.Context, c *conn) error {
 			for _, m := range ms {
 				if limiter != nil && limiter.Wait(ctx) != nil {
 					break
+				}
+				if b.o.SequenceField != "" {
+					m.Payload = WithSequence(m.Payload, b.o.SequenceField, m.Seq)
 				}
 				toPaho <- m
 				window = append(window, inflight{route: r, seq: m.Seq})

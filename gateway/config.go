@@ -78,17 +78,18 @@ type ListenerConfig struct {
 
 // BridgeConfig is the [bridge] section.
 type BridgeConfig struct {
-	Address      []string      `toml:"address"`
-	ServerName   string        `toml:"server_name"`
-	ALPN         []string      `toml:"alpn"`
-	KeepAlive    Duration      `toml:"keepalive"`
-	ReconnectMin Duration      `toml:"reconnect_min"`
-	ReconnectMax Duration      `toml:"reconnect_max"`
-	MaxInflight  int           `toml:"max_inflight"`
-	MaxRate      float64       `toml:"max_rate"`
-	StatusTopic  *string       `toml:"status_topic"`
-	Outbox       OutboxConfig  `toml:"outbox"`
-	Routes       []RouteConfig `toml:"route"`
+	Address       []string      `toml:"address"`
+	ServerName    string        `toml:"server_name"`
+	ALPN          []string      `toml:"alpn"`
+	KeepAlive     Duration      `toml:"keepalive"`
+	ReconnectMin  Duration      `toml:"reconnect_min"`
+	ReconnectMax  Duration      `toml:"reconnect_max"`
+	MaxInflight   int           `toml:"max_inflight"`
+	MaxRate       float64       `toml:"max_rate"`
+	StatusTopic   *string       `toml:"status_topic"`
+	SequenceField string        `toml:"sequence_field"`
+	Outbox        OutboxConfig  `toml:"outbox"`
+	Routes        []RouteConfig `toml:"route"`
 }
 
 // OutboxConfig is [bridge.outbox]. The file is outbox.db in the state

@@ -94,6 +94,7 @@ address = "127.0.0.1:0"
 
 [bridge]
 address = [%q]
+sequence_field = "seq"
 
 [[bridge.route]]
 local = "sensors/#"
@@ -271,6 +272,11 @@ func checkReading(t *testing.T, topic string, payload []byte, seen map[string]bo
 		t.Fatalf("%s: got %d records, want 1", topic, len(pack))
 	}
 	r := pack[0]
+	var withSeq []map[string]any
+	json.Unmarshal(payload, &withSeq)
+	if seq, ok := withSeq[0]["seq"].(float64); !ok || seq < 1 {
+		t.Errorf("%s: no outbox sequence number in %s", topic, payload)
+	}
 	if r.BaseName != "EGW-E2E-1/" {
 		t.Errorf("%s: bn: got %q, want %q", topic, r.BaseName, "EGW-E2E-1/")
 	}

@@ -57,6 +57,11 @@ type Options struct {
 	// makes. The uplink is MQTT 3.1.1, which has no user properties.
 	SequenceField string
 
+	// FailbackInterval is how often, while connected to another address
+	// than the first, the bridge tries the addresses before it, and moves
+	// back when one answers. Default 5m; negative: never.
+	FailbackInterval time.Duration
+
 	MaxInflight  int           // messages sent and not yet acknowledged; default 32
 	MaxRate      float64       // messages per second to the central broker; 0: unlimited
 	KeepAlive    time.Duration // default 30s
@@ -70,6 +75,7 @@ type Options struct {
 // Status is a snapshot of the uplink.
 type Status struct {
 	Connected   bool
+	Address     string    // the central broker address connected to
 	Attempts    uint64    // connection attempts so far
 	Connections uint64    // attempts that succeeded
 	LastError   string    // why the last attempt or connection failed
@@ -79,6 +85,9 @@ type Status struct {
 	Resent      uint64    // messages sent again after a connection was lost
 	Received    uint64    // messages from the central broker delivered locally
 	DroppedQoS0 uint64    // QoS 0 messages dropped while offline (qos0_offline = "drop")
+	Reloads     uint64    // connections made with new TLS material (SetTLS)
+	ReloadError string    // why the last new TLS material was refused; "" once one works
+	Failbacks   uint64    // moves back to an earlier address
 }
 
 // Bridge is the uplink to the central broker.
@@ -90,6 +99,8 @@ type Bridge struct {
 	mu      sync.Mutex
 	st      Status
 	changed chan struct{} // closed and replaced on every change of st
+	tls     *tls.Config   // current TLS material; SetTLS replaces it
+	reload  chan struct{} // SetTLS was called
 }
 
 // New returns a Bridge; Run connects it.
@@ -127,7 +138,10 @@ func New(o Options, log *slog.Logger) (*Bridge, error) {
 			r.ID = r.defaultID()
 		}
 	}
-	return &Bridge{o: o, log: log, ob: o.Outbox, changed: make(chan struct{})}, nil
+	if o.FailbackInterval == 0 {
+		o.FailbackInterval = 5 * time.Minute
+	}
+	return &Bridge{o: o, log: log, ob: o.Outbox, changed: make(chan struct{}), tls: o.TLS, reload: make(chan struct{}, 1)}, nil
 }
 
 // Forward stores a local message for the central broker if an "out" route
@@ -203,15 +217,24 @@ func (b *Bridge) update(f func(*Status)) {
 func (b *Bridge) Run(ctx context.Context) error {
 	var lastLogged string
 	var ceil, delay time.Duration
+	var next *conn // a connection already made to replace the last one
 	for {
 		if ctx.Err() != nil {
+			if next != nil {
+				next.client.Disconnect(0)
+			}
 			return nil
 		}
 		// A new paho client for every connection: a Publish still blocked
 		// on a dead connection's client can then never go out, late and
 		// out of order, on the next one.
-		c := b.newConn()
-		err := b.connect(ctx, c)
+		c := next
+		next = nil
+		var err error
+		if c == nil {
+			c = b.newConn(b.o.Addresses)
+			err = b.connect(ctx, c)
+		}
 		if err != nil {
 			c.client.Disconnect(0)
 			b.update(func(st *Status) { st.Attempts++; st.LastError = err.Error() })
@@ -227,10 +250,19 @@ func (b *Bridge) Run(ctx context.Context) error {
 			continue
 		}
 		ceil, lastLogged = 0, ""
-		b.update(func(st *Status) { st.Attempts++; st.Connections++; st.Connected = true; st.LastError = "" })
-		b.log.Info("uplink connected", "addresses", b.o.Addresses, "client_id", b.o.ClientID, "queued", b.ob.Stats().Messages)
+		addr := c.address()
+		b.update(func(st *Status) {
+			st.Attempts++
+			st.Connections++
+			st.Connected, st.Address, st.LastError = true, addr, ""
+		})
+		b.log.Info("uplink connected", "address", addr, "client_id", b.o.ClientID, "queued", b.ob.Stats().Messages)
 
-		err = b.drain(ctx, c)
+		next, err = b.drain(ctx, c)
+		if next != nil { // moving to a better address, or to new TLS material
+			c.client.Disconnect(250)
+			continue
+		}
 		b.update(func(st *Status) {
 			st.Connected = false
 			if err != nil {
@@ -255,16 +287,29 @@ type conn struct {
 	client paho.Client
 	lost   chan error // paho's report that the connection was lost
 	socket atomic.Pointer[watchedConn]
+	addr   atomic.Pointer[string] // the address dialled last
 }
 
-func (b *Bridge) newConn() *conn {
+func (c *conn) address() string {
+	if a := c.addr.Load(); a != nil {
+		return *a
+	}
+	return ""
+}
+
+// newConn prepares a connection to the first of addrs that answers, with
+// the current TLS material.
+func (b *Bridge) newConn(addrs []string) *conn {
 	c := &conn{lost: make(chan error, 1)}
 	opts := paho.NewClientOptions()
-	for _, a := range b.o.Addresses {
+	for _, a := range addrs {
 		opts.AddBroker(a)
 	}
+	b.mu.Lock()
+	tlsCfg := b.tls
+	b.mu.Unlock()
 	opts.SetClientID(b.o.ClientID).
-		SetTLSConfig(b.o.TLS).
+		SetTLSConfig(tlsCfg).
 		SetProtocolVersion(4).
 		SetCleanSession(true). // our outbox, not paho's store, owns redelivery
 		SetAutoReconnect(false).
@@ -305,6 +350,8 @@ func (c *conn) dial(uri *url.URL, o paho.ClientOptions) (net.Conn, error) {
 	}
 	w := newWatchedConn(nc)
 	c.socket.Store(w)
+	a := uri.String()
+	c.addr.Store(&a)
 	return w, nil
 }
 
@@ -487,8 +534,10 @@ func (c *conn) publisher(in <-chan outbox.Message, out chan<- paho.Token) {
 
 // drain sends the outbox, oldest first per route and taking the routes in
 // turn, keeping up to MaxInflight messages unacknowledged. It returns an
-// error when the connection is lost and nil when ctx ends.
-func (b *Bridge) drain(ctx context.Context, c *conn) error {
+// error when the connection is lost, nil when ctx ends, and a connection to
+// move to when one to a better address, or with new TLS material, was made
+// meanwhile.
+func (b *Bridge) drain(ctx context.Context, c *conn) (*conn, error) {
 	var limiter *rate.Limiter
 	if b.o.MaxRate > 0 {
 		limiter = rate.NewLimiter(rate.Limit(b.o.MaxRate), max(1, int(b.o.MaxRate/10)))
@@ -502,11 +551,59 @@ func (b *Bridge) drain(ctx context.Context, c *conn) error {
 	var window []inflight         // in the order handed to paho
 	handed := 0                   // how many of window have their token
 	next := 0                     // route to look at first, so one route's backlog does not starve another
-	lost := func(err error) error {
+	// Look for a better connection meanwhile: the addresses before this
+	// one, every FailbackInterval; or any, with new TLS material.
+	better := make(chan *conn, 1)
+	probeCtx, stopProbe := context.WithCancel(ctx)
+	defer stopProbe()
+	probing, reloadPending := false, false
+
+	lost := func(err error) (*conn, error) {
 		if n := handed; n > 0 {
 			b.update(func(st *Status) { st.Resent += uint64(n) })
 		}
-		return err
+		// A new connection with the same client id makes the broker drop
+		// this one: take the new one if that is why.
+		if probing {
+			if nc := <-better; nc != nil {
+				return nc, nil
+			}
+		}
+		return nil, err
+	}
+	probe := func(addrs []string, why string) {
+		probing = true
+		go func() {
+			nc := b.newConn(addrs)
+			if err := b.connect(probeCtx, nc); err != nil {
+				nc.client.Disconnect(0)
+				if why == "reload" {
+					b.log.Error("new TLS material refused by the central broker; keeping the current connection", "err", err)
+					b.update(func(st *Status) { st.ReloadError = err.Error() })
+				}
+				better <- nil
+				return
+			}
+			b.update(func(st *Status) {
+				if why == "reload" {
+					st.Reloads++
+					st.ReloadError = ""
+				} else {
+					st.Failbacks++
+				}
+			})
+			better <- nc
+		}()
+	}
+	idx := -1
+	for i, a := range b.o.Addresses {
+		if sameAddress(a, c.address()) {
+			idx = i
+		}
+	}
+	var failback <-chan time.Time
+	if idx > 0 && b.o.FailbackInterval > 0 {
+		failback = time.After(b.o.FailbackInterval)
 	}
 
 	for {
@@ -540,6 +637,28 @@ func (b *Bridge) drain(ctx context.Context, c *conn) error {
 			headDone = window[0].tok.Done()
 		}
 		select {
+		case <-failback:
+			if !probing {
+				probe(b.o.Addresses[:idx], "failback")
+			}
+			failback = time.After(b.o.FailbackInterval)
+		case <-b.reload:
+			if probing {
+				reloadPending = true // once the probe under way is done
+			} else {
+				probe(b.o.Addresses, "reload")
+			}
+		case nc := <-better:
+			probing = false
+			if nc != nil {
+				b.log.Info("uplink moving to a new connection", "from", c.address(), "to", nc.address())
+				b.settle(window[:handed])
+				return nc, nil
+			}
+			if reloadPending {
+				reloadPending = false
+				probe(b.o.Addresses, "reload")
+			}
 		case tok, ok := <-tokens:
 			if !ok {
 				return lost(errors.New("connection lost"))
@@ -569,9 +688,30 @@ func (b *Bridge) drain(ctx context.Context, c *conn) error {
 			return lost(err)
 		case <-ctx.Done():
 			b.settle(window[:handed])
-			return nil
+			return nil, nil
 		}
 	}
+}
+
+// SetTLS replaces the uplink's TLS material (on SIGHUP). The bridge makes a
+// connection with it before it leaves the current one: material the central
+// broker refuses is logged, and the uplink stays up.
+func (b *Bridge) SetTLS(cfg *tls.Config) {
+	b.mu.Lock()
+	b.tls = cfg
+	b.mu.Unlock()
+	select {
+	case b.reload <- struct{}{}:
+	default:
+	}
+}
+
+// sameAddress reports whether a configured address and a dialled URL name
+// the same host and port.
+func sameAddress(configured, dialled string) bool {
+	a, err1 := url.Parse(configured)
+	d, err2 := url.Parse(dialled)
+	return err1 == nil && err2 == nil && a.Host == d.Host
 }
 
 // settle waits a little for the acknowledgements of messages in flight at

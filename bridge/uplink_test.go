@@ -272,3 +272,104 @@ func TestStalledLink(t *testing.T) {
 		t.Errorf("%d duplicates after one stall: want at most the window (16)", ta.dups)
 	}
 }
+
+// TestFailback: with the first address down the bridge uses the second;
+// once the first is back it moves there, and nothing is lost on the way.
+func TestFailback(t *testing.T) {
+	ca := pkitest.NewCA(t, "Central CA")
+	srv, obs, dev := ca.Server(t, "central"), ca.Client(t, "observer"), ca.Client(t, "EGW-FB")
+	arrived := make(chan paho.Message, 100000)
+	start := func(name string) *mosquittotest.Broker {
+		m := mosquittotest.Start(t, mosquittotest.Options{CAFile: ca.CertFile, CertFile: srv.CertFile, KeyFile: srv.KeyFile, Extra: centralExtra})
+		m.Subscribe(t, "observer-"+name, obs.CertFile, obs.KeyFile, ca.CertFile, "devices/#", arrived)
+		return m
+	}
+	primary, backup := start("primary"), start("backup")
+	proxy := mosquittotest.NewProxy(t, primary.Addr)
+	proxy.Block() // the first address is down
+	ob, err := outbox.Open(filepath.Join(t.TempDir(), "outbox.db"), &outbox.Options{CommitInterval: 5 * time.Millisecond}, discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := New(Options{
+		Addresses:        []string{"ssl://" + proxy.Addr, "ssl://" + backup.Addr},
+		TLS:              clientTLS(t, ca, dev),
+		ClientID:         "EGW-FB",
+		Outbox:           ob,
+		Routes:           []Route{{Local: "sensors/#", Direction: Out, Prefix: "devices/EGW-FB/", QoS: 1}},
+		ReconnectMin:     10 * time.Millisecond,
+		ReconnectMax:     50 * time.Millisecond,
+		FailbackInterval: 100 * time.Millisecond,
+	}, discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); b.Run(ctx) }()
+	defer func() { cancel(); <-done; ob.Close() }()
+
+	send := func(from, n int) {
+		for i := from; i < from+n; i++ {
+			if _, err := b.Forward("sensors/x", []byte(strconv.Itoa(i)), 1, false); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	wctx, wcancel := context.WithTimeout(ctx, time.Minute)
+	defer wcancel()
+	send(0, 1000)
+	if st, err := b.Wait(wctx, func(s Status) bool { return s.Connected && sameAddress("ssl://"+backup.Addr, s.Address) }); err != nil {
+		t.Fatalf("not on the backup: %+v", st)
+	}
+	proxy.Unblock() // the first address is back
+	if st, err := b.Wait(wctx, func(s Status) bool { return s.Connected && sameAddress("ssl://"+proxy.Addr, s.Address) }); err != nil {
+		t.Fatalf("did not move back to the first address: %+v", st)
+	}
+	send(1000, 1000)
+	seen := map[int]bool{}
+	for len(seen) < 2000 {
+		select {
+		case m := <-arrived:
+			if i, err := strconv.Atoi(string(m.Payload())); err == nil {
+				seen[i] = true
+			}
+		case <-wctx.Done():
+			t.Fatalf("%d of 2000 arrived; %+v", len(seen), b.Status())
+		}
+	}
+	if st := b.Status(); st.Failbacks != 1 {
+		t.Errorf("failbacks: got %d, want 1", st.Failbacks)
+	}
+}
+
+// TestTLSReload: new TLS material that the central broker refuses leaves
+// the uplink as it was; material it accepts replaces the connection.
+func TestTLSReload(t *testing.T) {
+	r := newRig(t, 16)
+	r.proxy.Unblock()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := r.b.Wait(ctx, func(s Status) bool { return s.Connected }); err != nil {
+		t.Fatal(err)
+	}
+	stranger := pkitest.NewCA(t, "Stranger CA")
+	r.b.SetTLS(clientTLS(t, r.ca, stranger.Client(t, "EGW-RIG"))) // signed by a CA the central does not know
+	st, err := r.b.Wait(ctx, func(s Status) bool { return s.ReloadError != "" })
+	if err != nil {
+		t.Fatalf("no verdict on the refused material: %+v", st)
+	}
+	if !st.Connected || st.Connections != 1 {
+		t.Errorf("after refused material: %+v, want still connected on the first connection", st)
+	}
+	r.forward(0, 100)
+	ta := newTally()
+	r.until(ta, 100, time.Minute) // still flowing
+
+	r.b.SetTLS(clientTLS(t, r.ca, r.ca.Client(t, "EGW-RIG"))) // a renewed certificate
+	if st, err = r.b.Wait(ctx, func(s Status) bool { return s.Reloads == 1 && s.Connected && s.Connections == 2 }); err != nil {
+		t.Fatalf("renewed material not taken: %+v", st)
+	}
+	r.forward(100, 100)
+	r.until(ta, 200, time.Minute)
+}

@@ -7,12 +7,14 @@ package gateway
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -33,6 +35,8 @@ type Gateway struct {
 	started    time.Time
 	certExpiry time.Time // of the device certificate; zero without one
 	metrics    *metrics  // nil without [metrics]
+	tlsPrint   [32]byte  // of the uplink's TLS files, to tell whether a reload changed them
+	reloadMu   sync.Mutex
 	broker     *localbroker.Broker
 	outbox     *outbox.Outbox // nil without [bridge]
 	bridge     *bridge.Bridge // nil without [bridge]
@@ -60,6 +64,7 @@ func New(cfg *Config, log *slog.Logger) (g *Gateway, err error) {
 			return nil, err
 		}
 		g.certExpiry = tlsCfg.Certificates[0].Leaf.NotAfter
+		g.tlsPrint = tlsFingerprint(cfg)
 		g.outbox, err = outbox.Open(filepath.Join(cfg.Device.StateDir, "outbox.db"), &outbox.Options{
 			CommitInterval: bc.Outbox.CommitInterval.Duration,
 			MaxBytes:       int64(bc.Outbox.MaxBytes),
@@ -232,6 +237,59 @@ func (g *Gateway) logStart() {
 // deliver publishes a message from the central broker locally.
 func (g *Gateway) deliver(topic string, payload []byte, qos byte, retain bool) error {
 	return g.broker.PublishLocal(localbroker.Message{Topic: topic, Payload: payload, QoS: qos, Retain: retain})
+}
+
+// Reload reads the configuration file again and applies what can change
+// without a restart: the broker's password and ACL files, and the uplink's
+// certificate, key and CA (the bridge moves to them only once a connection
+// with them succeeds). A configuration that does not load is refused and
+// the running one kept. Other changes need a restart, and are logged so.
+func (g *Gateway) Reload() error {
+	g.reloadMu.Lock()
+	defer g.reloadMu.Unlock()
+	cfg, err := LoadConfig(g.cfg.Path)
+	if err != nil {
+		g.log.Error("reload refused: the running configuration is kept", "err", err)
+		return err
+	}
+	sec, err := security(cfg)
+	if err != nil {
+		g.log.Error("reload refused: the running configuration is kept", "err", err)
+		return err
+	}
+	var tlsCfg *tls.Config
+	fp := g.tlsPrint
+	if cfg.Bridge != nil && g.bridge != nil {
+		if fp = tlsFingerprint(cfg); fp != g.tlsPrint {
+			if tlsCfg, err = uplinkTLS(cfg); err != nil {
+				g.log.Error("reload refused: the running configuration is kept", "err", err)
+				return err
+			}
+		}
+	}
+	g.broker.SetSecurity(sec)
+	changed := []string{"password_file", "acl_file"}
+	if tlsCfg != nil {
+		g.bridge.SetTLS(tlsCfg)
+		g.tlsPrint = fp
+		g.certExpiry = tlsCfg.Certificates[0].Leaf.NotAfter
+		changed = append(changed, "identity")
+	}
+	g.log.Info("reloaded", "applied", changed)
+	return nil
+}
+
+// tlsFingerprint hashes the files the uplink's TLS is made of.
+func tlsFingerprint(cfg *Config) [32]byte {
+	h := sha256.New()
+	for _, p := range []string{strings.TrimPrefix(cfg.Identity.Key, "file:"), cfg.Identity.Cert, cfg.Identity.CA} {
+		data, _ := os.ReadFile(p)
+		h.Write([]byte(p))
+		h.Write(data)
+	}
+	var sum [32]byte
+	h.Sum(sum[:0])
+	return sum
 }
 
 // security loads the broker's password and ACL files.

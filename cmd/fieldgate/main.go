@@ -129,6 +129,13 @@ func cmdRun(args []string, stderr io.Writer) int {
 	ctx, cancel := context.WithCancel(context.Background())
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		for range hup {
+			g.Reload() // logs what it did, or why not
+		}
+	}()
 	go func() {
 		s := <-sigs
 		log.Info("signal received, shutting down (send it again to exit at once)", "signal", s.String())

@@ -74,3 +74,12 @@ func TestSIGTERMShutsDownCleanly(t *testing.T) {
 		t.Errorf("exit after SIGTERM: %v, want status 0", err)
 	}
 }
+
+// SIGHUP reloads; the gateway keeps running.
+func TestSIGHUPReloads(t *testing.T) {
+	cmd, sc := startChild(t)
+	cmd.Process.Signal(syscall.SIGHUP)
+	waitLine(t, sc, "reloaded")
+	cmd.Process.Signal(syscall.SIGTERM)
+	waitLine(t, sc, "stopped")
+}

@@ -1,0 +1,59 @@
+package gateway
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/fieldgate/fieldgate/bridge/mosquittotest"
+	"github.com/fieldgate/fieldgate/localbroker"
+	"github.com/fieldgate/fieldgate/provisioning/pkitest"
+)
+
+// Reload takes a new password file; a broken one is refused and the
+// running one kept.
+func TestReloadSecurityFiles(t *testing.T) {
+	ca := pkitest.NewCA(t, "Central CA")
+	cfg := siteConfig(t, "ssl://localhost:"+strconv.Itoa(mosquittotest.FreePort(t)), ca, 0)
+	g := startGateway(t, cfg)
+	login := func(user string) error {
+		cl := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + g.BrokerAddrs()[0]).SetClientID(user + "-r").
+			SetUsername(user).SetPassword("pw").SetAutoReconnect(false).SetConnectRetry(false))
+		tok := cl.Connect()
+		if !tok.WaitTimeout(10 * time.Second) {
+			return errors.New("timeout")
+		}
+		if tok.Error() == nil {
+			cl.Disconnect(0)
+		}
+		return tok.Error()
+	}
+	if err := login("newcomer"); err == nil {
+		t.Fatal("newcomer logged in before being added")
+	}
+	passwd := cfg.Broker.PasswordFile
+	hash, _ := localbroker.HashPassword([]byte("pw"), 0)
+	old, _ := os.ReadFile(passwd)
+	os.WriteFile(passwd, append(old, []byte("newcomer:"+hash+"\n")...), 0o600)
+	if err := g.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if err := login("newcomer"); err != nil {
+		t.Errorf("newcomer after reload: %v", err)
+	}
+
+	os.WriteFile(passwd, []byte("broken line\n"), 0o600)
+	err := g.Reload()
+	if err == nil || !strings.Contains(err.Error(), filepath.Base(passwd)+":1: want user:hash") {
+		t.Errorf("reload of a broken file: got %v, want it refused naming the line", err)
+	}
+	if err := login("plc"); err != nil {
+		t.Errorf("after a refused reload the running file should be kept: %v", err)
+	}
+}

@@ -78,18 +78,19 @@ type ListenerConfig struct {
 
 // BridgeConfig is the [bridge] section.
 type BridgeConfig struct {
-	Address       []string      `toml:"address"`
-	ServerName    string        `toml:"server_name"`
-	ALPN          []string      `toml:"alpn"`
-	KeepAlive     Duration      `toml:"keepalive"`
-	ReconnectMin  Duration      `toml:"reconnect_min"`
-	ReconnectMax  Duration      `toml:"reconnect_max"`
-	MaxInflight   int           `toml:"max_inflight"`
-	MaxRate       float64       `toml:"max_rate"`
-	StatusTopic   *string       `toml:"status_topic"`
-	SequenceField string        `toml:"sequence_field"`
-	Outbox        OutboxConfig  `toml:"outbox"`
-	Routes        []RouteConfig `toml:"route"`
+	Address          []string      `toml:"address"`
+	ServerName       string        `toml:"server_name"`
+	ALPN             []string      `toml:"alpn"`
+	KeepAlive        Duration      `toml:"keepalive"`
+	ReconnectMin     Duration      `toml:"reconnect_min"`
+	ReconnectMax     Duration      `toml:"reconnect_max"`
+	FailbackInterval Duration      `toml:"failback_interval"`
+	MaxInflight      int           `toml:"max_inflight"`
+	MaxRate          float64       `toml:"max_rate"`
+	StatusTopic      *string       `toml:"status_topic"`
+	SequenceField    string        `toml:"sequence_field"`
+	Outbox           OutboxConfig  `toml:"outbox"`
+	Routes           []RouteConfig `toml:"route"`
 }
 
 // OutboxConfig is [bridge.outbox]. The file is outbox.db in the state
@@ -472,6 +473,7 @@ func (c *Config) validate() error {
 		if b.ReconnectMax.Duration < b.ReconnectMin.Duration {
 			c.errorf(&errs, "bridge.reconnect_max", "%s is less than reconnect_min (%s)", b.ReconnectMax, b.ReconnectMin)
 		}
+		c.durationDefault(&errs, "bridge.failback_interval", &b.FailbackInterval, 5*time.Minute, time.Second)
 		if !c.has("bridge.max_inflight") {
 			b.MaxInflight = 32
 		}

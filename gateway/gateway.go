@@ -75,19 +75,20 @@ func New(cfg *Config, log *slog.Logger) (g *Gateway, err error) {
 			return nil, err
 		}
 		g.bridge, err = bridge.New(bridge.Options{
-			Addresses:     bc.Address,
-			TLS:           tlsCfg,
-			ClientID:      cfg.Device.ID,
-			Routes:        routes(cfg),
-			Outbox:        g.outbox,
-			Deliver:       g.deliver,
-			StatusTopic:   bridge.ExpandPrefix(*bc.StatusTopic, cfg.Device.ID),
-			SequenceField: bc.SequenceField,
-			MaxInflight:   bc.MaxInflight,
-			MaxRate:       bc.MaxRate,
-			KeepAlive:     bc.KeepAlive.Duration,
-			ReconnectMin:  bc.ReconnectMin.Duration,
-			ReconnectMax:  bc.ReconnectMax.Duration,
+			Addresses:        bc.Address,
+			TLS:              tlsCfg,
+			ClientID:         cfg.Device.ID,
+			Routes:           routes(cfg),
+			Outbox:           g.outbox,
+			Deliver:          g.deliver,
+			StatusTopic:      bridge.ExpandPrefix(*bc.StatusTopic, cfg.Device.ID),
+			SequenceField:    bc.SequenceField,
+			FailbackInterval: bc.FailbackInterval.Duration,
+			MaxInflight:      bc.MaxInflight,
+			MaxRate:          bc.MaxRate,
+			KeepAlive:        bc.KeepAlive.Duration,
+			ReconnectMin:     bc.ReconnectMin.Duration,
+			ReconnectMax:     bc.ReconnectMax.Duration,
 		}, log.With("component", "bridge"))
 		if err != nil {
 			return nil, err

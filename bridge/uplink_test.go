@@ -373,3 +373,18 @@ func TestTLSReload(t *testing.T) {
 	r.forward(100, 100)
 	r.until(ta, 200, time.Minute)
 }
+
+// TestMaxRate: a backlog is sent no faster than max_rate. Only the lower
+// bound on the time is checked: a slow machine cannot make it fail.
+func TestMaxRate(t *testing.T) {
+	r := newRig(t, 32)
+	r.b.o.MaxRate = 200 // messages per second; the burst is a tenth of it
+	const n = 100
+	r.forward(0, n)
+	start := time.Now()
+	r.proxy.Unblock()
+	r.until(newTally(), n, time.Minute)
+	if d, least := time.Since(start), time.Duration(float64(n-20)/200*float64(time.Second)); d < least {
+		t.Errorf("%d messages in %v at max_rate 200/s: want at least %v", n, d, least)
+	}
+}

@@ -80,9 +80,8 @@ local = "sensors/#"
 		}
 		// Publish until a random number of acknowledgements, then kill.
 		target := 50 + rand.IntN(400)
-		start := time.Now()
-		got := publishUntilKilled(t, port, &next, target, cmd)
-		publishing += time.Since(start)
+		got, took := publishUntilKilled(t, port, &next, target, cmd)
+		publishing += took
 		for _, s := range got {
 			acked[s] = true
 		}
@@ -90,6 +89,7 @@ local = "sensors/#"
 	t.Logf("%d kills, %d messages published, %d acknowledged", kills, next, len(acked))
 
 	seen := map[int]int{}
+	wills := 0 // "offline" on the status topic: Mosquitto sent the will of a killed gateway
 	deadline := time.After(2 * time.Minute)
 	missing := func() int {
 		n := 0
@@ -104,6 +104,9 @@ local = "sensors/#"
 		select {
 		case m := <-arrived:
 			if strings.HasSuffix(m.Topic(), "/status") {
+				if string(m.Payload()) == "offline" {
+					wills++
+				}
 				continue
 			}
 			s, err := strconv.Atoi(string(m.Payload()))
@@ -114,6 +117,9 @@ local = "sensors/#"
 		case <-deadline:
 			t.Fatalf("%d acknowledged messages never reached the central broker", missing())
 		}
+	}
+	if wills == 0 {
+		t.Error("no last will (\"offline\") from any of the killed gateways")
 	}
 	dups := 0
 	for _, n := range seen {
@@ -161,8 +167,9 @@ func waitLog(t *testing.T, sc *bufio.Scanner, substr string) {
 
 // publishUntilKilled publishes sequence numbers from *next on, QoS 1, as a
 // site device would, and kills the gateway with SIGKILL once target of
-// them are acknowledged. It returns the acknowledged ones.
-func publishUntilKilled(t *testing.T, port int, next *int, target int, cmd *exec.Cmd) []int {
+// them are acknowledged. It returns the acknowledged ones, and how long it
+// published until the kill.
+func publishUntilKilled(t *testing.T, port int, next *int, target int, cmd *exec.Cmd) ([]int, time.Duration) {
 	t.Helper()
 	cl := paho.NewClient(paho.NewClientOptions().AddBroker(fmt.Sprintf("tcp://127.0.0.1:%d", port)).
 		SetClientID("site-device").SetUsername("site").SetPassword("pw").SetAutoReconnect(false).SetConnectRetry(false))
@@ -186,22 +193,26 @@ func publishUntilKilled(t *testing.T, port int, next *int, target int, cmd *exec
 		}
 	})
 	var acked []int
+	start := time.Now()
+	var took time.Duration
 	killed := false
 	for s := range inflight {
-		s.tok.WaitTimeout(10 * time.Second)
-		if s.tok.Error() == nil && isDone(s.tok) {
+		if !killed { // after the kill, only what was already acknowledged counts
+			s.tok.WaitTimeout(10 * time.Second)
+		}
+		if isDone(s.tok) && s.tok.Error() == nil {
 			acked = append(acked, s.seq)
 		}
 		if len(acked) >= target && !killed {
 			cmd.Process.Kill()
 			cmd.Wait()
-			killed = true
+			killed, took = true, time.Since(start)
 			stop()
 		}
 	}
 	stop()
 	wg.Wait()
-	return acked
+	return acked, took
 }
 
 func isDone(t paho.Token) bool {

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bytes"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
@@ -74,7 +75,23 @@ type BrokerConfig struct {
 // ListenerConfig is one [[broker.listener]].
 type ListenerConfig struct {
 	Address string `toml:"address"`
+	// A plain listener on a non-loopback address must say so.
+	AllowInsecureRemote bool `toml:"allow_insecure_remote"`
+
+	// TLS, with Mosquitto's option names.
+	TLSCert               string `toml:"tls_cert"`
+	TLSKey                string `toml:"tls_key"`
+	ClientCA              string `toml:"client_ca"`
+	RequireCertificate    bool   `toml:"require_certificate"`
+	UseIdentityAsUsername bool   `toml:"use_identity_as_username"`
+	UseSubjectAsUsername  bool   `toml:"use_subject_as_username"`
+	BindClientID          bool   `toml:"bind_client_id"`
+	CRLFile               string `toml:"crl_file"`
+	TLSMinVersion         string `toml:"tls_min_version"`
 }
+
+// isTLS reports whether the listener is a TLS one.
+func (l *ListenerConfig) isTLS() bool { return l.TLSCert != "" || l.TLSKey != "" }
 
 // BridgeConfig is the [bridge] section.
 type BridgeConfig struct {
@@ -443,11 +460,8 @@ func (c *Config) validate() error {
 			c.errorf(&errs, "broker.acl_file", "%v", strings.TrimPrefix(pathError(err).Error(), "localbroker: "))
 		}
 	}
-	for i, l := range c.Broker.Listeners {
-		key := fmt.Sprintf("broker.listener[%d].address", i)
-		if err := checkPlainAddress(l.Address); err != nil {
-			c.errorf(&errs, key, "%v", err)
-		}
+	for i := range c.Broker.Listeners {
+		c.validateListener(&errs, i)
 	}
 
 	if b := c.Bridge; b != nil {
@@ -585,6 +599,61 @@ func (c *Config) validate() error {
 		return errs[i].(*ConfigError).Line < errs[j].(*ConfigError).Line
 	})
 	return errors.Join(errs...)
+}
+
+func (c *Config) validateListener(errs *[]error, i int) {
+	l := &c.Broker.Listeners[i]
+	key := fmt.Sprintf("broker.listener[%d]", i)
+	_, port, err := net.SplitHostPort(l.Address)
+	if err != nil {
+		c.errorf(errs, key+".address", "want host:port, got %q", l.Address)
+		return
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		c.errorf(errs, key+".address", "bad port %q", port)
+	}
+	if !l.isTLS() {
+		if err := checkPlainAddress(l.Address); err != nil && !l.AllowInsecureRemote {
+			c.errorf(errs, key+".address", "%v, or set allow_insecure_remote = true", err)
+		}
+		for _, k := range []struct {
+			name string
+			set  bool
+		}{{"client_ca", l.ClientCA != ""}, {"require_certificate", l.RequireCertificate}, {"use_identity_as_username", l.UseIdentityAsUsername},
+			{"use_subject_as_username", l.UseSubjectAsUsername}, {"bind_client_id", l.BindClientID}, {"crl_file", l.CRLFile != ""}, {"tls_min_version", l.TLSMinVersion != ""}} {
+			if k.set {
+				c.errorf(errs, key+"."+k.name, "needs tls_cert and tls_key")
+			}
+		}
+		return
+	}
+	if l.TLSCert == "" || l.TLSKey == "" {
+		c.errorf(errs, key+".tls_cert", "tls_cert and tls_key go together")
+		return
+	}
+	if _, err := tls.LoadX509KeyPair(l.TLSCert, l.TLSKey); err != nil {
+		c.errorf(errs, key+".tls_cert", "%v", pathError(err))
+	}
+	if l.ClientCA != "" {
+		c.checkFile(errs, key+".client_ca", l.ClientCA)
+	} else if l.RequireCertificate || l.UseIdentityAsUsername || l.UseSubjectAsUsername || l.CRLFile != "" {
+		c.errorf(errs, key+".client_ca", "missing: client certificates need the CA that signs them")
+	}
+	if l.CRLFile != "" && l.ClientCA != "" {
+		if _, err := localbroker.LoadCRL(l.CRLFile, l.ClientCA); err != nil {
+			c.errorf(errs, key+".crl_file", "%v", strings.TrimPrefix(pathError(err).Error(), "localbroker: "))
+		}
+	}
+	if l.BindClientID && !l.UseIdentityAsUsername {
+		c.errorf(errs, key+".bind_client_id", "needs use_identity_as_username")
+	}
+	switch l.TLSMinVersion {
+	case "", "1.2", "1.3":
+	case "1.0", "1.1":
+		c.errorf(errs, key+".tls_min_version", "TLS %s is refused: 1.2 is the minimum", l.TLSMinVersion)
+	default:
+		c.errorf(errs, key+".tls_min_version", "want \"1.2\" or \"1.3\", got %q", l.TLSMinVersion)
+	}
 }
 
 // has reports whether key is written in the file.

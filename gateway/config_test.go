@@ -94,6 +94,9 @@ func TestParseConfigMinimal(t *testing.T) {
 
 func TestParseConfigErrors(t *testing.T) {
 	id := identityFiles(t)
+	siteCA := pkitest.NewCA(t, "Site CA")
+	srvPair := siteCA.Server(t, "site-server")
+	otherCRL := pkitest.NewCA(t, "Other CA").CRL(t)
 	missing := filepath.Join(t.TempDir(), "nope.crt")
 	for _, tc := range []struct {
 		name string
@@ -123,7 +126,18 @@ func TestParseConfigErrors(t *testing.T) {
 			"f.toml:4: identity.cert: " + missing + ": no such file or directory",
 		}},
 		{"plain listener on all interfaces", "[device]\nid = \"a\"\n[[broker.listener]]\naddress = \"127.0.0.1:1883\"\n[[broker.listener]]\naddress = \"0.0.0.0:1883\"\n", []string{
-			"f.toml:6: broker.listener[1].address: plain TCP is refused on non-loopback address 0.0.0.0: use 127.0.0.1 or ::1",
+			"f.toml:6: broker.listener[1].address: plain TCP is refused on non-loopback address 0.0.0.0: use 127.0.0.1 or ::1, or set allow_insecure_remote = true",
+		}},
+		{"TLS options on a plain listener", "[device]\nid = \"a\"\n[[broker.listener]]\naddress = \"127.0.0.1:1883\"\nrequire_certificate = true\n", []string{
+			"f.toml:5: broker.listener[0].require_certificate: needs tls_cert and tls_key",
+		}},
+		{"TLS listener problems", "[device]\nid = \"a\"\n[[broker.listener]]\naddress = \"0.0.0.0:8883\"\ntls_cert = \"" + srvPair.CertFile + "\"\ntls_key = \"" + srvPair.KeyFile + "\"\nrequire_certificate = true\ntls_min_version = \"1.1\"\nbind_client_id = true\n", []string{
+			"f.toml:3: broker.listener[0].client_ca: missing: client certificates need the CA that signs them",
+			"f.toml:8: broker.listener[0].tls_min_version: TLS 1.1 is refused: 1.2 is the minimum",
+			"f.toml:9: broker.listener[0].bind_client_id: needs use_identity_as_username",
+		}},
+		{"CRL from another CA", "[device]\nid = \"a\"\n[[broker.listener]]\naddress = \"0.0.0.0:8883\"\ntls_cert = \"" + srvPair.CertFile + "\"\ntls_key = \"" + srvPair.KeyFile + "\"\nclient_ca = \"" + siteCA.CertFile + "\"\ncrl_file = \"" + otherCRL + "\"\n", []string{
+			"f.toml:8: broker.listener[0].crl_file: crl " + otherCRL + " is not signed by a CA in " + siteCA.CertFile,
 		}},
 		{"bridge over plain tcp", "[device]\n" + id + "[bridge]\naddress = [\"tcp://c:1883\"]\n[[bridge.route]]\nlocal = \"a/#\"\n", []string{
 			"f.toml:7: bridge.address[0]: \"tcp://c:1883\": the uplink must use TLS (ssl://host:port)",

@@ -107,8 +107,8 @@ func New(cfg *Config, log *slog.Logger) (g *Gateway, err error) {
 		return nil, err
 	}
 	lo := &localbroker.Options{Forward: fwd, Security: sec}
-	for _, l := range cfg.Broker.Listeners {
-		lo.Listeners = append(lo.Listeners, localbroker.Listener{Address: l.Address})
+	if lo.Listeners, err = brokerListeners(cfg); err != nil {
+		return nil, err
 	}
 	g.broker, err = localbroker.New(lo, log.With("component", "broker"))
 	if err != nil {
@@ -224,6 +224,11 @@ func (g *Gateway) logStart() {
 	}
 	g.log.Info("fieldgate starting", attrs...)
 	b := g.cfg.Broker
+	for _, l := range b.Listeners {
+		if !l.isTLS() && checkPlainAddress(l.Address) != nil {
+			g.log.Warn("plain TCP listener on a non-loopback address (allow_insecure_remote): passwords cross the network in clear text", "address", l.Address)
+		}
+	}
 	switch {
 	case b.AllowAnonymous:
 		g.log.Warn("allow_anonymous is on: clients without a username may connect")
@@ -268,8 +273,31 @@ func (g *Gateway) Reload() error {
 			}
 		}
 	}
+	var lts []*localbroker.TLS
+	for i, l := range cfg.Broker.Listeners {
+		if i >= len(g.cfg.Broker.Listeners) || g.cfg.Broker.Listeners[i].Address != l.Address || g.cfg.Broker.Listeners[i].isTLS() != l.isTLS() {
+			g.log.Warn("reload: listeners were added, removed or moved; that needs a restart", "address", l.Address)
+			break
+		}
+		if l.isTLS() {
+			t, err := listenerTLS(&l)
+			if err != nil {
+				g.log.Error("reload refused: the running configuration is kept", "listener", l.Address, "err", err)
+				return err
+			}
+			lts = append(lts, t)
+		} else {
+			lts = append(lts, nil)
+		}
+	}
 	g.broker.SetSecurity(sec)
 	changed := []string{"password_file", "acl_file"}
+	for i, t := range lts {
+		if t != nil {
+			g.broker.SetListenerTLS(i, t)
+			changed = append(changed, "listener "+cfg.Broker.Listeners[i].Address)
+		}
+	}
 	if tlsCfg != nil {
 		g.bridge.SetTLS(tlsCfg)
 		g.tlsPrint = fp
@@ -291,6 +319,53 @@ func tlsFingerprint(cfg *Config) [32]byte {
 	var sum [32]byte
 	h.Sum(sum[:0])
 	return sum
+}
+
+// brokerListeners builds the broker's listeners, loading their TLS
+// material.
+func brokerListeners(cfg *Config) ([]localbroker.Listener, error) {
+	var ls []localbroker.Listener
+	for _, l := range cfg.Broker.Listeners {
+		bl := localbroker.Listener{Address: l.Address}
+		if l.isTLS() {
+			t, err := listenerTLS(&l)
+			if err != nil {
+				return nil, fmt.Errorf("listener %s: %w", l.Address, err)
+			}
+			bl.TLS = t
+		}
+		ls = append(ls, bl)
+	}
+	return ls, nil
+}
+
+func listenerTLS(l *ListenerConfig) (*localbroker.TLS, error) {
+	cert, err := tls.LoadX509KeyPair(l.TLSCert, l.TLSKey)
+	if err != nil {
+		return nil, err
+	}
+	t := &localbroker.TLS{
+		Certificate:        cert,
+		RequireCertificate: l.RequireCertificate,
+		IdentityAsUsername: l.UseIdentityAsUsername,
+		SubjectAsUsername:  l.UseSubjectAsUsername,
+		BindClientID:       l.BindClientID,
+		MinVersion:         tls.VersionTLS12,
+	}
+	if l.TLSMinVersion == "1.3" {
+		t.MinVersion = tls.VersionTLS13
+	}
+	if l.ClientCA != "" {
+		if t.ClientCAs, err = provisioning.CertPool(l.ClientCA); err != nil {
+			return nil, err
+		}
+	}
+	if l.CRLFile != "" {
+		if t.CRL, err = localbroker.LoadCRL(l.CRLFile, l.ClientCA); err != nil {
+			return nil, err
+		}
+	}
+	return t, nil
 }
 
 // security loads the broker's password and ACL files.

@@ -12,6 +12,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -43,8 +45,10 @@ type Message struct {
 // Listener is one network listener.
 type Listener struct {
 	// Address is host:port. The caller has checked that a plain-TCP
-	// listener is on loopback.
+	// listener is on loopback, or that it was allowed elsewhere.
 	Address string
+	// TLS makes it a TLS listener.
+	TLS *TLS
 }
 
 // Options configure a Broker.
@@ -88,19 +92,30 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 	})
 	b := &Broker{srv: srv, log: log}
 	gate := &gateHook{log: log, forward: o.Forward, srv: srv, marker: newMarker(), waiters: map[*mqtt.Client]chan deferred{},
-		refusals: &refusalLog{now: time.Now}}
+		refusals: &refusalLog{now: time.Now}, tls: map[string]*tlsListener{}}
 	gate.sec.Store(&o.Security)
 	b.gate = gate
 	if err := srv.AddHook(gate, nil); err != nil {
 		return nil, fmt.Errorf("localbroker: %w", err)
 	}
 	for i, l := range o.Listeners {
-		ln := listeners.NewTCP(listeners.Config{ID: fmt.Sprintf("tcp%d", i), Address: l.Address})
-		if err := srv.AddListener(ln); err != nil {
+		id := fmt.Sprintf("tcp%d", i)
+		nl, err := net.Listen("tcp", l.Address)
+		if err != nil {
 			srv.Close()
 			return nil, fmt.Errorf("localbroker: listen on %s: %w", l.Address, err)
 		}
-		b.addrs = append(b.addrs, ln.Address())
+		if l.TLS != nil {
+			tl := newTLSListener(nl, l.TLS, log, gate.refusals)
+			gate.tls[id] = tl
+			nl = tl
+		}
+		if err := srv.AddListener(listeners.NewNet(id, nl)); err != nil {
+			nl.Close()
+			srv.Close()
+			return nil, fmt.Errorf("localbroker: listen on %s: %w", l.Address, err)
+		}
+		b.addrs = append(b.addrs, nl.Addr().String())
 	}
 	if err := srv.Serve(); err != nil {
 		srv.Close()
@@ -149,6 +164,32 @@ func (b *Broker) Close() error {
 // their next packet.
 func (b *Broker) SetSecurity(s Security) { b.gate.sec.Store(&s) }
 
+// SetListenerTLS replaces the TLS material of listener i (on SIGHUP): new
+// handshakes use it; connected clients stay, except those whose
+// certificate the new CRL revokes, which are disconnected.
+func (b *Broker) SetListenerTLS(i int, t *TLS) error {
+	id := fmt.Sprintf("tcp%d", i)
+	tl, ok := b.gate.tls[id]
+	if !ok {
+		return fmt.Errorf("localbroker: listener %d is not a TLS listener", i)
+	}
+	tl.opts.Store(t)
+	if t.CRL == nil {
+		return nil
+	}
+	for _, cl := range b.srv.Clients.GetAll() {
+		tc, isTLS := cl.Net.Conn.(*tls.Conn)
+		if cl.Net.Listener != id || !isTLS {
+			continue
+		}
+		if certs := tc.ConnectionState().PeerCertificates; len(certs) > 0 && revoked(t.CRL, certs[0]) {
+			b.log.Warn("client disconnected: its certificate is revoked by the new CRL", "client_id", cl.ID, "serial", certs[0].SerialNumber, "remote", remoteAddr(cl))
+			b.srv.DisconnectClient(cl, packets.ErrNotAuthorized)
+		}
+	}
+	return nil
+}
+
 // gateHook decides who may connect and what they may do, and hands
 // accepted publishes to the forwarder.
 type gateHook struct {
@@ -156,6 +197,7 @@ type gateHook struct {
 	log      *slog.Logger
 	sec      atomic.Pointer[Security]
 	refusals *refusalLog
+	tls      map[string]*tlsListener // by listener id; set before Serve
 	forward  func(Message) (<-chan error, error)
 	srv      *mqtt.Server
 
@@ -189,6 +231,11 @@ func (h *gateHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 	sec := h.sec.Load()
 	user := string(pk.Connect.Username)
 	var reason string
+	if tl, ok := h.tls[cl.Net.Listener]; ok {
+		if ok, decided := h.certIdentity(cl, tl.opts.Load()); decided {
+			return ok
+		}
+	}
 	switch {
 	case user == "" && sec.AllowAnonymous:
 		return true
@@ -269,6 +316,40 @@ func (h *gateHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet
 		h.log.Warn("publish refused", "client_id", cl.ID, "remote", remote, "topic", pk.TopicName, "err", err)
 	}
 	return pk, packets.ErrRejectPacket
+}
+
+// certIdentity applies use_identity_as_username, use_subject_as_username
+// and bind_client_id: the certificate names the client, and no password
+// is asked. decided is false when the listener takes passwords instead.
+func (h *gateHook) certIdentity(cl *mqtt.Client, o *TLS) (ok, decided bool) {
+	if !o.IdentityAsUsername && !o.SubjectAsUsername {
+		return false, false
+	}
+	var cert *x509.Certificate
+	if tc, isTLS := cl.Net.Conn.(*tls.Conn); isTLS {
+		if cs := tc.ConnectionState(); len(cs.PeerCertificates) > 0 {
+			cert = cs.PeerCertificates[0]
+		}
+	}
+	reason := ""
+	switch {
+	case cert == nil:
+		reason = "no client certificate, and the listener takes the username from it"
+	case o.BindClientID && cl.ID != cert.Subject.CommonName:
+		reason = fmt.Sprintf("client id %q is not the certificate's CN %q (bind_client_id)", cl.ID, cert.Subject.CommonName)
+	}
+	if reason != "" {
+		if remote := remoteAddr(cl); h.refusals.allow(remote, reason) {
+			h.log.Info("client refused", "reason", reason, "client_id", cl.ID, "remote", remote)
+		}
+		return false, true
+	}
+	name := cert.Subject.CommonName
+	if o.SubjectAsUsername {
+		name = cert.Subject.String()
+	}
+	cl.Properties.Username = []byte(name)
+	return true, true
 }
 
 // deferAck queues d on its client's waiter, starting one if needed. It

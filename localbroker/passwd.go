@@ -134,6 +134,18 @@ func (p *PasswordFile) Users() []string {
 	return us
 }
 
+// HashPasswordSHA512 returns password hashed as Mosquitto 1.x did (and
+// mosquitto_passwd -H sha512 still does): "$6$SALT$HASH", SHA-512 of the
+// password and a random 12-byte salt. Prefer HashPassword.
+func HashPasswordSHA512(password []byte) (string, error) {
+	h := pwHash{salt: make([]byte, saltLen)}
+	if _, err := rand.Read(h.salt); err != nil {
+		return "", err
+	}
+	enc := base64.StdEncoding.EncodeToString
+	return fmt.Sprintf("$6$%s$%s", enc(h.salt), enc(h.digest(password))), nil
+}
+
 // HashPassword returns password hashed as mosquitto_passwd 2.0 does:
 // "$7$ITER$SALT$HASH", PBKDF2-HMAC-SHA512 with a random 12-byte salt.
 func HashPassword(password []byte, iterations int) (string, error) {

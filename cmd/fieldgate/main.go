@@ -7,6 +7,8 @@
 //	fieldgate run [--config FILE]            run the gateway
 //	fieldgate check-config [--config FILE]   validate a configuration
 //	fieldgate queue stats|peek|purge         inspect the outbox
+//	fieldgate passwd [-c|-D|-b|-U] FILE ...  manage a password file
+//	fieldgate acl test --acl FILE ...        check an ACL file
 //	fieldgate version                        print the version
 package main
 
@@ -39,6 +41,8 @@ commands:
   run           run the gateway (broker, sensors, bridge)
   check-config  validate a configuration file and exit
   queue         inspect or purge the outbox (stats, peek, purge)
+  passwd        manage a Mosquitto password file (as mosquitto_passwd)
+  acl test      tell whether an ACL file lets a client read or write a topic
   version       print the version
 
 Run "fieldgate <command> -h" for a command's flags.
@@ -56,6 +60,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdCheckConfig(rest, stdout, stderr)
 	case "queue":
 		return cmdQueue(rest, stdout, stderr)
+	case "passwd":
+		return cmdPasswd(rest, os.Stdin, stdout, stderr)
+	case "acl":
+		return cmdACL(rest, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "fieldgate %s %s %s/%s\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return 0

@@ -70,6 +70,14 @@ type BrokerConfig struct {
 	PasswordFile   string           `toml:"password_file"`
 	ACLFile        string           `toml:"acl_file"`
 	Listeners      []ListenerConfig `toml:"listener"`
+
+	// Limits; 0 means the default.
+	MaxClients        int     `toml:"max_clients"`
+	MaxPacketSize     Size    `toml:"max_packet_size"`
+	MaxInflight       int     `toml:"max_inflight"`
+	MaxQueuedMessages int     `toml:"max_queued_messages"`
+	MaxPublishRate    float64 `toml:"max_publish_rate"`
+	MaxAuthFailures   int     `toml:"max_auth_failures"`
 }
 
 // ListenerConfig is one [[broker.listener]].
@@ -462,6 +470,23 @@ func (c *Config) validate() error {
 	}
 	for i := range c.Broker.Listeners {
 		c.validateListener(&errs, i)
+	}
+	for _, l := range []struct {
+		key   string
+		v     float64
+		least float64
+		most  float64
+	}{
+		{"max_clients", float64(c.Broker.MaxClients), 0, 1 << 20},
+		{"max_packet_size", float64(c.Broker.MaxPacketSize), 0, 256 << 20},
+		{"max_inflight", float64(c.Broker.MaxInflight), 0, 65535},
+		{"max_queued_messages", float64(c.Broker.MaxQueuedMessages), 0, 1 << 24},
+		{"max_publish_rate", c.Broker.MaxPublishRate, 0, 1e9},
+		{"max_auth_failures", float64(c.Broker.MaxAuthFailures), 0, 1e6},
+	} {
+		if l.v < l.least || l.v > l.most {
+			c.errorf(&errs, "broker."+l.key, "must be between %v and %v, got %v", l.least, l.most, l.v)
+		}
 	}
 
 	if b := c.Bridge; b != nil {

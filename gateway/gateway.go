@@ -106,7 +106,15 @@ func New(cfg *Config, log *slog.Logger) (g *Gateway, err error) {
 	if err != nil {
 		return nil, err
 	}
-	lo := &localbroker.Options{Forward: fwd, Security: sec}
+	bc := cfg.Broker
+	lo := &localbroker.Options{Forward: fwd, Security: sec, Limits: localbroker.Limits{
+		MaxClients:      bc.MaxClients,
+		MaxPacketSize:   uint32(bc.MaxPacketSize),
+		MaxInflight:     uint16(bc.MaxInflight),
+		MaxQueued:       int32(bc.MaxQueuedMessages),
+		MaxPublishRate:  bc.MaxPublishRate,
+		MaxAuthFailures: bc.MaxAuthFailures,
+	}}
 	if lo.Listeners, err = brokerListeners(cfg); err != nil {
 		return nil, err
 	}

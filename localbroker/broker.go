@@ -24,6 +24,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -55,6 +57,7 @@ type Listener struct {
 type Options struct {
 	Listeners []Listener
 	Security  Security
+	Limits    Limits
 	// Forward, if set, is called for every accepted publish, before the
 	// publisher is acknowledged, except those sent with PublishLocal.
 	// An error wrapping ErrRejected refuses the message (MQTT 5: reason
@@ -82,7 +85,14 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 	if o == nil {
 		o = &Options{}
 	}
+	lim := o.Limits.withDefaults()
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumClients = int64(lim.MaxClients)
+	caps.MaximumPacketSize = lim.MaxPacketSize
+	caps.ReceiveMaximum = lim.MaxInflight
+	caps.MaximumClientWritesPending = lim.MaxQueued
 	srv := mqtt.New(&mqtt.Options{
+		Capabilities: caps,
 		InlineClient: true,
 		// mochi logs every hook and listener it adds (Info), every client
 		// that goes away (Warn, with no message) and every publish our
@@ -92,7 +102,9 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 	})
 	b := &Broker{srv: srv, log: log}
 	gate := &gateHook{log: log, forward: o.Forward, srv: srv, marker: newMarker(), waiters: map[*mqtt.Client]chan deferred{},
-		refusals: &refusalLog{now: time.Now}, tls: map[string]*tlsListener{}}
+		refusals: &refusalLog{now: time.Now}, tls: map[string]*tlsListener{},
+		failures: &authFailures{max: lim.MaxAuthFailures, now: time.Now},
+		rates:    &publishRates{limit: rate.Limit(lim.MaxPublishRate), by: map[string]*rate.Limiter{}}}
 	gate.sec.Store(&o.Security)
 	b.gate = gate
 	if err := srv.AddHook(gate, nil); err != nil {
@@ -198,6 +210,8 @@ type gateHook struct {
 	sec      atomic.Pointer[Security]
 	refusals *refusalLog
 	tls      map[string]*tlsListener // by listener id; set before Serve
+	failures *authFailures
+	rates    *publishRates
 	forward  func(Message) (<-chan error, error)
 	srv      *mqtt.Server
 
@@ -228,6 +242,21 @@ func (h *gateHook) Provides(b byte) bool {
 }
 
 func (h *gateHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+	host := hostOf(remoteAddr(cl))
+	if h.failures.blocked(host) {
+		if h.refusals.allow(host, "too many failed logins") {
+			h.log.Warn("client refused: too many failed logins from this address in the last minute", "remote", remoteAddr(cl), "client_id", cl.ID)
+		}
+		return false
+	}
+	ok := h.authenticate(cl, pk)
+	if !ok {
+		h.failures.fail(host)
+	}
+	return ok
+}
+
+func (h *gateHook) authenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	sec := h.sec.Load()
 	user := string(pk.Connect.Username)
 	var reason string
@@ -282,6 +311,15 @@ func (h *gateHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet
 	if n := len(pk.Properties.User); n > 0 && pk.Properties.User[n-1] == h.marker {
 		pk.Properties.User = pk.Properties.User[:n-1] // stored already: deliver and acknowledge
 		return pk, nil
+	}
+	if !cl.Net.Inline && !h.rates.allow(cl.ID) {
+		if remote := remoteAddr(cl); h.refusals.allow(remote, "publish rate") {
+			h.log.Warn("publish dropped: the client publishes faster than max_publish_rate", "client_id", cl.ID, "remote", remote)
+		}
+		if cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos > 0 {
+			return pk, packets.ErrMessageRateTooHigh
+		}
+		return pk, packets.ErrRejectPacket
 	}
 	if h.forward == nil || cl.ID == uplinkClientID {
 		return pk, nil
@@ -391,6 +429,7 @@ func (h *gateHook) wait(cl *mqtt.Client, ch chan deferred) {
 
 // OnDisconnect ends the client's waiter once what it holds is done.
 func (h *gateHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
+	h.rates.forget(cl.ID)
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if ch, ok := h.waiters[cl]; ok {

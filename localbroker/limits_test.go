@@ -1,0 +1,162 @@
+package localbroker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"testing"
+	"time"
+
+	paho5 "github.com/eclipse/paho.golang/paho"
+	paho "github.com/eclipse/paho.mqtt.golang"
+)
+
+func limitedBroker(t *testing.T, lim Limits) *Broker {
+	t.Helper()
+	hash, _ := HashPassword([]byte("pw"), 0)
+	pw, err := ParsePasswordFile("pw", []byte("dev:"+hash+"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := New(&Options{
+		Listeners: []Listener{{Address: "127.0.0.1:0"}},
+		Security:  Security{Passwords: pw},
+		Limits:    lim,
+	}, slog.New(logLines(make(chan string, 100))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b
+}
+
+func connect3(b *Broker, id, user, pw string) (paho.Client, error) {
+	cl := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + b.Addrs()[0]).SetClientID(id).
+		SetUsername(user).SetPassword(pw).SetAutoReconnect(false).SetConnectRetry(false))
+	tok := cl.Connect()
+	if !tok.WaitTimeout(10 * time.Second) {
+		return nil, errors.New("connect timed out")
+	}
+	return cl, tok.Error()
+}
+
+func TestMaxClients(t *testing.T) {
+	b := limitedBroker(t, Limits{MaxClients: 2})
+	for i := range 2 {
+		cl, err := connect3(b, fmt.Sprint("c", i), "dev", "pw")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cl.Disconnect(0)
+	}
+	if cl, err := connect3(b, "c3", "dev", "pw"); err == nil {
+		cl.Disconnect(0)
+		t.Error("a third client got in with max_clients 2")
+	}
+}
+
+// Failed logins from one address are capped: after them, even the right
+// password is refused for a minute. A TCP connection that sends nothing,
+// as a health probe does, does not count.
+func TestAuthFailureCap(t *testing.T) {
+	b := limitedBroker(t, Limits{MaxAuthFailures: 3})
+	for range 5 { // health probes
+		c, err := net.Dial("tcp", b.Addrs()[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+	}
+	if cl, err := connect3(b, "ok", "dev", "pw"); err != nil {
+		t.Fatalf("after health probes: %v", err)
+	} else {
+		cl.Disconnect(0)
+	}
+	for range 3 {
+		if _, err := connect3(b, "guess", "dev", "wrong"); err == nil {
+			t.Fatal("a wrong password got in")
+		}
+	}
+	if cl, err := connect3(b, "ok", "dev", "pw"); err == nil {
+		cl.Disconnect(0)
+		t.Error("the right password got in after 3 failures in a minute")
+	}
+}
+
+func TestMaxPacketSize(t *testing.T) {
+	b := limitedBroker(t, Limits{MaxPacketSize: 1024})
+	lost := make(chan error, 1)
+	cl := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + b.Addrs()[0]).SetClientID("big").
+		SetUsername("dev").SetPassword("pw").SetAutoReconnect(false).
+		SetConnectionLostHandler(func(_ paho.Client, err error) { lost <- err }))
+	if tok := cl.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	defer cl.Disconnect(0)
+	cl.Publish("t", 0, false, make([]byte, 2048))
+	select {
+	case <-lost:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a 2 KiB packet did not end a connection limited to 1 KiB")
+	}
+}
+
+// Beyond max_publish_rate an MQTT 5 publisher gets 0x96.
+func TestPublishRate(t *testing.T) {
+	b := limitedBroker(t, Limits{MaxPublishRate: 1}) // one a second, burst of one
+	conn, err := net.Dial("tcp", b.Addrs()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := paho5.NewClient(paho5.ClientConfig{Conn: conn})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := cl.Connect(ctx, &paho5.Connect{ClientID: "fast", Username: "dev", UsernameFlag: true, Password: []byte("pw"), PasswordFlag: true, KeepAlive: 30, CleanStart: true}); err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Disconnect(&paho5.Disconnect{})
+	codes := map[byte]int{}
+	for range 5 {
+		resp, _ := cl.Publish(ctx, &paho5.Publish{Topic: "t", QoS: 1, Payload: []byte("x")})
+		if resp != nil {
+			codes[resp.ReasonCode]++
+		}
+	}
+	// Five in well under the seconds it would take to earn five tokens.
+	if codes[0] < 1 || codes[0x96] < 3 {
+		t.Errorf("reason codes %v: want the first accepted and most of the rest 0x96", codes)
+	}
+}
+
+// Garbage on the wire ends that connection, nothing else: the broker still
+// serves a well-behaved client afterwards.
+func TestGarbageStreams(t *testing.T) {
+	b := limitedBroker(t, Limits{MaxAuthFailures: 1000})
+	rnd := rand.New(rand.NewPCG(1, 2))
+	for i := range 200 {
+		c, err := net.Dial("tcp", b.Addrs()[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		junk := make([]byte, 1+rnd.IntN(4096))
+		for j := range junk {
+			junk[j] = byte(rnd.Uint32())
+		}
+		if i%3 == 0 { // a CONNECT header, then garbage
+			junk = append([]byte{0x10, 0xff, 0xff, 0xff, 0x7f}, junk...)
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		c.Write(junk)
+		io.Copy(io.Discard, c) // until the broker hangs up (or the deadline)
+		c.Close()
+	}
+	cl, err := connect3(b, "after", "dev", "pw")
+	if err != nil {
+		t.Fatalf("after 200 garbage streams: %v", err)
+	}
+	cl.Disconnect(0)
+}

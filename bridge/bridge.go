@@ -101,7 +101,15 @@ type Bridge struct {
 	changed chan struct{} // closed and replaced on every change of st
 	tls     *tls.Config   // current TLS material; SetTLS replaces it
 	reload  chan struct{} // SetTLS was called
+	beat    atomic.Int64  // Unix nanoseconds of the Run loop's last turn
 }
+
+// Heartbeat is when the bridge's loop last turned: it does at least every
+// second, and a connection attempt may hold it for up to its timeout. A
+// watchdog that sees it grow old knows the loop is stuck.
+func (b *Bridge) Heartbeat() time.Time { return time.Unix(0, b.beat.Load()) }
+
+func (b *Bridge) tick() { b.beat.Store(time.Now().UnixNano()) }
 
 // New returns a Bridge; Run connects it.
 func New(o Options, log *slog.Logger) (*Bridge, error) {
@@ -218,7 +226,10 @@ func (b *Bridge) Run(ctx context.Context) error {
 	var lastLogged string
 	var ceil, delay time.Duration
 	var next *conn // a connection already made to replace the last one
+	beat := time.NewTicker(time.Second)
+	defer beat.Stop()
 	for {
+		b.tick()
 		if ctx.Err() != nil {
 			if next != nil {
 				next.client.Disconnect(0)
@@ -243,9 +254,17 @@ func (b *Bridge) Run(ctx context.Context) error {
 				lastLogged = err.Error()
 			}
 			ceil, delay = backoff(ceil, b.o.ReconnectMin, b.o.ReconnectMax)
-			select {
-			case <-time.After(delay):
-			case <-ctx.Done():
+			wake := time.After(delay)
+		wait:
+			for {
+				select {
+				case <-beat.C:
+					b.tick()
+				case <-wake:
+					break wait
+				case <-ctx.Done():
+					break wait
+				}
 			}
 			continue
 		}
@@ -605,6 +624,8 @@ func (b *Bridge) drain(ctx context.Context, c *conn) (*conn, error) {
 	if idx > 0 && b.o.FailbackInterval > 0 {
 		failback = time.After(b.o.FailbackInterval)
 	}
+	beat := time.NewTicker(time.Second)
+	defer beat.Stop()
 
 	for {
 		changed := b.ob.Changed()
@@ -636,7 +657,9 @@ func (b *Bridge) drain(ctx context.Context, c *conn) (*conn, error) {
 		if handed > 0 {
 			headDone = window[0].tok.Done()
 		}
+		b.tick()
 		select {
+		case <-beat.C:
 		case <-failback:
 			if !probing {
 				probe(b.o.Addresses[:idx], "failback")

@@ -36,6 +36,7 @@ type Gateway struct {
 	certExpiry time.Time // of the device certificate; zero without one
 	metrics    *metrics  // nil without [metrics]
 	tlsPrint   [32]byte  // of the uplink's TLS files, to tell whether a reload changed them
+	notify     *notifier // systemd's notification socket
 	reloadMu   sync.Mutex
 	broker     *localbroker.Broker
 	outbox     *outbox.Outbox // nil without [bridge]
@@ -47,7 +48,7 @@ type Gateway struct {
 // identity, binds the broker's listeners and opens the sensors. Nothing
 // runs until Run.
 func New(cfg *Config, log *slog.Logger) (g *Gateway, err error) {
-	g = &Gateway{cfg: cfg, log: log, started: time.Now()}
+	g = &Gateway{cfg: cfg, log: log, started: time.Now(), notify: newNotifier()}
 	defer func() {
 		if err != nil {
 			g.close()
@@ -191,7 +192,17 @@ func (g *Gateway) Run(ctx context.Context) error {
 		bridgeDone.Go(func() { g.bridge.Run(bridgeCtx) })
 	}
 
+	notify := g.notify
+	defer notify.close()
+	watchdogCtx, stopWatchdog := context.WithCancel(context.Background())
+	var watchdogDone sync.WaitGroup
+	watchdogDone.Go(func() { g.runWatchdog(watchdogCtx, notify) })
+	notify.send("READY=1")
+
 	<-ctx.Done()
+	notify.send("STOPPING=1")
+	stopWatchdog()
+	watchdogDone.Wait()
 	g.log.Info("shutting down")
 	stopSensors()
 	sensorsDone.Wait()
@@ -261,6 +272,8 @@ func (g *Gateway) deliver(topic string, payload []byte, qos byte, retain bool) e
 func (g *Gateway) Reload() error {
 	g.reloadMu.Lock()
 	defer g.reloadMu.Unlock()
+	g.notify.send("RELOADING=1")
+	defer g.notify.send("READY=1")
 	cfg, err := LoadConfig(g.cfg.Path)
 	if err != nil {
 		g.log.Error("reload refused: the running configuration is kept", "err", err)

@@ -4,6 +4,9 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/fieldgate/fieldgate/bridge"
+	"github.com/fieldgate/fieldgate/localbroker"
 )
 
 // A configuration file never makes the parser panic, and every error names
@@ -26,6 +29,19 @@ func FuzzParseConfig(f *testing.F) {
 			if !errors.As(e, &ce) || !strings.HasPrefix(e.Error(), "f.toml") {
 				t.Fatalf("error %q is not a ConfigError naming the file", e)
 			}
+		}
+	})
+}
+
+// The broker and the bridge each match topics (they do not import each
+// other); they must agree.
+func FuzzTopicMatchersAgree(f *testing.F) {
+	for _, s := range [][2]string{{"sensors/#", "sensors"}, {"+/+", "/x"}, {"#", "$SYS/a"}, {"a/+/c", "a//c"}, {"$SYS/#", "$SYS"}} {
+		f.Add(s[0], s[1])
+	}
+	f.Fuzz(func(t *testing.T, filter, topic string) {
+		if b, l := bridge.Match(filter, topic), localbroker.MatchTopic(filter, topic); b != l {
+			t.Fatalf("Match(%q, %q): bridge %v, localbroker %v", filter, topic, b, l)
 		}
 	})
 }

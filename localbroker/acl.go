@@ -161,7 +161,7 @@ func (a *ACL) Check(user, clientID, topic string, access Access) (bool, string) 
 // decide says whether r decides on topic: a matching deny rule denies, a
 // matching rule with the access allows, anything else passes.
 func (r aclRule) decide(filter, topic string, access Access) (allowed, decided bool) {
-	if !matchTopic(filter, topic) {
+	if !MatchTopic(filter, topic) {
 		return false, false
 	}
 	if r.access == 0 {
@@ -190,10 +190,12 @@ func checkFilter(f string) error {
 	return nil
 }
 
-// matchTopic reports whether topic matches filter (MQTT 3.1.1 §4.7).
+// MatchTopic reports whether topic matches filter (MQTT 3.1.1 §4.7). The
+// bridge has its own (bridge.Match: the two packages do not import each
+// other); a test in gateway checks that they agree.
 // Wildcards at the first level do not match topics starting with '$'.
 // A filter matches itself, so a subscription is judged by the same rules.
-func matchTopic(filter, topic string) bool {
+func MatchTopic(filter, topic string) bool {
 	if strings.HasPrefix(topic, "$") && (strings.HasPrefix(filter, "+") || strings.HasPrefix(filter, "#")) {
 		return false
 	}

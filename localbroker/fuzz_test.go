@@ -48,7 +48,7 @@ func FuzzTopicMatch(f *testing.F) {
 	f.Add("#", "$SYS/x")
 	f.Add("a/#", "a")
 	f.Fuzz(func(t *testing.T, filter, topic string) {
-		m := matchTopic(filter, topic)
+		m := MatchTopic(filter, topic)
 		if checkFilter(filter) == nil && !strings.ContainsAny(filter, "+#") && m != (filter == topic) {
 			t.Fatalf("a filter without wildcards matched %v a topic equal %v", m, filter == topic)
 		}

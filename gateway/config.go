@@ -66,10 +66,12 @@ type IdentityConfig struct {
 
 // BrokerConfig is the [broker] section.
 type BrokerConfig struct {
-	AllowAnonymous bool             `toml:"allow_anonymous"`
-	PasswordFile   string           `toml:"password_file"`
-	ACLFile        string           `toml:"acl_file"`
-	Listeners      []ListenerConfig `toml:"listener"`
+	AllowAnonymous bool   `toml:"allow_anonymous"`
+	PasswordFile   string `toml:"password_file"`
+	ACLFile        string `toml:"acl_file"`
+	// ClientIDPrefixes: client ids must start with one of these.
+	ClientIDPrefixes []string         `toml:"clientid_prefixes"`
+	Listeners        []ListenerConfig `toml:"listener"`
 
 	// Limits; 0 means the default.
 	MaxClients        int     `toml:"max_clients"`

@@ -391,7 +391,7 @@ func listenerTLS(l *ListenerConfig) (*localbroker.TLS, error) {
 
 // security loads the broker's password and ACL files.
 func security(cfg *Config) (localbroker.Security, error) {
-	sec := localbroker.Security{AllowAnonymous: cfg.Broker.AllowAnonymous}
+	sec := localbroker.Security{AllowAnonymous: cfg.Broker.AllowAnonymous, ClientIDPrefixes: cfg.Broker.ClientIDPrefixes}
 	var err error
 	if p := cfg.Broker.PasswordFile; p != "" {
 		if sec.Passwords, err = localbroker.LoadPasswordFile(p); err != nil {

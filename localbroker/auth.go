@@ -2,6 +2,7 @@ package localbroker
 
 import (
 	"net"
+	"strings"
 	"sync"
 	"time"
 )
@@ -19,6 +20,22 @@ type Security struct {
 	// every client that got in use every topic, as Mosquitto does without
 	// an acl_file.
 	ACL *ACL
+	// ClientIDPrefixes, if any, are the prefixes a client id must start
+	// with (Mosquitto's clientid_prefixes).
+	ClientIDPrefixes []string
+}
+
+// allowedClientID applies ClientIDPrefixes.
+func (s *Security) allowedClientID(id string) bool {
+	if len(s.ClientIDPrefixes) == 0 {
+		return true
+	}
+	for _, p := range s.ClientIDPrefixes {
+		if strings.HasPrefix(id, p) {
+			return true
+		}
+	}
+	return false
 }
 
 // refusalLog logs a refused client once per remote host and reason per

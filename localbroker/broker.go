@@ -260,6 +260,12 @@ func (h *gateHook) authenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	sec := h.sec.Load()
 	user := string(pk.Connect.Username)
 	var reason string
+	if !sec.allowedClientID(cl.ID) {
+		if remote := remoteAddr(cl); h.refusals.allow(remote, "client id prefix") {
+			h.log.Info("client refused", "reason", "client id does not start with one of clientid_prefixes", "client_id", cl.ID, "remote", remote)
+		}
+		return false
+	}
 	if tl, ok := h.tls[cl.Net.Listener]; ok {
 		if ok, decided := h.certIdentity(cl, tl.opts.Load()); decided {
 			return ok

@@ -8,11 +8,16 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"os/exec"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	paho5 "github.com/eclipse/paho.golang/paho"
 	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/fieldgate/fieldgate/bridge/mosquittotest"
 )
 
 func limitedBroker(t *testing.T, lim Limits) *Broker {
@@ -159,4 +164,54 @@ func TestGarbageStreams(t *testing.T) {
 		t.Fatalf("after 200 garbage streams: %v", err)
 	}
 	cl.Disconnect(0)
+}
+
+func TestClientIDPrefixes(t *testing.T) {
+	hash, _ := HashPassword([]byte("pw"), 0)
+	pw, _ := ParsePasswordFile("pw", []byte("dev:"+hash+"\n"))
+	b, err := New(&Options{
+		Listeners: []Listener{{Address: "127.0.0.1:0"}},
+		Security:  Security{Passwords: pw, ClientIDPrefixes: []string{"plc-", "hmi-"}},
+	}, slog.New(logLines(make(chan string, 100))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if cl, err := connect3(b, "hmi-2", "dev", "pw"); err != nil {
+		t.Errorf("hmi-2: %v", err)
+	} else {
+		cl.Disconnect(0)
+	}
+	if cl, err := connect3(b, "laptop", "dev", "pw"); err == nil {
+		cl.Disconnect(0)
+		t.Error("client id laptop got in with clientid_prefixes plc-, hmi-")
+	}
+}
+
+// $SYS topics, as Mosquitto publishes them, for a client the ACL lets read
+// them (here with the real mosquitto_sub).
+func TestSysTopics(t *testing.T) {
+	sub := mosquittotest.Binary(t, "mosquitto_sub")
+	hash, _ := HashPassword([]byte("pw"), 0)
+	pw, _ := ParsePasswordFile("pw", []byte("ops:"+hash+"\n"))
+	acl, _ := ParseACL("acl", []byte("user ops\ntopic read $SYS/#\n"))
+	b, err := New(&Options{
+		Listeners: []Listener{{Address: "127.0.0.1:0"}},
+		Security:  Security{Passwords: pw, ACL: acl},
+	}, slog.New(logLines(make(chan string, 100))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	host, port, _ := net.SplitHostPort(b.Addrs()[0])
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, sub, "-h", host, "-p", port, "-u", "ops", "-P", "pw", "-t", "$SYS/broker/clients/connected", "-C", "2").Output() // the retained value, then the next tick's
+	if err != nil {
+		t.Fatalf("mosquitto_sub: %v", err)
+	}
+	lines := strings.Fields(string(out))
+	if n, err := strconv.Atoi(lines[len(lines)-1]); err != nil || n < 1 {
+		t.Errorf("$SYS/broker/clients/connected = %q, want at least 1 (mosquitto_sub itself)", out)
+	}
 }

@@ -108,7 +108,7 @@ func New(cfg *Config, log *slog.Logger) (g *Gateway, err error) {
 		return nil, err
 	}
 	bc := cfg.Broker
-	lo := &localbroker.Options{Forward: fwd, Security: sec, Limits: localbroker.Limits{
+	lo := &localbroker.Options{Forward: fwd, Security: sec, RetainedFile: filepath.Join(cfg.Device.StateDir, "broker.db"), Limits: localbroker.Limits{
 		MaxClients:      bc.MaxClients,
 		MaxPacketSize:   uint32(bc.MaxPacketSize),
 		MaxInflight:     uint16(bc.MaxInflight),

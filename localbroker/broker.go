@@ -58,6 +58,9 @@ type Options struct {
 	Listeners []Listener
 	Security  Security
 	Limits    Limits
+	// RetainedFile, if set, keeps retained messages across restarts in
+	// this bbolt file.
+	RetainedFile string
 	// Forward, if set, is called for every accepted publish, before the
 	// publisher is acknowledged, except those sent with PublishLocal.
 	// An error wrapping ErrRejected refuses the message (MQTT 5: reason
@@ -69,11 +72,12 @@ type Options struct {
 
 // Broker is a running local broker.
 type Broker struct {
-	srv    *mqtt.Server
-	log    *slog.Logger
-	uplink *mqtt.Client // inline identity for messages from the uplink
-	gate   *gateHook
-	addrs  []string
+	srv      *mqtt.Server
+	log      *slog.Logger
+	uplink   *mqtt.Client // inline identity for messages from the uplink
+	gate     *gateHook
+	retained *retainStore // nil without Options.RetainedFile
+	addrs    []string
 }
 
 // uplinkClientID is the inline client that PublishLocal publishes as. Its
@@ -110,11 +114,22 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 	if err := srv.AddHook(gate, nil); err != nil {
 		return nil, fmt.Errorf("localbroker: %w", err)
 	}
+	if o.RetainedFile != "" {
+		rs, err := openRetainStore(o.RetainedFile, log)
+		if err != nil {
+			return nil, err
+		}
+		b.retained = rs
+		if err := srv.AddHook(rs, nil); err != nil {
+			rs.close()
+			return nil, fmt.Errorf("localbroker: %w", err)
+		}
+	}
 	for i, l := range o.Listeners {
 		id := fmt.Sprintf("tcp%d", i)
 		nl, err := net.Listen("tcp", l.Address)
 		if err != nil {
-			srv.Close()
+			b.Close()
 			return nil, fmt.Errorf("localbroker: listen on %s: %w", l.Address, err)
 		}
 		if l.TLS != nil {
@@ -124,13 +139,13 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 		}
 		if err := srv.AddListener(listeners.NewNet(id, nl)); err != nil {
 			nl.Close()
-			srv.Close()
+			b.Close()
 			return nil, fmt.Errorf("localbroker: listen on %s: %w", l.Address, err)
 		}
 		b.addrs = append(b.addrs, nl.Addr().String())
 	}
 	if err := srv.Serve(); err != nil {
-		srv.Close()
+		b.Close()
 		return nil, fmt.Errorf("localbroker: %w", err)
 	}
 	b.uplink = srv.NewClient(nil, mqtt.LocalListener, uplinkClientID, true)
@@ -166,9 +181,14 @@ func (b *Broker) Subscribe(filter string, id int, fn func(Message)) error {
 	})
 }
 
-// Close disconnects every client and closes the listeners.
+// Close disconnects every client, closes the listeners and saves the
+// retained messages.
 func (b *Broker) Close() error {
-	return b.srv.Close()
+	err := b.srv.Close()
+	if b.retained != nil {
+		err = errors.Join(err, b.retained.close())
+	}
+	return err
 }
 
 // SetSecurity replaces the security files in use (on SIGHUP); clients

@@ -1,0 +1,166 @@
+package localbroker
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/storage"
+	"github.com/mochi-mqtt/server/v2/packets"
+	bolt "go.etcd.io/bbolt"
+)
+
+// retainStore keeps retained messages in bbolt, so they survive a restart.
+// Writes are gathered and committed once a second: a retained message is
+// the last known state of a topic, not a delivery, and a power cut loses
+// at most the last second's changes, never the file.
+type retainStore struct {
+	mqtt.HookBase
+	db   *bolt.DB
+	log  *slog.Logger
+	ops  chan retainOp
+	done chan struct{}
+}
+
+type retainOp struct {
+	topic string
+	value []byte // nil: delete
+}
+
+var retainBucket = []byte("retained")
+
+// retainFlush is how often retained changes are committed.
+const retainFlush = time.Second
+
+func openRetainStore(path string, log *slog.Logger) (*retainStore, error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	if err != nil && !errors.Is(err, bolt.ErrTimeout) {
+		var pe *os.PathError
+		if !errors.As(err, &pe) {
+			aside := fmt.Sprintf("%s.corrupt-%s", path, time.Now().UTC().Format("20060102T150405Z"))
+			if rerr := os.Rename(path, aside); rerr == nil {
+				log.Error("retained-message store is corrupt: moved aside, starting a new one", "path", path, "moved_to", aside, "err", err)
+				db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+			}
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("localbroker: retained store %s: %w", path, err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error { _, err := tx.CreateBucketIfNotExists(retainBucket); return err }); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("localbroker: retained store %s: %w", path, err)
+	}
+	s := &retainStore{db: db, log: log, ops: make(chan retainOp, 1024), done: make(chan struct{})}
+	go s.writer()
+	return s, nil
+}
+
+func (s *retainStore) ID() string { return "fieldgate-retained" }
+
+func (s *retainStore) Provides(b byte) bool {
+	return b == mqtt.OnRetainMessage || b == mqtt.StoredRetainedMessages
+}
+
+func (s *retainStore) OnRetainMessage(cl *mqtt.Client, pk packets.Packet, r int64) {
+	if r == -1 {
+		s.ops <- retainOp{topic: pk.TopicName}
+		return
+	}
+	m := storage.Message{
+		T:           storage.RetainedKey,
+		TopicName:   pk.TopicName,
+		Payload:     pk.Payload,
+		FixedHeader: pk.FixedHeader,
+		Created:     pk.Created,
+		Origin:      pk.Origin,
+		Properties: storage.MessageProperties{
+			PayloadFormat:         pk.Properties.PayloadFormat,
+			MessageExpiryInterval: pk.Properties.MessageExpiryInterval,
+			ContentType:           pk.Properties.ContentType,
+			ResponseTopic:         pk.Properties.ResponseTopic,
+			CorrelationData:       pk.Properties.CorrelationData,
+			User:                  pk.Properties.User,
+		},
+	}
+	v, err := json.Marshal(m)
+	if err != nil {
+		return
+	}
+	s.ops <- retainOp{topic: pk.TopicName, value: v}
+}
+
+// StoredRetainedMessages gives mochi the retained messages at start.
+func (s *retainStore) StoredRetainedMessages() ([]storage.Message, error) {
+	var out []storage.Message
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(retainBucket).ForEach(func(k, v []byte) error {
+			var m storage.Message
+			if err := json.Unmarshal(v, &m); err != nil {
+				s.log.Warn("retained message unreadable: skipped", "topic", string(k), "err", err)
+				return nil
+			}
+			out = append(out, m)
+			return nil
+		})
+	})
+	return out, err
+}
+
+func (s *retainStore) writer() {
+	defer close(s.done)
+	pending := map[string][]byte{}
+	var due <-chan time.Time
+	flush := func() {
+		if len(pending) == 0 {
+			return
+		}
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			b := tx.Bucket(retainBucket)
+			for t, v := range pending {
+				var err error
+				if v == nil {
+					err = b.Delete([]byte(t))
+				} else {
+					err = b.Put([]byte(t), v)
+				}
+				if err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			s.log.Error("retained messages not saved", "messages", len(pending), "err", err)
+		}
+		clear(pending)
+	}
+	for {
+		select {
+		case op, ok := <-s.ops:
+			if !ok {
+				flush()
+				return
+			}
+			pending[op.topic] = op.value // the last change of a topic wins
+			if due == nil {
+				due = time.After(retainFlush)
+			}
+		case <-due:
+			flush()
+			due = nil
+		}
+	}
+}
+
+// close saves what is pending and closes the file; mochi has stopped
+// calling the hook by then.
+func (s *retainStore) close() error {
+	close(s.ops)
+	<-s.done
+	return s.db.Close()
+}

@@ -229,6 +229,14 @@ func TestEndToEnd(t *testing.T) {
 			t.Errorf("/metrics has no %q:\n%s", strings.TrimSpace(want), text)
 		}
 	}
+	_, js := get(t, "http://"+g.MetricsAddr()+"/status")
+	var st Status
+	if err := json.Unmarshal([]byte(js), &st); err != nil {
+		t.Fatalf("/status: %v\n%s", err, js)
+	}
+	if st.Device != "EGW-E2E-1" || st.Uplink == nil || !st.Uplink.Connected || !st.Uplink.Flowing || st.Sensors["sim"] != "ok" || st.CertExpires.IsZero() {
+		t.Errorf("/status: %s", js)
+	}
 	if v := metricValue(t, text, "fieldgate_uplink_sent_total"); v < 2 {
 		t.Errorf("fieldgate_uplink_sent_total %v, want at least the 2 readings seen", v)
 	}

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -36,6 +37,7 @@ func newMetrics(g *Gateway, addr string) (*metrics, error) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/metrics", m.serveMetrics)
 	mux.HandleFunc("/healthz", m.serveHealth)
+	mux.HandleFunc("/status", m.serveStatus)
 	m.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	return m, nil
 }
@@ -77,6 +79,59 @@ func (m *metrics) serveHealth(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusServiceUnavailable)
 	}
 	fmt.Fprintln(w, msg)
+}
+
+// Status is what fieldgate status shows, served as JSON on /status.
+type Status struct {
+	Device      string            `json:"device"`
+	Version     string            `json:"version"`
+	Started     time.Time         `json:"started"`
+	Clients     int64             `json:"clients"`
+	Uplink      *UplinkStatus     `json:"uplink,omitempty"`
+	Sensors     map[string]string `json:"sensors,omitempty"`
+	CertExpires time.Time         `json:"cert_expires,omitzero"`
+}
+
+// UplinkStatus is the bridge's part of Status.
+type UplinkStatus struct {
+	Connected     bool      `json:"connected"`
+	Address       string    `json:"address,omitempty"`
+	LastError     string    `json:"last_error,omitempty"`
+	Flowing       bool      `json:"flowing"`
+	Health        string    `json:"health"`
+	Queued        int       `json:"queued"`
+	QueuedBytes   int64     `json:"queued_bytes"`
+	Oldest        time.Time `json:"oldest,omitzero"`
+	Sent          uint64    `json:"sent"`
+	Dropped       uint64    `json:"dropped"`
+	LastDelivered time.Time `json:"last_delivered,omitzero"`
+}
+
+func (m *metrics) status() Status {
+	g := m.g
+	st := Status{Device: g.cfg.Device.ID, Version: Version, Started: g.started, Clients: g.broker.Clients(), CertExpires: g.certExpiry}
+	if g.loop != nil {
+		st.Sensors = g.loop.Health()
+	}
+	if g.bridge != nil {
+		b := g.bridge.Status()
+		ob := g.outbox.Stats()
+		ok, health := m.health()
+		var dropped uint64
+		for _, n := range ob.Dropped {
+			dropped += n
+		}
+		st.Uplink = &UplinkStatus{Connected: b.Connected, Address: b.Address, LastError: b.LastError, Flowing: ok, Health: health,
+			Queued: ob.Messages, QueuedBytes: ob.Bytes, Oldest: ob.Oldest, Sent: b.Sent, Dropped: dropped, LastDelivered: b.LastSent}
+	}
+	return st
+}
+
+func (m *metrics) serveStatus(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(m.status())
 }
 
 func (m *metrics) serveMetrics(w http.ResponseWriter, r *http.Request) {

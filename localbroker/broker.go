@@ -156,6 +156,9 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 // port when the configuration asked for port 0).
 func (b *Broker) Addrs() []string { return b.addrs }
 
+// Clients returns how many clients are connected.
+func (b *Broker) Clients() int64 { return atomic.LoadInt64(&b.srv.Info.ClientsConnected) }
+
 // Publish publishes a message from the gateway itself (its sensors). It is
 // handed to Forward like any client's publish.
 func (b *Broker) Publish(m Message) error {

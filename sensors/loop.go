@@ -35,6 +35,9 @@ type LoopOptions struct {
 type Loop struct {
 	o   LoopOptions
 	log *slog.Logger
+
+	mu     sync.Mutex
+	health map[string]string // by sensor: "ok", "failing: …", or "starting"
 }
 
 // NewLoop returns a Loop; Run starts it.
@@ -42,7 +45,33 @@ func NewLoop(o LoopOptions, log *slog.Logger) *Loop {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	return &Loop{o: o, log: log}
+	l := &Loop{o: o, log: log, health: map[string]string{}}
+	for _, e := range o.Entries {
+		l.health[e.Name] = "starting"
+	}
+	return l
+}
+
+// Health returns each sensor's state: "ok", "starting", or "failing: "
+// and the last error.
+func (l *Loop) Health() map[string]string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	h := make(map[string]string, len(l.health))
+	for k, v := range l.health {
+		h[k] = v
+	}
+	return h
+}
+
+func (l *Loop) setHealth(name string, err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err != nil {
+		l.health[name] = "failing: " + err.Error()
+	} else {
+		l.health[name] = "ok"
+	}
 }
 
 // Run polls every sensor at its interval until ctx ends, then halts them.
@@ -67,6 +96,9 @@ func (l *Loop) poll(ctx context.Context, e Entry) {
 	failing := false
 	for {
 		err := l.readOnce(ctx, e)
+		if ctx.Err() == nil {
+			l.setHealth(e.Name, err)
+		}
 		switch {
 		case err != nil && !failing && ctx.Err() == nil:
 			// Logged when it starts failing and when it recovers, not on

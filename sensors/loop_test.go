@@ -97,6 +97,10 @@ func TestLoopPublishesAndSurvivesFailures(t *testing.T) {
 			t.Fatalf("never published: %v", want)
 		}
 	}
+	h := l.Health()
+	if h["good"] != "ok" {
+		t.Errorf("health of good: %q, want ok", h["good"])
+	}
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("Run: %v", err)

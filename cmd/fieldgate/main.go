@@ -41,6 +41,7 @@ commands:
   run           run the gateway (broker, sensors, bridge)
   check-config  validate a configuration file and exit
   queue         inspect or purge the outbox (stats, peek, purge)
+  status        ask the running gateway what it is doing
   passwd        manage a Mosquitto password file (as mosquitto_passwd)
   acl test      tell whether an ACL file lets a client read or write a topic
   version       print the version
@@ -60,6 +61,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdCheckConfig(rest, stdout, stderr)
 	case "queue":
 		return cmdQueue(rest, stdout, stderr)
+	case "status":
+		return cmdStatus(rest, stdout, stderr)
 	case "passwd":
 		return cmdPasswd(rest, os.Stdin, stdout, stderr)
 	case "acl":

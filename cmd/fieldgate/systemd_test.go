@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"fmt"
 	"net"
@@ -111,6 +112,39 @@ local = "sensors/#"
 		}
 		if string(buf[:n]) == "STOPPING=1" {
 			break
+		}
+	}
+}
+
+// fieldgate status asks the running gateway.
+func TestStatusCommand(t *testing.T) {
+	dir := t.TempDir()
+	port := mosquittotest.FreePort(t)
+	cfg := filepath.Join(dir, "fieldgate.toml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`[device]
+id = "EGW-ST"
+state_dir = %q
+[[sensor]]
+name = "sim"
+driver = "simulated"
+interval = "20ms"
+[metrics]
+address = "127.0.0.1:%d"
+`, dir, port)), 0o600)
+	var out, errOut bytes.Buffer
+	if code := run([]string{"status", "--config", cfg}, &out, &errOut); code != 1 || !strings.Contains(errOut.String(), "is the gateway running?") {
+		t.Errorf("nothing running: exit %d, %q", code, errOut.String())
+	}
+	cmd, stderr := startGateway(t, cfg)
+	waitLog(t, bufio.NewScanner(stderr), "fieldgate starting")
+	defer cmd.Process.Signal(syscall.SIGTERM)
+	out.Reset()
+	if code := run([]string{"status", "--config", cfg}, &out, &errOut); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	for _, want := range []string{"device       EGW-ST", "uplink       none configured", "clients      0 connected", "sensor       sim: "} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("status output has no %q:\n%s", want, out.String())
 		}
 	}
 }

@@ -27,16 +27,18 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
-# Static, stripped binaries for the Raspberry Pi family.
+# Static, stripped binaries for the Raspberry Pi family, in dist/.
 cross:
-	@mkdir -p bin
-	GOOS=linux GOARCH=arm64 $(BUILD) -o bin/fieldgate-linux-arm64 ./cmd/fieldgate
-	GOOS=linux GOARCH=arm GOARM=7 $(BUILD) -o bin/fieldgate-linux-armv7 ./cmd/fieldgate
-	GOOS=linux GOARCH=arm GOARM=6 $(BUILD) -o bin/fieldgate-linux-armv6 ./cmd/fieldgate
+	@mkdir -p dist
+	$(foreach c,$(CMDS),\
+	GOOS=linux GOARCH=arm64 $(BUILD) -o dist/$(c)-linux-arm64 ./cmd/$(c) && \
+	GOOS=linux GOARCH=arm GOARM=7 $(BUILD) -o dist/$(c)-linux-armv7 ./cmd/$(c) && \
+	GOOS=linux GOARCH=arm GOARM=6 $(BUILD) -o dist/$(c)-linux-armv6 ./cmd/$(c) &&) true
+	@ls -l dist/
 
 bench:
 	./.ci/deps
 	FIELDGATE_REQUIRE_PEERS=1 $(GO) test -count=1 -run '^$$' -bench . -benchmem -timeout 30m ./...
 
 clean:
-	rm -rf bin demo/run
+	rm -rf bin dist demo/run

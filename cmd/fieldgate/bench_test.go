@@ -279,11 +279,15 @@ func rssKB(pid int) int {
 	return -1
 }
 
+// benchInflight is the bridge's max_inflight in these benchmarks: 1024,
+// since the Mosquitto bridge it is compared with has no limit
+// (max_inflight_messages 0). FIELDGATE_BENCH_INFLIGHT=32 measures the
+// default.
 func benchInflight() int {
 	if v, err := strconv.Atoi(os.Getenv("FIELDGATE_BENCH_INFLIGHT")); err == nil && v > 0 {
 		return v
 	}
-	return 32
+	return 1024
 }
 
 func benchCommit() string {

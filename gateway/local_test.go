@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -145,5 +146,26 @@ func TestOutboxFullRejects(t *testing.T) {
 	st := g.outbox.Stats()
 	if st.Messages != 5 || st.Dropped["rejected"] != 2 {
 		t.Errorf("outbox: %+v, want the 5 first held and 2 rejected", st)
+	}
+}
+
+// A corrupt outbox file at start is moved aside and the gateway runs.
+func TestCorruptOutboxAtStart(t *testing.T) {
+	ca := pkitest.NewCA(t, "Central CA")
+	cfg := siteConfig(t, fmt.Sprintf("ssl://localhost:%d", mosquittotest.FreePort(t)), ca, 0)
+	junk := bytes.Repeat([]byte("not a bbolt file "), 4096)
+	if err := os.WriteFile(filepath.Join(cfg.Device.StateDir, "outbox.db"), junk, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	g := startGateway(t, cfg)
+	if aside, _ := filepath.Glob(filepath.Join(cfg.Device.StateDir, "outbox.db.corrupt-*")); len(aside) != 1 {
+		t.Errorf("moved aside: %v, want one outbox.db.corrupt-<time>", aside)
+	}
+	stored, err := g.bridge.Forward("sensors/x", []byte("1"), 1, false)
+	if err != nil || stored == nil {
+		t.Fatalf("forward into the new outbox: %v", err)
+	}
+	if err := <-stored; err != nil {
+		t.Errorf("the new outbox does not store: %v", err)
 	}
 }

@@ -62,7 +62,11 @@ func cmdQueue(args []string, stdout, stderr io.Writer) int {
 	}
 	ob, err := outbox.Open(file, &outbox.Options{ReadOnly: readOnly}, log)
 	if errors.Is(err, bolt.ErrTimeout) {
-		fmt.Fprintf(stderr, "fieldgate queue: %s is held by a running fieldgate: stop it first, or read its /metrics\n", file)
+		if sub == "stats" && cfg.Metrics.Address != "" {
+			// The running gateway holds the file: ask it instead.
+			return cmdStatus([]string{"--config", *path}, stdout, stderr)
+		}
+		fmt.Fprintf(stderr, "fieldgate queue: %s is held by a running fieldgate: stop it first, or use fieldgate status\n", file)
 		return 1
 	}
 	if err != nil {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"fmt"
 	"io"
@@ -8,10 +9,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/fieldgate/fieldgate/bridge/mosquittotest"
 	"github.com/fieldgate/fieldgate/bridge/outbox"
+	"github.com/fieldgate/fieldgate/provisioning/pkitest"
 )
 
 func TestQueue(t *testing.T) {
@@ -61,5 +65,41 @@ func TestQueue(t *testing.T) {
 	}
 	if _, out, _ = queue("stats"); !strings.Contains(out, "messages 1\n") {
 		t.Errorf("stats after purge: %q", out)
+	}
+}
+
+// Against a running gateway, queue stats asks it (over /status) instead of
+// opening the file it holds.
+func TestQueueStatsOfRunningGateway(t *testing.T) {
+	dir := t.TempDir()
+	ca := pkitest.NewCA(t, "CA")
+	dev := ca.Client(t, "EGW-Q2")
+	cfg := filepath.Join(dir, "fieldgate.toml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`[device]
+state_dir = %q
+[identity]
+key = "file:%s"
+cert = %q
+ca = %q
+[bridge]
+address = ["ssl://localhost:%d"]
+[[bridge.route]]
+local = "sensors/#"
+[[sensor]]
+name = "sim"
+driver = "simulated"
+interval = "10ms"
+[metrics]
+address = "127.0.0.1:%d"
+`, dir, dev.KeyFile, dev.CertFile, ca.CertFile, mosquittotest.FreePort(t), mosquittotest.FreePort(t))), 0o600)
+	cmd, stderr := startGateway(t, cfg)
+	waitLog(t, bufio.NewScanner(stderr), "fieldgate starting")
+	defer cmd.Process.Signal(syscall.SIGTERM)
+	var out, errOut bytes.Buffer
+	if code := run([]string{"queue", "stats", "--config", cfg}, &out, &errOut); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	if !strings.Contains(out.String(), "uplink       down") || !strings.Contains(out.String(), "outbox       ") {
+		t.Errorf("queue stats of a running gateway:\n%s", out.String())
 	}
 }

@@ -566,10 +566,11 @@ func (b *Bridge) drain(ctx context.Context, c *conn) (*conn, error) {
 	go c.publisher(toPaho, tokens)
 	defer close(toPaho)
 
-	cursor := map[string]uint64{} // last seq sent on this connection, per route
-	var window []inflight         // in the order handed to paho
-	handed := 0                   // how many of window have their token
-	next := 0                     // route to look at first, so one route's backlog does not starve another
+	cursor := map[string]uint64{}          // last seq read on this connection, per route
+	ahead := map[string][]outbox.Message{} // read and not yet sent, per route
+	var window []inflight                  // in the order handed to paho
+	handed := 0                            // how many of window have their token
+	next := 0                              // route to look at first, so one route's backlog does not starve another
 	// Look for a better connection meanwhile: the addresses before this
 	// one, every FailbackInterval; or any, with new TLS material.
 	better := make(chan *conn, 1)
@@ -629,15 +630,26 @@ func (b *Bridge) drain(ctx context.Context, c *conn) (*conn, error) {
 
 	for {
 		changed := b.ob.Changed()
-		// Fill the window.
+		// Fill the window, one message per route in turn, so that a route
+		// with a backlog does not starve the others.
 		routes := b.ob.Routes()
-		for i := 0; i < len(routes) && len(window) < b.o.MaxInflight && !c.dead(); i++ {
-			r := routes[(next+i)%len(routes)]
-			ms, err := b.ob.Read(r, cursor[r], b.o.MaxInflight-len(window))
-			if err != nil {
-				return lost(fmt.Errorf("outbox: %w", err))
-			}
-			for _, m := range ms {
+		for len(window) < b.o.MaxInflight && !c.dead() && len(routes) > 0 {
+			progress := false
+			for i := 0; i < len(routes) && len(window) < b.o.MaxInflight; i++ {
+				r := routes[(next+i)%len(routes)]
+				if len(ahead[r]) == 0 {
+					ms, err := b.ob.Read(r, cursor[r], b.o.MaxInflight)
+					if err != nil {
+						return lost(fmt.Errorf("outbox: %w", err))
+					}
+					if len(ms) == 0 {
+						continue
+					}
+					ahead[r] = ms
+					cursor[r] = ms[len(ms)-1].Seq
+				}
+				m := ahead[r][0]
+				ahead[r] = ahead[r][1:]
 				if limiter != nil && limiter.Wait(ctx) != nil {
 					break
 				}
@@ -646,11 +658,12 @@ func (b *Bridge) drain(ctx context.Context, c *conn) (*conn, error) {
 				}
 				toPaho <- m
 				window = append(window, inflight{route: r, seq: m.Seq})
-				cursor[r] = m.Seq
+				progress = true
 			}
-		}
-		if len(routes) > 0 {
 			next = (next + 1) % len(routes)
+			if !progress {
+				break
+			}
 		}
 
 		var headDone <-chan struct{}

@@ -388,3 +388,54 @@ func TestMaxRate(t *testing.T) {
 		t.Errorf("%d messages in %v at max_rate 200/s: want at least %v", n, d, least)
 	}
 }
+
+// TestLiveNotStarved: while one route drains a backlog, a message on
+// another route waits for no more than what is in flight.
+func TestLiveNotStarved(t *testing.T) {
+	const window = 16
+	r := newRig(t, window)
+	var last <-chan error
+	for i := range 5000 {
+		stored, err := r.b.Forward("sensors/t", []byte(strconv.Itoa(i)), 1, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = stored
+	}
+	<-last
+	r.proxy.Unblock()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := r.b.Wait(ctx, func(s Status) bool { return s.Sent >= 200 }); err != nil { // the drain is under way
+		t.Fatal(err)
+	}
+	stored, err := r.b.Forward("meters/live", []byte("live"), 1, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-stored
+	// Backlog messages acknowledged by now were sent before the live one
+	// existed; those sent after it are its wait.
+	before := int(r.b.Status().Sent)
+	highest := -1
+	for {
+		select {
+		case m := <-r.arrived:
+			if m.Topic() == "devices/EGW-RIG/meters/live" {
+				waited := highest + 1 - before
+				t.Logf("the live message waited behind %d backlog messages (window %d)", waited, window)
+				// At most the window, which was full when it came; one more
+				// for an acknowledgement counted just after the snapshot.
+				if waited > window+1 {
+					t.Errorf("the live message waited behind %d backlog messages: want at most the window (%d)", waited, window)
+				}
+				return
+			}
+			if i, err := strconv.Atoi(string(m.Payload())); err == nil {
+				highest = max(highest, i)
+			}
+		case <-ctx.Done():
+			t.Fatal("the live message never arrived")
+		}
+	}
+}

@@ -74,12 +74,13 @@ type BrokerConfig struct {
 	Listeners        []ListenerConfig `toml:"listener"`
 
 	// Limits; 0 means the default.
-	MaxClients        int     `toml:"max_clients"`
-	MaxPacketSize     Size    `toml:"max_packet_size"`
-	MaxInflight       int     `toml:"max_inflight"`
-	MaxQueuedMessages int     `toml:"max_queued_messages"`
-	MaxPublishRate    float64 `toml:"max_publish_rate"`
-	MaxAuthFailures   int     `toml:"max_auth_failures"`
+	MaxClients        int      `toml:"max_clients"`
+	MaxPacketSize     Size     `toml:"max_packet_size"`
+	MaxInflight       int      `toml:"max_inflight"`
+	MaxQueuedMessages int      `toml:"max_queued_messages"`
+	MaxPublishRate    float64  `toml:"max_publish_rate"`
+	MaxAuthFailures   int      `toml:"max_auth_failures"`
+	MaxKeepalive      Duration `toml:"max_keepalive"`
 }
 
 // ListenerConfig is one [[broker.listener]].
@@ -485,6 +486,7 @@ func (c *Config) validate() error {
 		{"max_queued_messages", float64(c.Broker.MaxQueuedMessages), 0, 1 << 24},
 		{"max_publish_rate", c.Broker.MaxPublishRate, 0, 1e9},
 		{"max_auth_failures", float64(c.Broker.MaxAuthFailures), 0, 1e6},
+		{"max_keepalive", c.Broker.MaxKeepalive.Seconds(), 0, 65535},
 	} {
 		if l.v < l.least || l.v > l.most {
 			c.errorf(&errs, "broker."+l.key, "must be between %v and %v, got %v", l.least, l.most, l.v)

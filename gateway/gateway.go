@@ -115,6 +115,7 @@ func New(cfg *Config, log *slog.Logger) (g *Gateway, err error) {
 		MaxQueued:       int32(bc.MaxQueuedMessages),
 		MaxPublishRate:  bc.MaxPublishRate,
 		MaxAuthFailures: bc.MaxAuthFailures,
+		MaxKeepalive:    bc.MaxKeepalive.Duration,
 	}}
 	if lo.Listeners, err = brokerListeners(cfg); err != nil {
 		return nil, err

@@ -107,8 +107,9 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 	b := &Broker{srv: srv, log: log}
 	gate := &gateHook{log: log, forward: o.Forward, srv: srv, marker: newMarker(), waiters: map[*mqtt.Client]chan deferred{},
 		refusals: &refusalLog{now: time.Now}, tls: map[string]*tlsListener{},
-		failures: &authFailures{max: lim.MaxAuthFailures, now: time.Now},
-		rates:    &publishRates{limit: rate.Limit(lim.MaxPublishRate), by: map[string]*rate.Limiter{}}}
+		failures:     &authFailures{max: lim.MaxAuthFailures, now: time.Now},
+		maxKeepalive: uint16(min(lim.MaxKeepalive/time.Second, 65535)),
+		rates:        &publishRates{limit: rate.Limit(lim.MaxPublishRate), by: map[string]*rate.Limiter{}}}
 	gate.sec.Store(&o.Security)
 	b.gate = gate
 	if err := srv.AddHook(gate, nil); err != nil {
@@ -235,8 +236,10 @@ type gateHook struct {
 	tls      map[string]*tlsListener // by listener id; set before Serve
 	failures *authFailures
 	rates    *publishRates
-	forward  func(Message) (<-chan error, error)
-	srv      *mqtt.Server
+	// maxKeepalive bounds clients' keepalive, in seconds; 0: unbounded.
+	maxKeepalive uint16
+	forward      func(Message) (<-chan error, error)
+	srv          *mqtt.Server
 
 	// marker tags a publish injected again once stored, so that OnPublish
 	// lets it through; it is random, so a client cannot forge it.
@@ -261,10 +264,31 @@ func newMarker() packets.UserProperty {
 func (h *gateHook) ID() string { return "fieldgate-gate" }
 
 func (h *gateHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish, mqtt.OnDisconnect}, []byte{b})
+	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish, mqtt.OnDisconnect}, []byte{b})
+}
+
+// OnConnect bounds the keepalive and logs a client id taken over by a new
+// connection.
+func (h *gateHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	if old, ok := h.srv.Clients.Get(cl.ID); ok && !old.Closed() {
+		if remote := remoteAddr(cl); h.refusals.allow(remote, "takeover "+cl.ID) {
+			h.log.Info("client id taken over: the older connection is closed", "client_id", cl.ID, "old_remote", remoteAddr(old), "new_remote", remote)
+		}
+	}
+	if max := h.maxKeepalive; max > 0 && (cl.State.Keepalive == 0 || cl.State.Keepalive > max) && cl.Properties.ProtocolVersion == 5 {
+		cl.State.Keepalive = max
+		cl.State.ServerKeepalive = true // sent to the client in the CONNACK
+	}
+	return nil
 }
 
 func (h *gateHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+	if max := h.maxKeepalive; max > 0 && (pk.Connect.Keepalive == 0 || pk.Connect.Keepalive > max) && cl.Properties.ProtocolVersion < 5 {
+		if remote := remoteAddr(cl); h.refusals.allow(remote, "keepalive") {
+			h.log.Info("client refused: keepalive above max_keepalive", "client_id", cl.ID, "keepalive", pk.Connect.Keepalive, "max", max, "remote", remote)
+		}
+		return false
+	}
 	host := hostOf(remoteAddr(cl))
 	if h.failures.blocked(host) {
 		if h.refusals.allow(host, "too many failed logins") {

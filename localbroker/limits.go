@@ -27,6 +27,11 @@ type Limits struct {
 	// MaxAuthFailures is failed logins per source address per minute
 	// before that address is refused outright. Default 10.
 	MaxAuthFailures int
+	// MaxKeepalive, if set, bounds the keepalive a client may ask for
+	// (0, no keepalive, counts as unbounded), as Mosquitto's
+	// max_keepalive: an MQTT 5 client is told the server's value, an
+	// MQTT 3.1.1 client asking for more is refused.
+	MaxKeepalive time.Duration
 }
 
 func (l *Limits) withDefaults() Limits {

@@ -215,3 +215,61 @@ func TestSysTopics(t *testing.T) {
 		t.Errorf("$SYS/broker/clients/connected = %q, want at least 1 (mosquitto_sub itself)", out)
 	}
 }
+
+func TestKeepaliveBoundsAndTakeover(t *testing.T) {
+	hash, _ := HashPassword([]byte("pw"), 0)
+	pw, _ := ParsePasswordFile("pw", []byte("dev:"+hash+"\n"))
+	logs := make(logLines, 100)
+	b, err := New(&Options{
+		Listeners: []Listener{{Address: "127.0.0.1:0"}},
+		Security:  Security{Passwords: pw},
+		Limits:    Limits{MaxKeepalive: time.Minute},
+	}, slog.New(logs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	connect := func(id string, keepalive time.Duration) (paho.Client, error) {
+		cl := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + b.Addrs()[0]).SetClientID(id).
+			SetUsername("dev").SetPassword("pw").SetKeepAlive(keepalive).SetAutoReconnect(false).SetConnectRetry(false))
+		tok := cl.Connect()
+		if !tok.WaitTimeout(10 * time.Second) {
+			return nil, errors.New("timeout")
+		}
+		return cl, tok.Error()
+	}
+	if cl, err := connect("slow", 10*time.Minute); err == nil {
+		cl.Disconnect(0)
+		t.Error("MQTT 3.1.1 keepalive 10m accepted with max_keepalive 1m")
+	}
+	logs.wait(t, "keepalive above max_keepalive")
+
+	// MQTT 5: the server's keepalive is sent back.
+	conn, err := net.Dial("tcp", b.Addrs()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	c5 := paho5.NewClient(paho5.ClientConfig{Conn: conn})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ca, err := c5.Connect(ctx, &paho5.Connect{ClientID: "v5", Username: "dev", UsernameFlag: true, Password: []byte("pw"), PasswordFlag: true, KeepAlive: 0, CleanStart: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ca.Properties == nil || ca.Properties.ServerKeepAlive == nil || *ca.Properties.ServerKeepAlive != 60 {
+		t.Errorf("CONNACK server keepalive: %+v, want 60", ca.Properties)
+	}
+	c5.Disconnect(&paho5.Disconnect{})
+
+	first, err := connect("plc-1", 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Disconnect(0)
+	second, err := connect("plc-1", 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Disconnect(0)
+	logs.wait(t, "client id taken over")
+}

@@ -6,7 +6,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 BUILD   := CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)"
 CMDS    := fieldgate $(notdir $(wildcard cmd/fieldgate-factory))
 
-.PHONY: all build test demo lint cross bench clean
+.PHONY: all build test demo lint cross bench image clean
 
 all: build
 
@@ -39,6 +39,14 @@ cross:
 bench:
 	./.ci/deps
 	FIELDGATE_REQUIRE_PEERS=1 $(GO) test -count=1 -run '^$$' -bench . -benchmem -timeout 30m ./...
+
+# An SD card image with Buildroot: make image BOARD=rpi4_64 BUILDROOT=path
+BOARD ?= rpi4_64
+image:
+	@test -n "$(BUILDROOT)" || { echo "set BUILDROOT to a Buildroot checkout (see buildroot/README.md)"; exit 2; }
+	$(MAKE) -C $(BUILDROOT) BR2_EXTERNAL=$(CURDIR)/buildroot O=$(CURDIR)/output/$(BOARD) fieldgate_$(BOARD)_defconfig
+	$(MAKE) -C $(BUILDROOT) O=$(CURDIR)/output/$(BOARD)
+	@echo "image: output/$(BOARD)/images/sdcard.img"
 
 clean:
 	rm -rf bin dist demo/run

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"time"
@@ -42,6 +43,8 @@ type Gateway struct {
 	outbox     *outbox.Outbox // nil without [bridge]
 	bridge     *bridge.Bridge // nil without [bridge]
 	loop       *sensors.Loop  // nil without [[sensor]]
+	sensorsMu  sync.Mutex
+	stopLoop   func() // stops the running loop; nil when none runs
 }
 
 // New builds a gateway from a validated configuration: it loads the
@@ -131,25 +134,67 @@ func New(cfg *Config, log *slog.Logger) (g *Gateway, err error) {
 		}
 	}
 
-	if len(cfg.Sensors) > 0 {
-		var entries []sensors.Entry
-		for _, s := range cfg.Sensors {
-			dev, err := sensors.Open(s.Driver, sensors.Config{Name: s.Name})
-			if err != nil {
-				for _, e := range entries {
-					e.Sensor.Halt()
-				}
-				return nil, fmt.Errorf("sensor %s: %w", s.Name, err)
-			}
-			entries = append(entries, sensors.Entry{Name: s.Name, Sensor: dev, Interval: s.Interval.Duration, QoS: 1})
-		}
-		g.loop = sensors.NewLoop(sensors.LoopOptions{
-			DeviceID:  cfg.Device.ID,
-			Publisher: brokerPublisher{g.broker},
-			Entries:   entries,
-		}, log.With("component", "sensors"))
+	if g.loop, err = g.newLoop(cfg); err != nil {
+		return nil, err
 	}
 	return g, nil
+}
+
+// newLoop opens cfg's sensors; nil without any.
+func (g *Gateway) newLoop(cfg *Config) (*sensors.Loop, error) {
+	if len(cfg.Sensors) == 0 {
+		return nil, nil
+	}
+	var entries []sensors.Entry
+	for _, s := range cfg.Sensors {
+		dev, err := sensors.Open(s.Driver, sensors.Config{Name: s.Name})
+		if err != nil {
+			for _, e := range entries {
+				e.Sensor.Halt()
+			}
+			return nil, fmt.Errorf("sensor %s: %w", s.Name, err)
+		}
+		entries = append(entries, sensors.Entry{Name: s.Name, Sensor: dev, Interval: s.Interval.Duration, QoS: 1})
+	}
+	return sensors.NewLoop(sensors.LoopOptions{
+		DeviceID:  cfg.Device.ID,
+		Publisher: brokerPublisher{g.broker},
+		Entries:   entries,
+	}, g.log.With("component", "sensors")), nil
+}
+
+// startSensors runs loop until stopSensors; nil runs nothing.
+func (g *Gateway) startSensors(loop *sensors.Loop) {
+	g.sensorsMu.Lock()
+	defer g.sensorsMu.Unlock()
+	g.loop = loop
+	if loop == nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); loop.Run(ctx) }()
+	g.stopLoop = func() { cancel(); <-done }
+}
+
+// sensorHealth is each running sensor's state; nil without sensors.
+func (g *Gateway) sensorHealth() map[string]string {
+	g.sensorsMu.Lock()
+	defer g.sensorsMu.Unlock()
+	if g.loop == nil {
+		return nil
+	}
+	return g.loop.Health()
+}
+
+// stopSensors stops the running loop and halts its sensors.
+func (g *Gateway) stopSensors() {
+	g.sensorsMu.Lock()
+	defer g.sensorsMu.Unlock()
+	if g.stopLoop != nil {
+		g.stopLoop()
+		g.stopLoop = nil
+	}
 }
 
 // BrokerAddrs returns the addresses the local broker listens on.
@@ -179,16 +224,13 @@ func (g *Gateway) Subscribe(filter string, id int, fn func(localbroker.Message))
 func (g *Gateway) Run(ctx context.Context) error {
 	g.logStart()
 
-	sensorsCtx, stopSensors := context.WithCancel(context.Background())
 	bridgeCtx, stopBridge := context.WithCancel(context.Background())
-	var sensorsDone, bridgeDone, metricsDone sync.WaitGroup
+	var bridgeDone, metricsDone sync.WaitGroup
 	metricsCtx, stopMetrics := context.WithCancel(context.Background())
 	if g.metrics != nil {
 		metricsDone.Go(func() { g.metrics.run(metricsCtx, g.log) })
 	}
-	if g.loop != nil {
-		sensorsDone.Go(func() { g.loop.Run(sensorsCtx) })
-	}
+	g.startSensors(g.loop)
 	if g.bridge != nil {
 		bridgeDone.Go(func() { g.bridge.Run(bridgeCtx) })
 	}
@@ -205,8 +247,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	stopWatchdog()
 	watchdogDone.Wait()
 	g.log.Info("shutting down")
-	stopSensors()
-	sensorsDone.Wait()
+	g.stopSensors()
 	stopBridge()
 	bridgeDone.Wait()
 	stopMetrics()
@@ -312,8 +353,25 @@ func (g *Gateway) Reload() error {
 			lts = append(lts, nil)
 		}
 	}
+	var newLoop *sensors.Loop
+	sensorsChanged := !reflect.DeepEqual(cfg.Sensors, g.cfg.Sensors)
+	if sensorsChanged {
+		if newLoop, err = g.newLoop(cfg); err != nil {
+			g.log.Error("reload refused: the running configuration is kept", "err", err)
+			return err
+		}
+	}
+	if cfg.Bridge != nil && g.cfg.Bridge != nil && !reflect.DeepEqual(cfg.Bridge.Routes, g.cfg.Bridge.Routes) || (cfg.Bridge == nil) != (g.cfg.Bridge == nil) {
+		g.log.Warn("reload: the bridge's routes or addresses changed; that needs a restart")
+	}
 	g.broker.SetSecurity(sec)
 	changed := []string{"password_file", "acl_file"}
+	if sensorsChanged {
+		g.stopSensors()
+		g.startSensors(newLoop)
+		g.cfg.Sensors = cfg.Sensors
+		changed = append(changed, fmt.Sprintf("sensors (%d)", len(cfg.Sensors)))
+	}
 	for i, t := range lts {
 		if t != nil {
 			g.broker.SetListenerTLS(i, t)

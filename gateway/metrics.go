@@ -110,9 +110,7 @@ type UplinkStatus struct {
 func (m *metrics) status() Status {
 	g := m.g
 	st := Status{Device: g.cfg.Device.ID, Version: Version, Started: g.started, Clients: g.broker.Clients(), CertExpires: g.certExpiry}
-	if g.loop != nil {
-		st.Sensors = g.loop.Health()
-	}
+	st.Sensors = g.sensorHealth()
 	if g.bridge != nil {
 		b := g.bridge.Status()
 		ob := g.outbox.Stats()

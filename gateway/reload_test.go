@@ -57,3 +57,49 @@ func TestReloadSecurityFiles(t *testing.T) {
 		t.Errorf("after a refused reload the running file should be kept: %v", err)
 	}
 }
+
+// SIGHUP's reload takes a new sensor list: the old sensors stop, the new
+// ones publish.
+func TestReloadSensors(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "fieldgate.toml")
+	write := func(name string) {
+		os.WriteFile(path, []byte("[device]\nid = \"EGW-R\"\nstate_dir = \""+dir+"\"\n[[sensor]]\nname = \""+name+"\"\ndriver = \"simulated\"\ninterval = \"20ms\"\n"), 0o600)
+	}
+	write("before")
+	cfg, err := LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := startGateway(t, cfg)
+	seen := make(chan string, 1000)
+	g.Subscribe("sensors/#", 1, func(m localbroker.Message) {
+		select {
+		case seen <- m.Topic:
+		default:
+		}
+	})
+	waitTopic := func(prefix string) {
+		t.Helper()
+		deadline := time.After(10 * time.Second)
+		for {
+			select {
+			case topic := <-seen:
+				if strings.HasPrefix(topic, prefix) {
+					return
+				}
+			case <-deadline:
+				t.Fatalf("no reading on %s…", prefix)
+			}
+		}
+	}
+	waitTopic("sensors/before/")
+	write("after")
+	if err := g.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	waitTopic("sensors/after/")
+	if h := g.sensorHealth(); h["before"] != "" || h["after"] == "" {
+		t.Errorf("health after reload: %v, want only the new sensor", h)
+	}
+}

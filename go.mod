@@ -11,6 +11,7 @@ require (
 	go.uber.org/goleak v1.3.0
 	golang.org/x/term v0.35.0
 	golang.org/x/time v0.16.0
+	periph.io/x/conn/v3 v3.7.3
 )
 
 require (

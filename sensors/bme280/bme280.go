@@ -1,0 +1,276 @@
+// Package bme280 reads Bosch BME280 (temperature, pressure, humidity) and
+// BMP280 (temperature, pressure) sensors over I²C, with the integer
+// compensation of the datasheet (BST-BME280-DS002, section 4.2.3).
+package bme280
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+
+	"periph.io/x/conn/v3/i2c"
+	"periph.io/x/conn/v3/physic"
+)
+
+// Oversampling of one measurement.
+type Oversampling uint8
+
+// Oversampling settings (register values).
+const (
+	Off Oversampling = 0
+	O1x Oversampling = 1
+	O2x Oversampling = 2
+	O4x Oversampling = 3
+	O8x Oversampling = 4
+	O16 Oversampling = 5
+)
+
+// Filter is the IIR filter coefficient.
+type Filter uint8
+
+// Filter settings (register values).
+const (
+	NoFilter Filter = 0
+	F2       Filter = 1
+	F4       Filter = 2
+	F8       Filter = 3
+	F16      Filter = 4
+)
+
+// Opts configure a Dev. The zero value of a field means its default.
+type Opts struct {
+	Temperature, Pressure, Humidity Oversampling // default O1x each
+	Filter                          Filter
+}
+
+// DefaultOpts is weather monitoring as the datasheet recommends (3.5.1):
+// one sample each, no filter, forced mode.
+var DefaultOpts = Opts{Temperature: O1x, Pressure: O1x, Humidity: O1x}
+
+// Chip ids (register 0xD0).
+const (
+	ChipBME280 = 0x60
+	ChipBMP280 = 0x58
+)
+
+// Registers.
+const (
+	regChipID   = 0xD0
+	regCalib1   = 0x88 // 0x88..0xA1: dig_T1..dig_P9, dig_H1
+	regCalib2   = 0xE1 // 0xE1..0xE7: dig_H2..dig_H6
+	regCtrlHum  = 0xF2
+	regStatus   = 0xF3
+	regCtrlMeas = 0xF4
+	regConfig   = 0xF5
+	regData     = 0xF7 // press[3] temp[3] hum[2]
+	modeForced  = 1
+)
+
+// ErrOutOfRange is returned for a value outside the chip's operating
+// range (-40…85 °C, 300…1100 hPa).
+var ErrOutOfRange = errors.New("bme280: value out of the chip's range")
+
+func abs(v int32) int32 {
+	if v < 0 {
+		return -v
+	}
+	return v
+}
+
+// ErrNotMeasured is returned when the chip reports the "skipped" value.
+var ErrNotMeasured = errors.New("bme280: measurement skipped (0x80000)")
+
+// Dev is a BME280 or BMP280.
+type Dev struct {
+	d     *i2c.Dev
+	isBME bool
+	o     Opts
+	c     calibration
+	sleep func(time.Duration)
+}
+
+type calibration struct {
+	t1                             uint16
+	t2, t3                         int16
+	p1                             uint16
+	p2, p3, p4, p5, p6, p7, p8, p9 int16
+	h1                             uint8
+	h2                             int16
+	h3                             uint8
+	h4, h5                         int16
+	h6                             int8
+}
+
+// New opens the chip at addr (0x76 or 0x77) on b, which it borrows, checks
+// its id and reads its calibration.
+func New(b i2c.Bus, addr uint16, o *Opts) (*Dev, error) {
+	opts := DefaultOpts
+	if o != nil {
+		opts = *o
+	}
+	for _, v := range []*Oversampling{&opts.Temperature, &opts.Pressure, &opts.Humidity} {
+		if *v == Off || *v > O16 {
+			*v = O1x
+		}
+	}
+	d := &Dev{d: &i2c.Dev{Bus: b, Addr: addr}, o: opts, sleep: time.Sleep}
+	var id [1]byte
+	if err := d.d.Tx([]byte{regChipID}, id[:]); err != nil {
+		return nil, fmt.Errorf("bme280: read chip id at %#x: %w", addr, err)
+	}
+	switch id[0] {
+	case ChipBME280:
+		d.isBME = true
+	case ChipBMP280:
+	default:
+		return nil, fmt.Errorf("bme280: chip id %#02x at %#x is neither a BME280 (0x60) nor a BMP280 (0x58)", id[0], addr)
+	}
+	var c1 [26]byte
+	if err := d.d.Tx([]byte{regCalib1}, c1[:]); err != nil {
+		return nil, fmt.Errorf("bme280: read calibration: %w", err)
+	}
+	le := binary.LittleEndian
+	d.c = calibration{
+		t1: le.Uint16(c1[0:]), t2: int16(le.Uint16(c1[2:])), t3: int16(le.Uint16(c1[4:])),
+		p1: le.Uint16(c1[6:]), p2: int16(le.Uint16(c1[8:])), p3: int16(le.Uint16(c1[10:])),
+		p4: int16(le.Uint16(c1[12:])), p5: int16(le.Uint16(c1[14:])), p6: int16(le.Uint16(c1[16:])),
+		p7: int16(le.Uint16(c1[18:])), p8: int16(le.Uint16(c1[20:])), p9: int16(le.Uint16(c1[22:])),
+		h1: c1[25],
+	}
+	if d.isBME {
+		var c2 [7]byte
+		if err := d.d.Tx([]byte{regCalib2}, c2[:]); err != nil {
+			return nil, fmt.Errorf("bme280: read humidity calibration: %w", err)
+		}
+		d.c.h2 = int16(le.Uint16(c2[0:]))
+		d.c.h3 = c2[2]
+		d.c.h4 = int16(int8(c2[3]))<<4 | int16(c2[4]&0x0F)
+		d.c.h5 = int16(int8(c2[5]))<<4 | int16(c2[4]>>4)
+		d.c.h6 = int8(c2[6])
+		if err := d.d.Tx([]byte{regCtrlHum, byte(opts.Humidity)}, nil); err != nil {
+			return nil, fmt.Errorf("bme280: configure: %w", err)
+		}
+	}
+	if err := d.d.Tx([]byte{regConfig, byte(opts.Filter) << 2}, nil); err != nil {
+		return nil, fmt.Errorf("bme280: configure: %w", err)
+	}
+	return d, nil
+}
+
+// IsBME280 reports whether the chip measures humidity.
+func (d *Dev) IsBME280() bool { return d.isBME }
+
+// Sense makes one forced-mode measurement. A BMP280 leaves e.Humidity
+// alone.
+func (d *Dev) Sense(e *physic.Env) error {
+	ctrl := byte(d.o.Temperature)<<5 | byte(d.o.Pressure)<<2 | modeForced
+	if err := d.d.Tx([]byte{regCtrlMeas, ctrl}, nil); err != nil {
+		return fmt.Errorf("bme280: start measurement: %w", err)
+	}
+	d.sleep(d.measureTime())
+	var status [1]byte
+	for try := 0; ; try++ {
+		if err := d.d.Tx([]byte{regStatus}, status[:]); err != nil {
+			return fmt.Errorf("bme280: read status: %w", err)
+		}
+		if status[0]&0x08 == 0 { // not measuring
+			break
+		}
+		if try == 10 {
+			return errors.New("bme280: measurement did not finish")
+		}
+		d.sleep(time.Millisecond)
+	}
+	n := 6
+	if d.isBME {
+		n = 8
+	}
+	raw := make([]byte, n)
+	if err := d.d.Tx([]byte{regData}, raw); err != nil {
+		return fmt.Errorf("bme280: read data: %w", err)
+	}
+	adcP := int32(raw[0])<<12 | int32(raw[1])<<4 | int32(raw[2])>>4
+	adcT := int32(raw[3])<<12 | int32(raw[4])<<4 | int32(raw[5])>>4
+	if adcT == 0x80000 || adcP == 0x80000 {
+		return ErrNotMeasured
+	}
+	t, tFine := d.c.temperature(adcT)
+	p := d.c.pressure(adcP, tFine)
+	// The chip's operating range (datasheet 1, table 1): beyond it a value
+	// is a fault, not a reading.
+	if t < -4000 || t > 8500 {
+		return fmt.Errorf("%w: temperature %d.%02d °C", ErrOutOfRange, t/100, abs(t%100))
+	}
+	if p < 300*100*256 || p > 1100*100*256 {
+		return fmt.Errorf("%w: pressure %.0f Pa", ErrOutOfRange, float64(p)/256)
+	}
+	e.Temperature = physic.ZeroCelsius + physic.Temperature(t)*10*physic.MilliCelsius
+	e.Pressure = physic.Pressure(p) * physic.Pascal / 256
+	if d.isBME {
+		adcH := int32(raw[6])<<8 | int32(raw[7])
+		if adcH == 0x8000 {
+			return ErrNotMeasured
+		}
+		h := d.c.humidity(adcH, tFine)
+		e.Humidity = physic.RelativeHumidity(int64(h) * int64(physic.PercentRH) / 1024)
+	}
+	return nil
+}
+
+// Halt puts the chip to sleep; it is in sleep mode between forced
+// measurements anyway.
+func (d *Dev) Halt() error {
+	if err := d.d.Tx([]byte{regCtrlMeas, 0}, nil); err != nil {
+		return fmt.Errorf("bme280: halt: %w", err)
+	}
+	return nil
+}
+
+// measureTime is the datasheet's maximum measurement time (appendix 9.1).
+func (d *Dev) measureTime() time.Duration {
+	n := func(o Oversampling) int { return 1 << (o - 1) }
+	us := 1250 + 2300*n(d.o.Temperature) + 2300*n(d.o.Pressure) + 575
+	if d.isBME {
+		us += 2300*n(d.o.Humidity) + 575
+	}
+	return time.Duration(us) * time.Microsecond
+}
+
+// temperature is BME280_compensate_T_int32: 0.01 °C, and t_fine.
+func (c *calibration) temperature(adc int32) (int32, int32) {
+	var1 := ((adc>>3 - int32(c.t1)<<1) * int32(c.t2)) >> 11
+	x := adc>>4 - int32(c.t1)
+	var2 := (((x * x) >> 12) * int32(c.t3)) >> 14
+	tFine := var1 + var2
+	return (tFine*5 + 128) >> 8, tFine
+}
+
+// pressure is BME280_compensate_P_int64: Pa in Q24.8.
+func (c *calibration) pressure(adc, tFine int32) uint32 {
+	var1 := int64(tFine) - 128000
+	var2 := var1 * var1 * int64(c.p6)
+	var2 += (var1 * int64(c.p5)) << 17
+	var2 += int64(c.p4) << 35
+	var1 = (var1*var1*int64(c.p3))>>8 + (var1*int64(c.p2))<<12
+	var1 = ((int64(1)<<47 + var1) * int64(c.p1)) >> 33
+	if var1 == 0 {
+		return 0 // the datasheet's guard against a division by zero
+	}
+	p := int64(1048576 - adc)
+	p = ((p<<31 - var2) * 3125) / var1
+	var1 = (int64(c.p9) * (p >> 13) * (p >> 13)) >> 25
+	var2 = (int64(c.p8) * p) >> 19
+	p = (p+var1+var2)>>8 + int64(c.p7)<<4
+	return uint32(p)
+}
+
+// humidity is bme280_compensate_H_int32: %RH in Q22.10.
+func (c *calibration) humidity(adc, tFine int32) uint32 {
+	v := tFine - 76800
+	v = ((((adc << 14) - (int32(c.h4) << 20) - (int32(c.h5) * v)) + 16384) >> 15) *
+		(((((((v*int32(c.h6))>>10)*(((v*int32(c.h3))>>11)+32768))>>10)+2097152)*int32(c.h2) + 8192) >> 14)
+	v -= ((((v >> 15) * (v >> 15)) >> 7) * int32(c.h1)) >> 4
+	v = max(0, min(v, 419430400))
+	return uint32(v >> 12)
+}

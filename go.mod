@@ -12,6 +12,7 @@ require (
 	golang.org/x/term v0.35.0
 	golang.org/x/time v0.16.0
 	periph.io/x/conn/v3 v3.7.3
+	periph.io/x/host/v3 v3.8.5
 )
 
 require (

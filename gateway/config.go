@@ -154,6 +154,10 @@ type SensorConfig struct {
 	Name     string   `toml:"name"`
 	Driver   string   `toml:"driver"`
 	Interval Duration `toml:"interval"`
+	// Bus and Address place an I²C chip: "/dev/i2c-1" (the default for
+	// I²C drivers) and e.g. 0x76 (0: the driver's default).
+	Bus     string `toml:"bus"`
+	Address int    `toml:"address"`
 }
 
 // Duration is a time.Duration written as a Go duration string ("1s", "2m").
@@ -616,6 +620,12 @@ func (c *Config) validate() error {
 			c.errorf(&errs, key+".driver", "missing (known drivers: %s)", strings.Join(sensors.Drivers(), ", "))
 		} else if !sensors.Known(s.Driver) {
 			c.errorf(&errs, key+".driver", "unknown driver %q (known drivers: %s)", s.Driver, strings.Join(sensors.Drivers(), ", "))
+		}
+		if sensors.UsesI2C(s.Driver) && s.Bus == "" {
+			s.Bus = "/dev/i2c-1"
+		}
+		if s.Address < 0 || s.Address > 0x7f {
+			c.errorf(&errs, key+".address", "%#x is not a 7-bit I²C address", s.Address)
 		}
 		if !c.has(key + ".interval") {
 			s.Interval.Duration = DefaultSensorInterval

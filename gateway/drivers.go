@@ -4,5 +4,6 @@ package gateway
 // sensors.Register; a driver not imported here does not exist for the
 // configuration.
 import (
+	_ "github.com/fieldgate/fieldgate/sensors/bme280"
 	_ "github.com/fieldgate/fieldgate/sensors/simulated"
 )

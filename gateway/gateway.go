@@ -45,6 +45,7 @@ type Gateway struct {
 	loop       *sensors.Loop  // nil without [[sensor]]
 	sensorsMu  sync.Mutex
 	stopLoop   func() // stops the running loop; nil when none runs
+	buses      i2cBuses
 }
 
 // New builds a gateway from a validated configuration: it loads the
@@ -147,12 +148,20 @@ func (g *Gateway) newLoop(cfg *Config) (*sensors.Loop, error) {
 	}
 	var entries []sensors.Entry
 	for _, s := range cfg.Sensors {
-		dev, err := sensors.Open(s.Driver, sensors.Config{Name: s.Name})
+		sc := sensors.Config{Name: s.Name, Address: uint16(s.Address)}
+		var dev sensors.Sensor
+		var err error
+		if sensors.UsesI2C(s.Driver) {
+			sc.Bus, err = g.buses.get(s.Bus)
+		}
+		if err == nil {
+			dev, err = sensors.Open(s.Driver, sc)
+		}
 		if err != nil {
-			for _, e := range entries {
-				e.Sensor.Halt()
-			}
-			return nil, fmt.Errorf("sensor %s: %w", s.Name, err)
+			// A chip that is missing or a bus that will not open does not
+			// stop the gateway: the sensor shows as failing.
+			g.log.Warn("sensor unavailable", "sensor", s.Name, "driver", s.Driver, "err", err)
+			dev = unavailable{err}
 		}
 		entries = append(entries, sensors.Entry{Name: s.Name, Sensor: dev, Interval: s.Interval.Duration, QoS: 1})
 	}
@@ -162,6 +171,12 @@ func (g *Gateway) newLoop(cfg *Config) (*sensors.Loop, error) {
 		Entries:   entries,
 	}, g.log.With("component", "sensors")), nil
 }
+
+// unavailable stands for a sensor that could not be opened.
+type unavailable struct{ err error }
+
+func (u unavailable) Sense(context.Context) ([]sensors.Measurement, error) { return nil, u.err }
+func (u unavailable) Halt() error                                          { return nil }
 
 // startSensors runs loop until stopSensors; nil runs nothing.
 func (g *Gateway) startSensors(loop *sensors.Loop) {
@@ -259,6 +274,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 
 func (g *Gateway) close() error {
 	var errs []error
+	g.buses.close()
 	if g.metrics != nil {
 		g.metrics.ln.Close() // Run's Shutdown closes it too; this is for New's failures
 	}

@@ -103,3 +103,41 @@ func TestReloadSensors(t *testing.T) {
 		t.Errorf("health after reload: %v, want only the new sensor", h)
 	}
 }
+
+// A chip whose bus is not there does not stop the gateway: it shows as
+// failing, and the other sensors carry on.
+func TestMissingChipDoesNotStopGateway(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "fieldgate.toml")
+	os.WriteFile(path, []byte("[device]\nid = \"EGW-M\"\nstate_dir = \""+dir+"\"\n"+
+		"[[sensor]]\nname = \"room\"\ndriver = \"bme280\"\nbus = \"/dev/i2c-99\"\naddress = 0x77\ninterval = \"20ms\"\n"+
+		"[[sensor]]\nname = \"sim\"\ndriver = \"simulated\"\ninterval = \"20ms\"\n"), 0o600)
+	cfg, err := LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := startGateway(t, cfg)
+	seen := make(chan string, 100)
+	g.Subscribe("sensors/#", 1, func(m localbroker.Message) {
+		select {
+		case seen <- m.Topic:
+		default:
+		}
+	})
+	select {
+	case <-seen:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the simulated sensor stopped with the missing chip")
+	}
+	deadline := time.After(10 * time.Second)
+	for !strings.HasPrefix(g.sensorHealth()["room"], "failing: ") {
+		select {
+		case <-seen: // each reading is a turn of the loop
+		case <-deadline:
+			t.Fatalf("health of the missing chip: %q, want failing", g.sensorHealth()["room"])
+		}
+	}
+	if h := g.sensorHealth()["room"]; !strings.Contains(h, "/dev/i2c-99") {
+		t.Errorf("health %q does not name the bus", h)
+	}
+}

@@ -12,6 +12,8 @@ import (
 	"sort"
 	"sync"
 	"time"
+
+	"periph.io/x/conn/v3/i2c"
 )
 
 // Measurement is one quantity read from a sensor.
@@ -32,6 +34,11 @@ type Sensor interface {
 // Config is what a driver's Open gets from a [[sensor]] entry.
 type Config struct {
 	Name string
+	// Bus is the I²C bus the chip is on, for I²C drivers; the driver
+	// borrows it.
+	Bus i2c.Bus
+	// Address is the chip's I²C address; 0 means the driver's default.
+	Address uint16
 	// Now is the clock; drivers that synthesise values (simulated) use it.
 	Now func() time.Time
 }
@@ -40,8 +47,9 @@ type Config struct {
 type OpenFunc func(Config) (Sensor, error)
 
 var (
-	mu      sync.RWMutex
-	drivers = map[string]OpenFunc{}
+	mu         sync.RWMutex
+	drivers    = map[string]OpenFunc{}
+	i2cDrivers = map[string]bool{}
 )
 
 // Register makes a driver available under name. Drivers call it from
@@ -53,6 +61,22 @@ func Register(name string, open OpenFunc) {
 		panic("sensors: driver registered twice: " + name)
 	}
 	drivers[name] = open
+}
+
+// RegisterI2C is Register for a driver of an I²C chip: its Open gets
+// Config.Bus.
+func RegisterI2C(name string, open OpenFunc) {
+	Register(name, open)
+	mu.Lock()
+	i2cDrivers[name] = true
+	mu.Unlock()
+}
+
+// UsesI2C reports whether the driver registered under name needs an I²C bus.
+func UsesI2C(name string) bool {
+	mu.RLock()
+	defer mu.RUnlock()
+	return i2cDrivers[name]
 }
 
 // Known reports whether a driver is registered under name.

@@ -1,6 +1,7 @@
 package bme280
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"math"
@@ -10,6 +11,8 @@ import (
 
 	"periph.io/x/conn/v3/i2c/i2ctest"
 	"periph.io/x/conn/v3/physic"
+
+	"github.com/fieldgate/fieldgate/sensors"
 )
 
 // The worked example of the BMP280 datasheet (BST-BMP280-DS001, 3.12):
@@ -210,5 +213,41 @@ func TestOutOfRange(t *testing.T) {
 	d.sleep = func(time.Duration) {}
 	if err := d.Sense(&physic.Env{}); !errors.Is(err, ErrOutOfRange) || !strings.Contains(err.Error(), "temperature") {
 		t.Errorf("got %v, want ErrOutOfRange naming the temperature", err)
+	}
+}
+
+// Through the driver registry, as the gateway opens it: a BMP280 at the
+// default address gives temperature and pressure in SenML units.
+func TestRegisteredDriver(t *testing.T) {
+	bus := &i2ctest.Playback{Ops: []i2ctest.IO{
+		{Addr: 0x76, W: []byte{0xD0}, R: []byte{0x58}},
+		{Addr: 0x76, W: []byte{0x88}, R: calib1(datasheet)},
+		{Addr: 0x76, W: []byte{0xF5, 0x00}},
+		{Addr: 0x76, W: []byte{0xF4, 0x25}},
+		{Addr: 0x76, W: []byte{0xF3}, R: []byte{0x00}},
+		{Addr: 0x76, W: []byte{0xF7}, R: raw(datasheetADCP, datasheetADCT, 0, false)},
+		{Addr: 0x76, W: []byte{0xF4, 0x00}},
+	}}
+	s, err := sensors.Open("bme280", sensors.Config{Name: "room", Bus: bus})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.(*sensor).d.sleep = func(time.Duration) {}
+	ms, err := s.Sense(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ms) != 2 || ms[0].Quantity != "temperature" || ms[0].Unit != "Cel" || math.Abs(ms[0].Value-25.08) > 1e-9 ||
+		ms[1].Quantity != "pressure" || ms[1].Unit != "Pa" || math.Abs(ms[1].Value-100653.25) > 0.01 {
+		t.Errorf("measurements %+v", ms)
+	}
+	if err := s.Halt(); err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.Close(); err != nil {
+		t.Error(err)
+	}
+	if _, err := sensors.Open("bme280", sensors.Config{Name: "x", Bus: bus, Address: 0x40}); err == nil || !strings.Contains(err.Error(), "want 0x76 or 0x77") {
+		t.Errorf("address 0x40: got %v", err)
 	}
 }

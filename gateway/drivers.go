@@ -5,5 +5,6 @@ package gateway
 // configuration.
 import (
 	_ "github.com/fieldgate/fieldgate/sensors/bme280"
+	_ "github.com/fieldgate/fieldgate/sensors/sht3x"
 	_ "github.com/fieldgate/fieldgate/sensors/simulated"
 )

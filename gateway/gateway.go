@@ -148,28 +148,32 @@ func (g *Gateway) newLoop(cfg *Config) (*sensors.Loop, error) {
 	}
 	var entries []sensors.Entry
 	for _, s := range cfg.Sensors {
-		sc := sensors.Config{Name: s.Name, Address: uint16(s.Address)}
-		var dev sensors.Sensor
-		var err error
-		if sensors.UsesI2C(s.Driver) {
-			sc.Bus, err = g.buses.get(s.Bus)
-		}
-		if err == nil {
-			dev, err = sensors.Open(s.Driver, sc)
-		}
-		if err != nil {
-			// A chip that is missing or a bus that will not open does not
-			// stop the gateway: the sensor shows as failing.
-			g.log.Warn("sensor unavailable", "sensor", s.Name, "driver", s.Driver, "err", err)
-			dev = unavailable{err}
-		}
-		entries = append(entries, sensors.Entry{Name: s.Name, Sensor: dev, Interval: s.Interval.Duration, QoS: 1})
+		entries = append(entries, sensors.Entry{Name: s.Name, Sensor: g.openSensor(s), Interval: s.Interval.Duration, QoS: 1})
 	}
 	return sensors.NewLoop(sensors.LoopOptions{
 		DeviceID:  cfg.Device.ID,
 		Publisher: brokerPublisher{g.broker},
 		Entries:   entries,
 	}, g.log.With("component", "sensors")), nil
+}
+
+// openSensor opens s on its bus. A chip that is missing or a bus that will
+// not open does not stop the gateway: the sensor shows as failing.
+func (g *Gateway) openSensor(s SensorConfig) sensors.Sensor {
+	sc := sensors.Config{Name: s.Name, Address: uint16(s.Address)}
+	var dev sensors.Sensor
+	var err error
+	if sensors.UsesI2C(s.Driver) {
+		sc.Bus, err = g.buses.get(s.Bus)
+	}
+	if err == nil {
+		dev, err = sensors.Open(s.Driver, sc)
+	}
+	if err != nil {
+		g.log.Warn("sensor unavailable", "sensor", s.Name, "driver", s.Driver, "err", err)
+		return unavailable{err}
+	}
+	return dev
 }
 
 // unavailable stands for a sensor that could not be opened.

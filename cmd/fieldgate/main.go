@@ -42,6 +42,7 @@ commands:
   check-config  validate a configuration file and exit
   queue         inspect or purge the outbox (stats, peek, purge)
   status        ask the running gateway what it is doing
+  sensors read  read each configured sensor once (checking the wiring)
   passwd        manage a Mosquitto password file (as mosquitto_passwd)
   acl test      tell whether an ACL file lets a client read or write a topic
   version       print the version
@@ -61,6 +62,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdCheckConfig(rest, stdout, stderr)
 	case "queue":
 		return cmdQueue(rest, stdout, stderr)
+	case "sensors":
+		return cmdSensors(rest, stdout, stderr)
 	case "status":
 		return cmdStatus(rest, stdout, stderr)
 	case "passwd":

@@ -103,3 +103,21 @@ address = "127.0.0.1:%d"
 		t.Errorf("queue stats of a running gateway:\n%s", out.String())
 	}
 }
+
+func TestSensorsRead(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "fieldgate.toml")
+	os.WriteFile(cfg, []byte("[device]\nid = \"EGW-S\"\nstate_dir = \""+dir+"\"\n"+
+		"[[sensor]]\nname = \"sim\"\ndriver = \"simulated\"\n"+
+		"[[sensor]]\nname = \"room\"\ndriver = \"sht3x\"\nbus = \"/dev/i2c-99\"\n"), 0o600)
+	var out, errOut bytes.Buffer
+	code := run([]string{"sensors", "read", "--config", cfg}, &out, &errOut)
+	if code != 1 {
+		t.Errorf("exit %d, want 1 (one sensor failed)", code)
+	}
+	for _, want := range []string{"sim          simulated  temperature  ", " Cel\n", "room         sht3x      FAILED: open /dev/i2c-99"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output has no %q:\n%s", want, out.String())
+		}
+	}
+}

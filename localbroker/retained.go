@@ -12,6 +12,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/hooks/storage"
 	"github.com/mochi-mqtt/server/v2/packets"
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // retainStore keeps retained messages in bbolt, so they survive a restart.
@@ -38,7 +39,7 @@ const retainFlush = time.Second
 
 func openRetainStore(path string, log *slog.Logger) (*retainStore, error) {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
-	if err != nil && !errors.Is(err, bolt.ErrTimeout) {
+	if err != nil && !errors.Is(err, berrors.ErrTimeout) {
 		var pe *os.PathError
 		if !errors.As(err, &pe) {
 			aside := fmt.Sprintf("%s.corrupt-%s", path, time.Now().UTC().Format("20060102T150405Z"))

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // ErrFull is returned by Append under the Reject policy when the outbox is
@@ -224,7 +225,7 @@ func (ob *Outbox) open() (db *bolt.DB, err error) {
 		FreelistType:   bolt.FreelistMapType,
 	})
 	if err != nil {
-		if errors.Is(err, bolt.ErrTimeout) {
+		if errors.Is(err, berrors.ErrTimeout) {
 			return nil, fmt.Errorf("%w: is another fieldgate using it?", err)
 		}
 		var pe *os.PathError

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -272,7 +273,7 @@ func TestLockedFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "outbox.db")
 	open(t, path, nil)
 	_, err := Open(path, nil, discard())
-	if err == nil || !errors.Is(err, bolt.ErrTimeout) {
+	if err == nil || !errors.Is(err, berrors.ErrTimeout) {
 		t.Fatalf("second open: got %v, want a lock timeout", err)
 	}
 	if aside, _ := filepath.Glob(path + ".corrupt-*"); len(aside) != 0 {
@@ -290,7 +291,7 @@ func TestReadOnlyAndPurge(t *testing.T) {
 		mustAppend(t, ob, []string{"a", "b"}[i%2], fmt.Sprintf("m%d", i), DropOldest)
 	}
 	// Held by a running gateway: inspection says so instead of waiting.
-	if _, err := Open(path, &Options{ReadOnly: true}, discard()); !errors.Is(err, bolt.ErrTimeout) {
+	if _, err := Open(path, &Options{ReadOnly: true}, discard()); !errors.Is(err, berrors.ErrTimeout) {
 		t.Errorf("read-only open of a held file: got %v, want a lock timeout", err)
 	}
 	n, err := ob.Purge("a")

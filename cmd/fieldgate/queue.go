@@ -12,7 +12,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/fieldgate/fieldgate/bridge/outbox"
 	"github.com/fieldgate/fieldgate/gateway"
@@ -61,7 +61,7 @@ func cmdQueue(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	ob, err := outbox.Open(file, &outbox.Options{ReadOnly: readOnly}, log)
-	if errors.Is(err, bolt.ErrTimeout) {
+	if errors.Is(err, berrors.ErrTimeout) {
 		if sub == "stats" && cfg.Metrics.Address != "" {
 			// The running gateway holds the file: ask it instead.
 			return cmdStatus([]string{"--config", *path}, stdout, stderr)

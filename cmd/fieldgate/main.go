@@ -43,6 +43,7 @@ commands:
   queue         inspect or purge the outbox (stats, peek, purge)
   status        ask the running gateway what it is doing
   sensors read  read each configured sensor once (checking the wiring)
+  sensors scan  list what answers on an I²C bus, naming the chips it knows
   passwd        manage a Mosquitto password file (as mosquitto_passwd)
   acl test      tell whether an ACL file lets a client read or write a topic
   version       print the version

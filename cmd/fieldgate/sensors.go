@@ -8,14 +8,21 @@ import (
 	"log/slog"
 	"strconv"
 
+	"periph.io/x/conn/v3/i2c/i2creg"
+	"periph.io/x/host/v3"
+
 	"github.com/fieldgate/fieldgate/gateway"
+	"github.com/fieldgate/fieldgate/sensors"
 )
 
 // cmdSensors: "sensors read" reads each configured sensor once and prints
 // what it got, for an installer checking the wiring.
 func cmdSensors(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "scan" {
+		return cmdSensorsScan(args[1:], stdout, stderr)
+	}
 	if len(args) == 0 || args[0] != "read" {
-		fmt.Fprintln(stderr, "usage: fieldgate sensors read [--config FILE]")
+		fmt.Fprintln(stderr, "usage: fieldgate sensors read [--config FILE] | sensors scan [--bus /dev/i2c-1]")
 		return 2
 	}
 	fs := flag.NewFlagSet("sensors read", flag.ContinueOnError)
@@ -45,4 +52,32 @@ func cmdSensors(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	return code
+}
+
+// cmdSensorsScan lists what answers on an I²C bus.
+func cmdSensorsScan(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("sensors scan", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	busName := fs.String("bus", "/dev/i2c-1", "I²C `bus`")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if _, err := host.Init(); err != nil {
+		fmt.Fprintf(stderr, "fieldgate sensors scan: %v\n", err)
+		return 1
+	}
+	bus, err := i2creg.Open(*busName)
+	if err != nil {
+		fmt.Fprintf(stderr, "fieldgate sensors scan: cannot open %s (is i2c-dev loaded, and I²C enabled in config.txt?): %v\n", *busName, err)
+		return 1
+	}
+	defer bus.Close()
+	found := sensors.Scan(bus)
+	for _, f := range found {
+		fmt.Fprintf(stdout, "%#02x  %s\n", f.Addr, f.Chip)
+	}
+	if len(found) == 0 {
+		fmt.Fprintf(stdout, "nothing answers on %s\n", *busName)
+	}
+	return 0
 }

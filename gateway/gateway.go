@@ -426,7 +426,7 @@ func tlsFingerprint(cfg *Config) [32]byte {
 func brokerListeners(cfg *Config) ([]localbroker.Listener, error) {
 	var ls []localbroker.Listener
 	for _, l := range cfg.Broker.Listeners {
-		bl := localbroker.Listener{Address: l.Address}
+		bl := localbroker.Listener{Address: l.Address, WebSocket: l.WebSocket}
 		if l.isTLS() {
 			t, err := listenerTLS(&l)
 			if err != nil {

@@ -51,6 +51,10 @@ type Listener struct {
 	Address string
 	// TLS makes it a TLS listener.
 	TLS *TLS
+	// WebSocket serves MQTT over WebSocket (ws, or wss with TLS) instead of
+	// plain MQTT. Client certificates on wss only verify: they do not name
+	// the client.
+	WebSocket bool
 }
 
 // Options configure a Broker.
@@ -128,6 +132,13 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 	}
 	for i, l := range o.Listeners {
 		id := fmt.Sprintf("tcp%d", i)
+		if l.WebSocket {
+			if err := b.addWebSocket(id, l, log); err != nil {
+				b.Close()
+				return nil, err
+			}
+			continue
+		}
 		nl, err := net.Listen("tcp", l.Address)
 		if err != nil {
 			b.Close()
@@ -151,6 +162,28 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 	}
 	b.uplink = srv.NewClient(nil, mqtt.LocalListener, uplinkClientID, true)
 	return b, nil
+}
+
+// addWebSocket adds a ws or wss listener. mochi's listener binds only when
+// it serves, so the address is tried first: a port in use is an error at
+// start, not a line in the log later.
+func (b *Broker) addWebSocket(id string, l Listener, log *slog.Logger) error {
+	probe, err := net.Listen("tcp", l.Address)
+	if err != nil {
+		return fmt.Errorf("localbroker: listen on %s: %w", l.Address, err)
+	}
+	probe.Close()
+	cfg := listeners.Config{ID: id, Address: l.Address}
+	if l.TLS != nil {
+		tl := &tlsListener{log: log, refusals: b.gate.refusals}
+		tl.opts.Store(l.TLS)
+		cfg.TLSConfig = tl.config()
+	}
+	if err := b.srv.AddListener(listeners.NewWebsocket(cfg)); err != nil {
+		return fmt.Errorf("localbroker: websocket on %s: %w", l.Address, err)
+	}
+	b.addrs = append(b.addrs, l.Address)
+	return nil
 }
 
 // Addrs returns the addresses the listeners are bound to (with the real

@@ -2,6 +2,8 @@ package localbroker
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +20,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/fieldgate/fieldgate/bridge/mosquittotest"
+	"github.com/fieldgate/fieldgate/provisioning/pkitest"
 )
 
 func limitedBroker(t *testing.T, lim Limits) *Broker {
@@ -272,4 +275,50 @@ func TestKeepaliveBoundsAndTakeover(t *testing.T) {
 	}
 	defer second.Disconnect(0)
 	logs.wait(t, "client id taken over")
+}
+
+// MQTT over WebSocket, with the same password file, for a real paho
+// client; and over wss.
+func TestWebSocketListeners(t *testing.T) {
+	hash, _ := HashPassword([]byte("pw"), 0)
+	pw, _ := ParsePasswordFile("pw", []byte("dev:"+hash+"\n"))
+	ca := pkitest.NewCA(t, "Site CA")
+	srv := ca.Server(t, "ws-server")
+	cert, _ := tls.LoadX509KeyPair(srv.CertFile, srv.KeyFile)
+	wsAddr := fmt.Sprintf("127.0.0.1:%d", mosquittotest.FreePort(t))
+	wssAddr := fmt.Sprintf("127.0.0.1:%d", mosquittotest.FreePort(t))
+	b, err := New(&Options{
+		Listeners: []Listener{{Address: wsAddr, WebSocket: true}, {Address: wssAddr, WebSocket: true, TLS: &TLS{Certificate: cert}}},
+		Security:  Security{Passwords: pw},
+	}, slog.New(logLines(make(chan string, 100))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.Cert)
+	for _, url := range []string{"ws://" + wsAddr, "wss://localhost:" + wssAddr[strings.LastIndexByte(wssAddr, ':')+1:]} {
+		o := paho.NewClientOptions().AddBroker(url).SetClientID("ws").SetUsername("dev").SetPassword("pw").
+			SetTLSConfig(&tls.Config{RootCAs: roots}).SetAutoReconnect(false).SetConnectRetry(true).SetConnectRetryInterval(50 * time.Millisecond)
+		cl := paho.NewClient(o)
+		// ConnectRetry: mochi's WebSocket listener binds as it starts serving.
+		if tok := cl.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("%s: %v", url, tok.Error())
+		}
+		got := make(chan string, 1)
+		cl.Subscribe("t", 1, func(_ paho.Client, m paho.Message) { got <- string(m.Payload()) }).WaitTimeout(10 * time.Second)
+		cl.Publish("t", 1, false, "over websocket").WaitTimeout(10 * time.Second)
+		select {
+		case m := <-got:
+			if m != "over websocket" {
+				t.Errorf("%s: got %q", url, m)
+			}
+		case <-time.After(10 * time.Second):
+			t.Errorf("%s: no message back", url)
+		}
+		cl.Disconnect(0)
+	}
+	if _, err := New(&Options{Listeners: []Listener{{Address: wsAddr, WebSocket: true}}}, slog.New(logLines(make(chan string, 10)))); err == nil {
+		t.Error("a WebSocket listener on a port in use was accepted")
+	}
 }

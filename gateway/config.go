@@ -160,6 +160,8 @@ type SensorConfig struct {
 	// I²C drivers) and e.g. 0x76 (0: the driver's default).
 	Bus     string `toml:"bus"`
 	Address int    `toml:"address"`
+	// Device names a 1-Wire probe ("28-0000075b1234"); empty: the only one.
+	Device string `toml:"device"`
 }
 
 // Duration is a time.Duration written as a Go duration string ("1s", "2m").

@@ -171,7 +171,7 @@ func TestParseConfigErrors(t *testing.T) {
 		}},
 		{"sensor problems", "[device]\nid = \"a\"\n[[sensor]]\nname = \"s\"\ndriver = \"simulated\"\n[[sensor]]\nname = \"s\"\ndriver = \"bme999\"\ninterval = \"1ms\"\n", []string{
 			"f.toml:7: sensor[1].name: \"s\" is already the name of sensor[0]",
-			"f.toml:8: sensor[1].driver: unknown driver \"bme999\" (known drivers: bme280, sht3x, sht4x, simulated)",
+			"f.toml:8: sensor[1].driver: unknown driver \"bme999\" (known drivers: bme280, ds18b20, sht3x, sht4x, simulated)",
 			"f.toml:9: sensor[1].interval: must be at least 10ms, got 1ms",
 		}},
 		{"device id with wildcard", "[device]\nid = \"a/#\"\n", []string{

@@ -5,6 +5,7 @@ package gateway
 // configuration.
 import (
 	_ "github.com/fieldgate/fieldgate/sensors/bme280"
+	_ "github.com/fieldgate/fieldgate/sensors/ds18b20"
 	_ "github.com/fieldgate/fieldgate/sensors/sht3x"
 	_ "github.com/fieldgate/fieldgate/sensors/simulated"
 )

@@ -39,6 +39,11 @@ type Config struct {
 	Bus i2c.Bus
 	// Address is the chip's I²C address; 0 means the driver's default.
 	Address uint16
+	// Device names a device on a bus without addresses, e.g. a 1-Wire
+	// probe ("28-0000075b1234"); empty means the only one there is.
+	Device string
+	// SysRoot is where sysfs is mounted; "" means /sys.
+	SysRoot string
 	// Now is the clock; drivers that synthesise values (simulated) use it.
 	Now func() time.Time
 }

@@ -1,0 +1,144 @@
+// Package ds18b20 reads Maxim DS18B20 temperature probes through the Linux
+// 1-Wire driver (w1-therm): /sys/bus/w1/devices/28-*/w1_slave. The sysfs
+// root is an option, so tests read fixture directories.
+package ds18b20
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"periph.io/x/conn/v3/physic"
+
+	"github.com/fieldgate/fieldgate/sensors"
+)
+
+// Errors a reading can end in.
+var (
+	ErrCRC      = errors.New("ds18b20: CRC check failed (crc=… NO)")
+	ErrPowerOn  = errors.New("ds18b20: 85 °C power-on value: the conversion did not run (power or wiring)")
+	ErrNotFound = errors.New("ds18b20: no probe found")
+)
+
+// Dev is one probe.
+type Dev struct {
+	path string // its w1_slave file
+	ID   string // e.g. 28-0000075b1234
+}
+
+// Probes lists the DS18B20 probes under sysRoot ("/sys" on a device).
+func Probes(sysRoot string) ([]string, error) {
+	m, err := filepath.Glob(filepath.Join(sysRoot, "bus", "w1", "devices", "28-*"))
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]string, 0, len(m))
+	for _, p := range m {
+		ids = append(ids, filepath.Base(p))
+	}
+	sort.Strings(ids)
+	return ids, nil
+}
+
+// New opens probe id under sysRoot; an empty id takes the only probe there
+// is, and is an error when there are none or several.
+func New(sysRoot, id string) (*Dev, error) {
+	if id == "" {
+		ids, err := Probes(sysRoot)
+		if err != nil {
+			return nil, err
+		}
+		switch len(ids) {
+		case 0:
+			return nil, fmt.Errorf("%w under %s/bus/w1/devices (is the w1-gpio overlay on?)", ErrNotFound, sysRoot)
+		case 1:
+			id = ids[0]
+		default:
+			return nil, fmt.Errorf("ds18b20: %d probes (%s): set device to one of them", len(ids), strings.Join(ids, ", "))
+		}
+	}
+	p := filepath.Join(sysRoot, "bus", "w1", "devices", id, "w1_slave")
+	if _, err := os.Stat(p); err != nil {
+		return nil, fmt.Errorf("ds18b20: probe %s: %w", id, err)
+	}
+	return &Dev{path: p, ID: id}, nil
+}
+
+// Sense reads the temperature. The kernel runs a conversion on each read
+// (about 750 ms at 12 bits).
+func (d *Dev) Sense(e *physic.Env) error {
+	data, err := os.ReadFile(d.path)
+	if err != nil {
+		return fmt.Errorf("ds18b20: %s: %w", d.ID, err)
+	}
+	t, err := parse(string(data))
+	if err != nil {
+		return fmt.Errorf("%s: %w", d.ID, err)
+	}
+	e.Temperature = physic.ZeroCelsius + physic.Temperature(t)*physic.MilliCelsius
+	return nil
+}
+
+// parse reads w1_slave's two lines: "… : crc=xx YES" then "… t=23125"
+// (millidegrees).
+func parse(s string) (int64, error) {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) != 2 {
+		return 0, fmt.Errorf("ds18b20: unexpected w1_slave content %q", s)
+	}
+	if !strings.HasSuffix(strings.TrimSpace(lines[0]), "YES") {
+		return 0, ErrCRC
+	}
+	_, v, ok := strings.Cut(lines[1], "t=")
+	if !ok {
+		return 0, fmt.Errorf("ds18b20: no t= in %q", lines[1])
+	}
+	t, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("ds18b20: bad t= in %q", lines[1])
+	}
+	if t == 85000 {
+		return 0, ErrPowerOn
+	}
+	if t < -55000 || t > 125000 { // the chip's range
+		return 0, fmt.Errorf("ds18b20: %d m°C is outside -55…125 °C", t)
+	}
+	return t, nil
+}
+
+// Halt does nothing.
+func (d *Dev) Halt() error { return nil }
+
+func init() {
+	sensors.Register("ds18b20", func(c sensors.Config) (sensors.Sensor, error) {
+		root := c.SysRoot
+		if root == "" {
+			root = "/sys"
+		}
+		d, err := New(root, c.Device)
+		if err != nil {
+			return nil, err
+		}
+		return sensor{d}, nil
+	})
+}
+
+type sensor struct{ d *Dev }
+
+func (s sensor) Sense(ctx context.Context) ([]sensors.Measurement, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var e physic.Env
+	if err := s.d.Sense(&e); err != nil {
+		return nil, err
+	}
+	return []sensors.Measurement{{Quantity: "temperature", Unit: "Cel", Value: e.Temperature.Celsius()}}, nil
+}
+
+func (s sensor) Halt() error { return nil }

@@ -232,7 +232,6 @@ func TestRegisteredDriver(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.(*sensor).d.sleep = func(time.Duration) {}
 	ms, err := s.Sense(context.Background())
 	if err != nil {
 		t.Fatal(err)

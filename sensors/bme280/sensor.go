@@ -1,10 +1,7 @@
 package bme280
 
 import (
-	"context"
 	"fmt"
-
-	"periph.io/x/conn/v3/physic"
 
 	"github.com/fieldgate/fieldgate/sensors"
 )
@@ -25,29 +22,6 @@ func init() {
 		if err != nil {
 			return nil, err
 		}
-		return &sensor{d: d}, nil
+		return sensors.FromEnv(d, sensors.Quantities{Temperature: true, Pressure: true, Humidity: d.IsBME280()}), nil
 	})
 }
-
-// sensor adapts a Dev to the poll loop.
-type sensor struct{ d *Dev }
-
-func (s *sensor) Sense(ctx context.Context) ([]sensors.Measurement, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	var e physic.Env
-	if err := s.d.Sense(&e); err != nil {
-		return nil, err
-	}
-	ms := []sensors.Measurement{
-		{Quantity: "temperature", Unit: "Cel", Value: e.Temperature.Celsius()},
-		{Quantity: "pressure", Unit: "Pa", Value: float64(e.Pressure) / float64(physic.Pascal)},
-	}
-	if s.d.IsBME280() {
-		ms = append(ms, sensors.Measurement{Quantity: "humidity", Unit: "%RH", Value: float64(e.Humidity) / float64(physic.PercentRH)})
-	}
-	return ms, nil
-}
-
-func (s *sensor) Halt() error { return s.d.Halt() }

@@ -4,7 +4,6 @@
 package ds18b20
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -124,21 +123,6 @@ func init() {
 		if err != nil {
 			return nil, err
 		}
-		return sensor{d}, nil
+		return sensors.FromEnv(d, sensors.Quantities{Temperature: true}), nil
 	})
 }
-
-type sensor struct{ d *Dev }
-
-func (s sensor) Sense(ctx context.Context) ([]sensors.Measurement, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	var e physic.Env
-	if err := s.d.Sense(&e); err != nil {
-		return nil, err
-	}
-	return []sensors.Measurement{{Quantity: "temperature", Unit: "Cel", Value: e.Temperature.Celsius()}}, nil
-}
-
-func (s sensor) Halt() error { return nil }

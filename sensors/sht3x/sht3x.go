@@ -4,7 +4,6 @@
 package sht3x
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"time"
@@ -113,25 +112,7 @@ func init() {
 			if err != nil {
 				return nil, err
 			}
-			return sensor{d}, nil
+			return sensors.FromEnv(d, sensors.Quantities{Temperature: true, Humidity: true}), nil
 		})
 	}
 }
-
-type sensor struct{ d *Dev }
-
-func (s sensor) Sense(ctx context.Context) ([]sensors.Measurement, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	var e physic.Env
-	if err := s.d.Sense(&e); err != nil {
-		return nil, err
-	}
-	return []sensors.Measurement{
-		{Quantity: "temperature", Unit: "Cel", Value: e.Temperature.Celsius()},
-		{Quantity: "humidity", Unit: "%RH", Value: float64(e.Humidity) / float64(physic.PercentRH)},
-	}, nil
-}
-
-func (s sensor) Halt() error { return s.d.Halt() }

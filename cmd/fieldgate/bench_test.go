@@ -10,6 +10,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -70,11 +71,11 @@ commit_interval = "%s"
 local = "sensors/#"
 `, filepath.Join(dir, "state"), dev.KeyFile, dev.CertFile, ca.CertFile, filepath.Join(dir, "passwd"), port, central, benchInflight(), benchCommit())), 0o600)
 	e := &edge{addr: fmt.Sprintf("127.0.0.1:%d", port), user: "site", pw: "pw", prefix: "devices/EGW-BENCH/", central: central, ca: ca, dev: dev}
-	var cur *os.Process
+	var cur *exec.Cmd
 	var curDone chan struct{}
 	e.restart = func() {
-		cmd := spawn(b, cfg)
-		sc := bufio.NewScanner(cmd.stderr)
+		cmd, stderr := startGateway(b, cfg)
+		sc := bufio.NewScanner(stderr)
 		for sc.Scan() && !strings.Contains(sc.Text(), "fieldgate starting") {
 		}
 		done := make(chan struct{})
@@ -83,12 +84,12 @@ local = "sensors/#"
 			for sc.Scan() {
 			}
 		}()
-		cur, curDone = cmd.proc, done
+		cur, curDone = cmd, done
 	}
-	e.pid = func() int { return cur.Pid }
-	e.kill = func() { cur.Kill(); cur.Wait(); <-curDone }
+	e.pid = func() int { return cur.Process.Pid }
+	e.kill = func() { cur.Process.Kill(); cur.Wait(); <-curDone }
 	e.restart()
-	b.Cleanup(func() { cur.Signal(syscall.SIGTERM); cur.Wait() })
+	b.Cleanup(func() { cur.Process.Signal(syscall.SIGTERM); cur.Wait() })
 	return e
 }
 
@@ -103,23 +104,6 @@ func mosquittoEdge(b *testing.B) *edge {
 	e.kill = func() { m.Kill() }
 	e.restart = func() { m = mosquittotest.StartBridge(b, o) }
 	return e
-}
-
-type child struct {
-	proc   *os.Process
-	stderr *os.File
-}
-
-func spawn(b *testing.B, cfg string) child {
-	r, w, _ := os.Pipe()
-	p, err := os.StartProcess(os.Args[0], []string{os.Args[0], "run", "--config", cfg}, &os.ProcAttr{
-		Env: append(os.Environ(), "FIELDGATE_TEST_MAIN=1"), Files: []*os.File{nil, nil, w},
-	})
-	w.Close()
-	if err != nil {
-		b.Fatal(err)
-	}
-	return child{p, r}
 }
 
 // startCentral starts the central broker for e, subscribes to e's prefix

@@ -71,16 +71,16 @@ client_ca = %q
 require_certificate = true
 use_identity_as_username = true
 `, dir, pw, plain, tlsPort, srv.CertFile, srv.KeyFile, ca.CertFile)), 0o600)
-	c := spawn(b, cfg)
-	sc := bufio.NewScanner(c.stderr)
+	cmd, stderr := startGateway(b, cfg)
+	sc := bufio.NewScanner(stderr)
 	for sc.Scan() && !strings.Contains(sc.Text(), "fieldgate starting") {
 	}
 	go func() {
 		for sc.Scan() {
 		}
 	}()
-	b.Cleanup(func() { c.proc.Signal(syscall.SIGTERM); c.proc.Wait() })
-	return &localBroker{plain: fmt.Sprintf("127.0.0.1:%d", plain), tls: fmt.Sprintf("127.0.0.1:%d", tlsPort), pid: func() int { return c.proc.Pid }, ca: ca}
+	b.Cleanup(func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() })
+	return &localBroker{plain: fmt.Sprintf("127.0.0.1:%d", plain), tls: fmt.Sprintf("127.0.0.1:%d", tlsPort), pid: func() int { return cmd.Process.Pid }, ca: ca}
 }
 
 func startMosquittoBroker(b *testing.B) *localBroker {

@@ -138,7 +138,9 @@ local = "sensors/#"
 	}
 }
 
-func startGateway(t *testing.T, cfg string) (*exec.Cmd, *os.File) {
+// startGateway runs "fieldgate run" on cfg in a child process until the
+// test ends, and returns its stderr.
+func startGateway(t testing.TB, cfg string) (*exec.Cmd, *os.File) {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "run", "--config", cfg)
 	cmd.Env = append(os.Environ(), "FIELDGATE_TEST_MAIN=1")

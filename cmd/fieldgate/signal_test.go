@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,26 +26,19 @@ func TestMain(m *testing.M) {
 // has started.
 func startChild(t *testing.T) (*exec.Cmd, *bufio.Scanner) {
 	t.Helper()
-	cfg := filepath.Join(t.TempDir(), "fieldgate.toml")
-	os.WriteFile(cfg, []byte(`[device]
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "fieldgate.toml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`[device]
 id = "EGW-SIG"
+state_dir = %q
 [[broker.listener]]
 address = "127.0.0.1:0"
 [[sensor]]
 name = "sim"
 driver = "simulated"
 interval = "20ms"
-`), 0o600)
-	cmd := exec.Command(os.Args[0], "run", "--config", cfg)
-	cmd.Env = append(os.Environ(), "FIELDGATE_TEST_MAIN=1")
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+`, dir)), 0o600)
+	cmd, stderr := startGateway(t, cfg)
 	sc := bufio.NewScanner(stderr)
 	waitLine(t, sc, "fieldgate starting")
 	return cmd, sc

@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/netip"
 	"net/url"
@@ -23,6 +24,7 @@ import (
 	"github.com/fieldgate/fieldgate/bridge"
 	"github.com/fieldgate/fieldgate/bridge/outbox"
 	"github.com/fieldgate/fieldgate/localbroker"
+	"github.com/fieldgate/fieldgate/provisioning"
 	"github.com/fieldgate/fieldgate/sensors"
 )
 
@@ -42,6 +44,9 @@ type Config struct {
 
 	// Path is the file the configuration was read from.
 	Path string `toml:"-"`
+	// forProvisioning relaxes the checks a device that has no key or
+	// certificate yet cannot pass (see LoadConfigForProvisioning).
+	forProvisioning bool
 	// lines maps a key path ("bridge.route[0].qos", "sensor[1]") to the
 	// line it was written on, so that validation errors can name it.
 	lines map[string]int
@@ -59,9 +64,17 @@ type DeviceConfig struct {
 // certificate the factory signed for it, and the CA that signed the central
 // broker's certificate.
 type IdentityConfig struct {
-	Key  string `toml:"key"`
+	// Key is the key store URI: file:PATH, tpm:/dev/tpmrm0,
+	// tpm:tcp://HOST:PORT or pkcs11:… (see provisioning.Open).
+	Key string `toml:"key"`
+	// Cert is the device's certificate, then the chain up to (not
+	// including) the root: what the uplink presents.
 	Cert string `toml:"cert"`
-	CA   string `toml:"ca"`
+	// CA verifies the central broker.
+	CA string `toml:"ca"`
+	// RenewAfter is the fraction of the certificate's lifetime after which
+	// the gateway warns that it is due for renewal. Default 0.75.
+	RenewAfter float64 `toml:"renew_after"`
 }
 
 // BrokerConfig is the [broker] section.
@@ -250,13 +263,28 @@ func LoadConfig(path string) (*Config, error) {
 	return ParseConfig(path, data)
 }
 
+// LoadConfigForProvisioning is LoadConfig for the provision commands,
+// which run on a device that may not have its key, its certificate or its
+// id yet: their absence is not an error, anything else still is.
+func LoadConfigForProvisioning(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, &ConfigError{File: path, Reason: err.Error()}
+	}
+	return parseConfig(path, data, true)
+}
+
 // ParseConfig is LoadConfig for data already read from path.
 func ParseConfig(path string, data []byte) (*Config, error) {
+	return parseConfig(path, data, false)
+}
+
+func parseConfig(path string, data []byte, forProvisioning bool) (*Config, error) {
 	lines, err := keyLines(path, data)
 	if err != nil {
 		return nil, err
 	}
-	c := &Config{Path: path, lines: lines}
+	c := &Config{Path: path, lines: lines, forProvisioning: forProvisioning}
 	dec := toml.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(c); err != nil {
@@ -436,22 +464,23 @@ func (c *Config) validate() error {
 	// catches a missing or unreadable file before the service starts.
 	var certCN string
 	if c.Identity.Key != "" {
-		scheme, rest, ok := strings.Cut(c.Identity.Key, ":")
-		switch {
-		case !ok:
-			c.errorf(&errs, "identity.key", "want a key URI such as \"file:/var/lib/fieldgate/device.key\", got %q", c.Identity.Key)
-		case scheme == "file":
-			c.checkFile(&errs, "identity.key", rest)
-		default:
-			c.errorf(&errs, "identity.key", "key store %q is not supported by this build (supported: file)", scheme)
+		if err := provisioning.CheckURI(c.Identity.Key); err != nil {
+			c.errorf(&errs, "identity.key", "%v", err)
+		} else if path, ok := strings.CutPrefix(c.Identity.Key, "file:"); ok && !c.forProvisioning {
+			c.checkFile(&errs, "identity.key", path)
 		}
 	}
 	if c.Identity.Cert != "" {
-		if cert, err := readCert(c.Identity.Cert); err != nil {
-			c.errorf(&errs, "identity.cert", "%v", err)
-		} else {
+		if cert, err := readCert(c.Identity.Cert); err == nil {
 			certCN = cert.Subject.CommonName
+		} else if !c.forProvisioning || !errors.Is(err, fs.ErrNotExist) {
+			c.errorf(&errs, "identity.cert", "%v", err)
 		}
+	}
+	if !c.has("identity.renew_after") {
+		c.Identity.RenewAfter = 0.75
+	} else if r := c.Identity.RenewAfter; r <= 0 || r >= 1 {
+		c.errorf(&errs, "identity.renew_after", "%v: want a fraction of the certificate's lifetime, between 0 and 1 (e.g. 0.75)", r)
 	}
 	if c.Identity.CA != "" {
 		if data, err := os.ReadFile(c.Identity.CA); err != nil {
@@ -463,7 +492,9 @@ func (c *Config) validate() error {
 	if c.Device.ID == "" {
 		c.Device.ID = certCN
 	}
-	if c.Device.ID == "" {
+	if c.Device.ID == "" && c.forProvisioning {
+		// A fresh device: provision csr names it with --id.
+	} else if c.Device.ID == "" {
 		c.errorf(&errs, "device.id", "missing: set it, or set identity.cert so the certificate's CN is used")
 	} else if !nameRE.MatchString(c.Device.ID) {
 		c.errorf(&errs, "device.id", "%q: want letters, digits and '-._:', starting with a letter or digit (it is used in topics and SenML names)", c.Device.ID)
@@ -737,7 +768,7 @@ func (c *Config) checkFile(errs *[]error, key, path string) {
 func pathError(err error) error {
 	var pe *os.PathError
 	if errors.As(err, &pe) {
-		return fmt.Errorf("%s: %v", pe.Path, pe.Err)
+		return fmt.Errorf("%s: %w", pe.Path, pe.Err)
 	}
 	return err
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fieldgate/fieldgate/provisioning"
 	"github.com/fieldgate/fieldgate/provisioning/pkitest"
 )
 
@@ -167,7 +168,7 @@ func TestParseConfigErrors(t *testing.T) {
 			"f.toml:6: bridge.route: missing: a bridge with no [[bridge.route]] forwards nothing",
 		}},
 		{"unknown key store", "[device]\nid = \"a\"\n[identity]\nkey = \"vault:x\"\n", []string{
-			"f.toml:4: identity.key: key store \"vault\" is not supported by this build (supported: file)",
+			"f.toml:4: identity.key: unknown key store \"vault\" (supported: " + strings.Join(provisioning.Schemes(), ", ") + ")",
 		}},
 		{"sensor problems", "[device]\nid = \"a\"\n[[sensor]]\nname = \"s\"\ndriver = \"simulated\"\n[[sensor]]\nname = \"s\"\ndriver = \"bme999\"\ninterval = \"1ms\"\n", []string{
 			"f.toml:7: sensor[1].name: \"s\" is already the name of sensor[0]",

@@ -48,7 +48,7 @@ func startCentral(t *testing.T) *central {
 func (c *central) observe(t *testing.T, filter string) (paho.Client, <-chan paho.Message) {
 	t.Helper()
 	obs := c.ca.Client(t, "observer")
-	signer, err := provisioning.LoadSigner("file:" + obs.KeyFile)
+	signer, err := provisioning.LoadSigner("file:"+obs.KeyFile, provisioning.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

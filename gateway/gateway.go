@@ -9,6 +9,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -34,7 +35,10 @@ type Gateway struct {
 	cfg        *Config
 	log        *slog.Logger
 	started    time.Time
+	certMu     sync.Mutex
 	certExpiry time.Time // of the device certificate; zero without one
+	certRenew  time.Time // when it is due for renewal (identity.renew_after)
+	certCN     string
 	metrics    *metrics  // nil without [metrics]
 	tlsPrint   [32]byte  // of the uplink's TLS files, to tell whether a reload changed them
 	notify     *notifier // systemd's notification socket
@@ -46,6 +50,8 @@ type Gateway struct {
 	sensorsMu  sync.Mutex
 	stopLoop   func() // stops the running loop; nil when none runs
 	buses      i2cBuses
+	keysMu     sync.Mutex
+	keyStores  map[string]provisioning.Store // by key URI
 }
 
 // New builds a gateway from a validated configuration: it loads the
@@ -64,11 +70,11 @@ func New(cfg *Config, log *slog.Logger) (g *Gateway, err error) {
 	}
 	var fwd func(localbroker.Message) (<-chan error, error)
 	if bc := cfg.Bridge; bc != nil {
-		tlsCfg, err := uplinkTLS(cfg)
+		tlsCfg, err := g.uplinkTLS(cfg)
 		if err != nil {
 			return nil, err
 		}
-		g.certExpiry = tlsCfg.Certificates[0].Leaf.NotAfter
+		g.setCert(tlsCfg.Certificates[0].Leaf, cfg.Identity.RenewAfter)
 		g.tlsPrint = tlsFingerprint(cfg)
 		g.outbox, err = outbox.Open(filepath.Join(cfg.Device.StateDir, "outbox.db"), &outbox.Options{
 			CommitInterval: bc.Outbox.CommitInterval.Duration,
@@ -259,6 +265,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	watchdogCtx, stopWatchdog := context.WithCancel(context.Background())
 	var watchdogDone sync.WaitGroup
 	watchdogDone.Go(func() { g.runWatchdog(watchdogCtx, notify) })
+	watchdogDone.Go(func() { g.remindRenewal(watchdogCtx) })
 	notify.send("READY=1")
 
 	<-ctx.Done()
@@ -288,7 +295,51 @@ func (g *Gateway) close() error {
 	if g.outbox != nil {
 		errs = append(errs, g.outbox.Close())
 	}
+	for _, st := range g.keyStores {
+		errs = append(errs, st.Close())
+	}
 	return errors.Join(errs...)
+}
+
+// remindRenewal repeats the renewal warning daily until ctx ends.
+func (g *Gateway) remindRenewal(ctx context.Context) {
+	g.warnRenewal()
+	t := time.NewTicker(24 * time.Hour)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			g.warnRenewal()
+		}
+	}
+}
+
+func (g *Gateway) setCert(leaf *x509.Certificate, renewAfter float64) {
+	g.certMu.Lock()
+	defer g.certMu.Unlock()
+	g.certExpiry = leaf.NotAfter
+	g.certRenew = provisioning.RenewAt(leaf, renewAfter)
+	g.certCN = leaf.Subject.CommonName
+}
+
+// warnRenewal logs, once per call, that the device certificate is due for
+// renewal; Run calls it at start and then daily.
+func (g *Gateway) warnRenewal() {
+	expiry, renew, cn := g.cert()
+	if renew.IsZero() || time.Now().Before(renew) {
+		return
+	}
+	g.log.Warn("identity: the device certificate is due for renewal: run \"fieldgate provision renew\" and have the new CSR signed",
+		"cn", cn, "expires", expiry.UTC().Format(time.RFC3339), "due_since", renew.UTC().Format(time.RFC3339))
+}
+
+// cert returns the device certificate's expiry, renewal time and CN.
+func (g *Gateway) cert() (expiry, renew time.Time, cn string) {
+	g.certMu.Lock()
+	defer g.certMu.Unlock()
+	return g.certExpiry, g.certRenew, g.certCN
 }
 
 func (g *Gateway) logStart() {
@@ -350,7 +401,7 @@ func (g *Gateway) Reload() error {
 	fp := g.tlsPrint
 	if cfg.Bridge != nil && g.bridge != nil {
 		if fp = tlsFingerprint(cfg); fp != g.tlsPrint {
-			if tlsCfg, err = uplinkTLS(cfg); err != nil {
+			if tlsCfg, err = g.uplinkTLS(cfg); err != nil {
 				g.log.Error("reload refused: the running configuration is kept", "err", err)
 				return err
 			}
@@ -401,7 +452,8 @@ func (g *Gateway) Reload() error {
 	if tlsCfg != nil {
 		g.bridge.SetTLS(tlsCfg)
 		g.tlsPrint = fp
-		g.certExpiry = tlsCfg.Certificates[0].Leaf.NotAfter
+		g.setCert(tlsCfg.Certificates[0].Leaf, cfg.Identity.RenewAfter)
+		g.warnRenewal()
 		changed = append(changed, "identity")
 	}
 	g.log.Info("reloaded", "applied", changed)
@@ -411,7 +463,12 @@ func (g *Gateway) Reload() error {
 // tlsFingerprint hashes the files the uplink's TLS is made of.
 func tlsFingerprint(cfg *Config) [32]byte {
 	h := sha256.New()
-	for _, p := range []string{strings.TrimPrefix(cfg.Identity.Key, "file:"), cfg.Identity.Cert, cfg.Identity.CA} {
+	files := []string{cfg.Identity.Cert, cfg.Identity.CA}
+	if path, ok := strings.CutPrefix(cfg.Identity.Key, "file:"); ok {
+		files = append(files, path)
+	}
+	h.Write([]byte(cfg.Identity.Key))
+	for _, p := range files {
 		data, _ := os.ReadFile(p)
 		h.Write([]byte(p))
 		h.Write(data)
@@ -510,13 +567,14 @@ func routes(cfg *Config) []bridge.Route {
 }
 
 // uplinkTLS is the client side of the uplink's mutual TLS: the device's
-// certificate and key, and only the configured CA as a root of trust.
-func uplinkTLS(cfg *Config) (*tls.Config, error) {
-	signer, err := provisioning.LoadSigner(cfg.Identity.Key)
+// certificate and the key in its store, and only the configured CA as a
+// root of trust.
+func (g *Gateway) uplinkTLS(cfg *Config) (*tls.Config, error) {
+	st, err := g.keyStore(cfg)
 	if err != nil {
 		return nil, err
 	}
-	cert, err := provisioning.ClientCertificate(signer, cfg.Identity.Cert)
+	cert, err := provisioning.LoadIdentity(st, cfg.Identity.Cert)
 	if err != nil {
 		return nil, err
 	}
@@ -534,4 +592,24 @@ func uplinkTLS(cfg *Config) (*tls.Config, error) {
 		NextProtos:   cfg.Bridge.ALPN,
 		MinVersion:   tls.VersionTLS12,
 	}, nil
+}
+
+// keyStore opens the key store of cfg once: a TPM or a token keeps its
+// session (and its loaded key) for the life of the gateway, and a reload
+// with the same key URI reuses it.
+func (g *Gateway) keyStore(cfg *Config) (provisioning.Store, error) {
+	g.keysMu.Lock()
+	defer g.keysMu.Unlock()
+	if st, ok := g.keyStores[cfg.Identity.Key]; ok {
+		return st, nil
+	}
+	st, err := provisioning.Open(cfg.Identity.Key, provisioning.Options{StateDir: cfg.Device.StateDir})
+	if err != nil {
+		return nil, err
+	}
+	if g.keyStores == nil {
+		g.keyStores = map[string]provisioning.Store{}
+	}
+	g.keyStores[cfg.Identity.Key] = st
+	return st, nil
 }

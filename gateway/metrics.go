@@ -90,6 +90,8 @@ type Status struct {
 	Uplink      *UplinkStatus     `json:"uplink,omitempty"`
 	Sensors     map[string]string `json:"sensors,omitempty"`
 	CertExpires time.Time         `json:"cert_expires,omitzero"`
+	// CertRenewDue is when the certificate is due for renewal.
+	CertRenewDue time.Time `json:"cert_renew_due,omitzero"`
 }
 
 // UplinkStatus is the bridge's part of Status.
@@ -109,7 +111,8 @@ type UplinkStatus struct {
 
 func (m *metrics) status() Status {
 	g := m.g
-	st := Status{Device: g.cfg.Device.ID, Version: Version, Started: g.started, Clients: g.broker.Clients(), CertExpires: g.certExpiry}
+	expiry, renew, _ := g.cert()
+	st := Status{Device: g.cfg.Device.ID, Version: Version, Started: g.started, Clients: g.broker.Clients(), CertExpires: expiry, CertRenewDue: renew}
 	st.Sensors = g.sensorHealth()
 	if g.bridge != nil {
 		b := g.bridge.Status()
@@ -142,8 +145,14 @@ func (m *metrics) write(w io.Writer) {
 	p := promWriter{w: w}
 	p.metric("fieldgate_build_info", "gauge", "Version of the running fieldgate.", 1, "version", Version, "goversion", runtime.Version())
 	p.metric("fieldgate_start_time_seconds", "gauge", "When the gateway started, in seconds since the epoch.", float64(m.g.started.UnixMilli())/1e3)
-	if exp := m.g.certExpiry; !exp.IsZero() {
+	if exp, renew, _ := m.g.cert(); !exp.IsZero() {
 		p.metric("fieldgate_certificate_expiry_timestamp_seconds", "gauge", "When the device certificate expires.", float64(exp.Unix()))
+		p.metric("fieldgate_certificate_renewal_timestamp_seconds", "gauge", "When the device certificate is due for renewal (identity.renew_after of its lifetime).", float64(renew.Unix()))
+		due := 0.0
+		if !m.now().Before(renew) {
+			due = 1
+		}
+		p.metric("fieldgate_certificate_renewal_due", "gauge", "1 when the device certificate is due for renewal: run fieldgate provision renew.", due)
 	}
 	if m.g.outbox != nil {
 		st := m.g.outbox.Stats()

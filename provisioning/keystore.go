@@ -1,7 +1,7 @@
-// Package provisioning holds the device identity: the private key (in a
-// key store: a protected file now; TPM 2.0 and PKCS#11 later), the
-// certificate the factory signed for it, and the TLS material built from
-// them.
+// Package provisioning holds the device identity: the private key, kept in
+// a key store (a protected file, a TPM 2.0, or a PKCS#11 token) from which
+// it never leaves; the certificate the factory signed for it; and the TLS
+// material and certificate requests made from them.
 package provisioning
 
 import (
@@ -9,47 +9,198 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
+	"io/fs"
+	"net"
 	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
+
+	"github.com/fieldgate/fieldgate/internal/atomicfile"
 )
 
-// LoadSigner opens the private key named by a key URI. Supported:
-// "file:/path/to/key.pem" (PKCS#8, SEC 1 EC or PKCS#1 RSA, PEM), which
-// must not be readable or writable by group or others.
-func LoadSigner(uri string) (crypto.Signer, error) {
+// Slot names one of the two keys a store can hold. The current key is the
+// one the device uses; a pending key is made by a renewal and replaces the
+// current one only once its certificate is installed, so that a renewal
+// that never completes leaves the device as it was.
+type Slot int
+
+const (
+	Current Slot = iota
+	Pending
+)
+
+func (s Slot) String() string {
+	if s == Pending {
+		return "pending"
+	}
+	return "current"
+}
+
+// ErrNoKey is returned (wrapped) by Store.Load when the slot is empty.
+var ErrNoKey = errors.New("no key")
+
+// KeyType is the kind of key Generate makes.
+type KeyType string
+
+const (
+	ECDSAP256 KeyType = "ecdsa-p256" // the default, and all a TPM or token is asked for
+	RSA2048   KeyType = "rsa2048"
+	RSA3072   KeyType = "rsa3072"
+)
+
+// Store is where the device's private key lives. Keys are made inside the
+// store and used through crypto.Signer; no store hands out the key itself.
+type Store interface {
+	// Load opens the key in slot. An empty slot is an error wrapping
+	// ErrNoKey.
+	Load(slot Slot) (crypto.Signer, error)
+	// Generate makes a new key of type kt in slot, replacing what was
+	// there. Callers decide whether replacing is allowed.
+	Generate(slot Slot, kt KeyType) (crypto.Signer, error)
+	// Promote makes the pending key the current one and destroys the old
+	// current key.
+	Promote() error
+	// String is the store's URI.
+	String() string
+	Close() error
+}
+
+// Options are what stores need beyond their URI.
+type Options struct {
+	// StateDir holds what a hardware store keeps on disk (a TPM key's
+	// wrapped blob, which PKCS#11 object is current). Default
+	// /var/lib/fieldgate.
+	StateDir string
+}
+
+// Open opens the key store named by uri:
+//
+//	file:/var/lib/fieldgate/device.key       a PEM file, mode 0600
+//	tpm:/dev/tpmrm0                           a TPM 2.0 (kernel resource manager)
+//	tpm:tcp://127.0.0.1:2321                  a TPM simulator (swtpm), command port
+//	pkcs11:token=T;object=O?module-path=M&pin-value=P   a PKCS#11 token (build tag pkcs11)
+func Open(uri string, opt Options) (Store, error) {
+	if opt.StateDir == "" {
+		opt.StateDir = "/var/lib/fieldgate"
+	}
 	scheme, rest, ok := strings.Cut(uri, ":")
 	if !ok {
 		return nil, fmt.Errorf("provisioning: key %q: want a URI such as file:/var/lib/fieldgate/device.key", uri)
 	}
 	switch scheme {
 	case "file":
-		return loadFileKey(rest)
+		if !filepath.IsAbs(rest) {
+			return nil, fmt.Errorf("provisioning: key %q: want an absolute path after file:", uri)
+		}
+		return &fileStore{path: rest}, nil
+	case "tpm":
+		return openTPM(uri, rest, opt)
+	case "pkcs11":
+		return openPKCS11(uri, opt)
 	}
-	return nil, fmt.Errorf("provisioning: key %q: key store %q is not supported by this build", uri, scheme)
+	return nil, fmt.Errorf("provisioning: key %q: unknown key store %q (supported: %s)", uri, scheme, strings.Join(Schemes(), ", "))
 }
 
-func loadFileKey(path string) (crypto.Signer, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return nil, fmt.Errorf("provisioning: %w", err)
+// CheckURI checks the form of a key URI without opening the store, for
+// check-config.
+func CheckURI(uri string) error {
+	scheme, rest, ok := strings.Cut(uri, ":")
+	if !ok {
+		return fmt.Errorf("want a key URI such as \"file:/var/lib/fieldgate/device.key\", got %q", uri)
 	}
-	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		return nil, fmt.Errorf("provisioning: key file %s has mode %04o: it must not be accessible by group or others (chmod 600)", path, perm)
+	switch scheme {
+	case "file":
+		if !filepath.IsAbs(rest) {
+			return fmt.Errorf("%q: want an absolute path after file:", uri)
+		}
+		return nil
+	case "tpm":
+		if strings.HasPrefix(rest, "/") {
+			return nil
+		}
+		if addr, ok := strings.CutPrefix(rest, "tcp://"); ok {
+			if _, _, err := net.SplitHostPort(addr); err == nil {
+				return nil
+			}
+		}
+		return fmt.Errorf("%q: want tpm:/dev/tpmrm0 or tpm:tcp://HOST:PORT", uri)
+	case "pkcs11":
+		if !pkcs11Supported {
+			return fmt.Errorf("key store \"pkcs11\" is not in this build (build with -tags pkcs11; supported: %s)", strings.Join(Schemes(), ", "))
+		}
+		_, err := parsePKCS11URI(uri)
+		if err != nil {
+			return errors.New(strings.TrimPrefix(err.Error(), "provisioning: "))
+		}
+		return nil
+	}
+	return fmt.Errorf("unknown key store %q (supported: %s)", scheme, strings.Join(Schemes(), ", "))
+}
+
+// Schemes lists the key stores this build supports.
+func Schemes() []string {
+	s := []string{"file", "tpm"}
+	if pkcs11Supported {
+		s = append(s, "pkcs11")
+	}
+	return s
+}
+
+// LoadSigner opens the current key of the store named by uri.
+func LoadSigner(uri string, opt Options) (crypto.Signer, error) {
+	st, err := Open(uri, opt)
+	if err != nil {
+		return nil, err
+	}
+	// The signer of a hardware store keeps its connection: the store is
+	// not closed while the signer lives, which is the life of the process.
+	return st.Load(Current)
+}
+
+// fileStore keeps the key in a PEM file (PKCS#8), its pending key beside it
+// with the suffix ".next".
+type fileStore struct{ path string }
+
+func (s *fileStore) String() string { return "file:" + s.path }
+func (s *fileStore) Close() error   { return nil }
+
+func (s *fileStore) slotPath(slot Slot) string {
+	if slot == Pending {
+		return s.path + ".next"
+	}
+	return s.path
+}
+
+func (s *fileStore) Load(slot Slot) (crypto.Signer, error) {
+	path := s.slotPath(slot)
+	if err := CheckPrivate(path); err != nil {
+		return nil, err
 	}
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("provisioning: %w", err)
 	}
+	return ParsePrivateKey(path, data)
+}
+
+// ParsePrivateKey reads a PEM private key (PKCS#8, SEC 1 EC or PKCS#1
+// RSA); name is used in errors.
+func ParsePrivateKey(name string, data []byte) (crypto.Signer, error) {
 	block, _ := pem.Decode(data)
 	if block == nil {
-		return nil, fmt.Errorf("provisioning: key file %s: no PEM block", path)
+		return nil, fmt.Errorf("provisioning: key file %s: no PEM block", name)
 	}
 	var key any
+	var err error
 	switch block.Type {
 	case "PRIVATE KEY":
 		key, err = x509.ParsePKCS8PrivateKey(block.Bytes)
@@ -58,48 +209,152 @@ func loadFileKey(path string) (crypto.Signer, error) {
 	case "RSA PRIVATE KEY":
 		key, err = x509.ParsePKCS1PrivateKey(block.Bytes)
 	default:
-		return nil, fmt.Errorf("provisioning: key file %s: unexpected PEM block %q", path, block.Type)
+		return nil, fmt.Errorf("provisioning: key file %s: unexpected PEM block %q", name, block.Type)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("provisioning: key file %s: %w", path, err)
+		return nil, fmt.Errorf("provisioning: key file %s: %w", name, err)
 	}
 	switch k := key.(type) {
 	case *ecdsa.PrivateKey, *rsa.PrivateKey, ed25519.PrivateKey:
 		return k.(crypto.Signer), nil
 	}
-	return nil, fmt.Errorf("provisioning: key file %s: unsupported key type %T", path, key)
+	return nil, fmt.Errorf("provisioning: key file %s: unsupported key type %T", name, key)
+}
+
+func (s *fileStore) Generate(slot Slot, kt KeyType) (crypto.Signer, error) {
+	key, err := NewSoftwareKey(kt)
+	if err != nil {
+		return nil, err
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("provisioning: %w", err)
+	}
+	path := s.slotPath(slot)
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("provisioning: %w", err)
+	}
+	if err := atomicfile.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		return nil, fmt.Errorf("provisioning: writing key: %w", err)
+	}
+	return key, nil
+}
+
+func (s *fileStore) Promote() error {
+	if err := atomicfile.Rename(s.slotPath(Pending), s.path); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("provisioning: %s: %w in the pending slot", s, ErrNoKey)
+		}
+		return fmt.Errorf("provisioning: %w", err)
+	}
+	return nil
+}
+
+// NewSoftwareKey makes a key of type kt in memory.
+func NewSoftwareKey(kt KeyType) (crypto.Signer, error) {
+	switch kt {
+	case "", ECDSAP256:
+		return ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	case RSA2048:
+		return rsa.GenerateKey(rand.Reader, 2048)
+	case RSA3072:
+		return rsa.GenerateKey(rand.Reader, 3072)
+	}
+	return nil, fmt.Errorf("provisioning: key type %q: want %s, %s or %s", kt, ECDSAP256, RSA2048, RSA3072)
+}
+
+// CheckPrivate refuses a secret file that others could read or replace,
+// as ssh does with its keys: the file and its directory must belong to
+// the user the process runs as and be inaccessible to group and others.
+// A missing file is an error wrapping ErrNoKey.
+func CheckPrivate(path string) error {
+	fi, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("provisioning: %s: %w (no such file or directory)", path, ErrNoKey)
+	}
+	if err != nil {
+		return fmt.Errorf("provisioning: %w", err)
+	}
+	if err := checkOwnerMode(path, fi, "file", 0o077); err != nil {
+		return err
+	}
+	dir := filepath.Dir(path)
+	di, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("provisioning: %w", err)
+	}
+	return checkOwnerMode(dir, di, "directory", 0o077)
+}
+
+func checkOwnerMode(path string, fi fs.FileInfo, what string, loose fs.FileMode) error {
+	if perm := fi.Mode().Perm(); perm&loose != 0 {
+		fix := "chmod 600"
+		if fi.IsDir() {
+			fix = "chmod 700"
+		}
+		return fmt.Errorf("provisioning: %s %s has mode %04o: it must not be accessible by group or others (%s)", what, path, perm, fix)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() {
+		return fmt.Errorf("provisioning: %s %s is owned by uid %d, not by the service user (uid %d)", what, path, st.Uid, os.Geteuid())
+	}
+	return nil
 }
 
 // ClientCertificate builds the TLS certificate the device presents: the
 // chain in certPath (leaf first, then any intermediates) and signer, which
 // must hold the leaf's private key.
 func ClientCertificate(signer crypto.Signer, certPath string) (tls.Certificate, error) {
-	data, err := os.ReadFile(certPath)
+	chain, err := ReadCertificates(certPath)
 	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("provisioning: %w", err)
+		return tls.Certificate{}, err
 	}
-	var chain [][]byte
+	leaf := chain[0]
+	if !SamePublicKey(leaf.PublicKey, signer.Public()) {
+		return tls.Certificate{}, fmt.Errorf("provisioning: %s: certificate (CN %q) does not match the device key", certPath, leaf.Subject.CommonName)
+	}
+	der := make([][]byte, len(chain))
+	for i, c := range chain {
+		der[i] = c.Raw
+	}
+	return tls.Certificate{Certificate: der, PrivateKey: signer, Leaf: leaf}, nil
+}
+
+// ReadCertificates reads the PEM certificates in path, in order.
+func ReadCertificates(path string) ([]*x509.Certificate, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("provisioning: %w", err)
+	}
+	certs, err := ParseCertificates(data)
+	if err != nil {
+		return nil, fmt.Errorf("provisioning: %s: %w", path, err)
+	}
+	return certs, nil
+}
+
+// ParseCertificates parses the PEM certificates in data, in order; other
+// PEM blocks are skipped.
+func ParseCertificates(data []byte) ([]*x509.Certificate, error) {
+	var certs []*x509.Certificate
 	for {
 		var block *pem.Block
 		block, data = pem.Decode(data)
 		if block == nil {
 			break
 		}
-		if block.Type == "CERTIFICATE" {
-			chain = append(chain, block.Bytes)
+		if block.Type != "CERTIFICATE" {
+			continue
 		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, err
+		}
+		certs = append(certs, c)
 	}
-	if len(chain) == 0 {
-		return tls.Certificate{}, fmt.Errorf("provisioning: %s: no PEM certificate found", certPath)
+	if len(certs) == 0 {
+		return nil, errors.New("no PEM certificate found")
 	}
-	leaf, err := x509.ParseCertificate(chain[0])
-	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("provisioning: %s: %w", certPath, err)
-	}
-	if !samePublicKey(leaf.PublicKey, signer.Public()) {
-		return tls.Certificate{}, fmt.Errorf("provisioning: %s: certificate (CN %q) does not match the device key", certPath, leaf.Subject.CommonName)
-	}
-	return tls.Certificate{Certificate: chain, PrivateKey: signer, Leaf: leaf}, nil
+	return certs, nil
 }
 
 // CertPool reads the PEM certificates in path.
@@ -115,7 +370,8 @@ func CertPool(path string) (*x509.CertPool, error) {
 	return pool, nil
 }
 
-func samePublicKey(a, b crypto.PublicKey) bool {
+// SamePublicKey tells whether a and b are the same public key.
+func SamePublicKey(a, b crypto.PublicKey) bool {
 	ka, err1 := x509.MarshalPKIXPublicKey(a)
 	kb, err2 := x509.MarshalPKIXPublicKey(b)
 	return err1 == nil && err2 == nil && bytes.Equal(ka, kb)

@@ -7,10 +7,11 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"golang.org/x/term"
+
+	"github.com/fieldgate/fieldgate/internal/atomicfile"
 
 	"github.com/fieldgate/fieldgate/localbroker"
 )
@@ -117,7 +118,7 @@ func cmdPasswd(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if err == nil {
 		// What is written must parse: the gateway refuses a bad file.
 		if _, err = localbroker.ParsePasswordFile(file, []byte(strings.Join(lines, "\n")+"\n")); err == nil {
-			err = writeAtomic(file, []byte(strings.Join(lines, "\n")+"\n"), 0o600)
+			err = atomicfile.WriteFile(file, []byte(strings.Join(lines, "\n")+"\n"), 0o600)
 		}
 	}
 	if err != nil {
@@ -195,39 +196,4 @@ func readPassword(stdin io.Reader, stderr io.Writer) ([]byte, error) {
 		return nil, errors.New("no password on standard input")
 	}
 	return []byte(strings.TrimRight(line, "\r\n")), nil
-}
-
-// writeAtomic writes data to path through a temporary file in the same
-// directory, synced, then renamed over path: a crash leaves the old file
-// or the new one, never half of one.
-func writeAtomic(path string, data []byte, mode os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return err
-	}
-	d, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

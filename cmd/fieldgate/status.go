@@ -75,7 +75,11 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "sensor       %s: %s\n", n, st.Sensors[n])
 	}
 	if !st.CertExpires.IsZero() {
-		fmt.Fprintf(stdout, "certificate  expires %s (in %d days)\n", st.CertExpires.Format(time.DateOnly), int(st.CertExpires.Sub(now).Hours()/24))
+		fmt.Fprintf(stdout, "certificate  expires %s (in %d days)", st.CertExpires.Format(time.DateOnly), int(st.CertExpires.Sub(now).Hours()/24))
+		if !st.CertRenewDue.IsZero() && !now.Before(st.CertRenewDue) {
+			fmt.Fprint(stdout, ", due for renewal: fieldgate provision renew")
+		}
+		fmt.Fprintln(stdout)
 	}
 	return 0
 }

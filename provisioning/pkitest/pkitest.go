@@ -52,6 +52,10 @@ func NewCA(t testing.TB, cn string) *CA {
 		t.Fatal(err)
 	}
 	ca := &CA{Cert: cert, Key: key, dir: t.TempDir()}
+	// Keys live here: the directory is private, as the key stores require.
+	if err := os.Chmod(ca.dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
 	ca.CertFile = writePEM(t, filepath.Join(ca.dir, "ca.crt"), "CERTIFICATE", der, 0o644)
 	return ca
 }

@@ -16,9 +16,11 @@ build:
 
 # Installs the test peers (Mosquitto, …) when missing, then runs every test.
 # FIELDGATE_REQUIRE_PEERS=1 makes a missing peer a failure, not a skip.
+# The second run builds with cgo and the pkcs11 tag for the SoftHSM2 tests.
 test:
 	./.ci/deps
 	FIELDGATE_REQUIRE_PEERS=1 $(GO) test -count=1 -timeout 20m ./...
+	FIELDGATE_REQUIRE_PEERS=1 CGO_ENABLED=1 $(GO) test -count=1 -timeout 10m -tags pkcs11 -run PKCS11 ./...
 
 demo:
 	./demo/run.sh

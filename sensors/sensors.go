@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"periph.io/x/conn/v3/gpio"
 	"periph.io/x/conn/v3/i2c"
 )
 
@@ -21,6 +22,10 @@ type Measurement struct {
 	Quantity string  // topic level and SenML name, e.g. "temperature"
 	Unit     string  // SenML unit, e.g. "Cel", "%RH", "Pa"
 	Value    float64 // in Unit
+	// At is when the value was acquired, for a driver that knows better
+	// than the loop (a GPIO change seen before it was read); zero means
+	// the time the loop read it.
+	At time.Time
 }
 
 // Sensor is an opened sensor.
@@ -44,7 +49,13 @@ type Config struct {
 	Device string
 	// SysRoot is where sysfs is mounted; "" means /sys.
 	SysRoot string
-	// Now is the clock; drivers that synthesise values (simulated) use it.
+	// Pin is the GPIO line, for GPIO drivers (RegisterGPIO); the driver
+	// configures it as an input and borrows it.
+	Pin gpio.PinIO
+	// Options are the driver's own keys of the [[sensor]] entry.
+	Options Options
+	// Now is the clock; drivers that synthesise values (simulated) or
+	// time events (gpio, pulse) use it.
 	Now func() time.Time
 }
 

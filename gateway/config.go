@@ -467,7 +467,9 @@ func (c *Config) validate() error {
 		if err := provisioning.CheckURI(c.Identity.Key); err != nil {
 			c.errorf(&errs, "identity.key", "%v", err)
 		} else if path, ok := strings.CutPrefix(c.Identity.Key, "file:"); ok && !c.forProvisioning {
-			c.checkFile(&errs, "identity.key", path)
+			if err := provisioning.CheckPrivate(path); err != nil {
+				c.errorf(&errs, "identity.key", "%s", strings.TrimPrefix(err.Error(), "provisioning: "))
+			}
 		}
 	}
 	if c.Identity.Cert != "" {

@@ -179,7 +179,13 @@ func (b *Broker) Log() string {
 // WaitLog waits until Mosquitto logs a line containing substr and returns
 // that line.
 func (b *Broker) WaitLog(ctx context.Context, substr string) (string, error) {
-	seen := 0
+	return b.WaitLogN(ctx, substr, 1)
+}
+
+// WaitLogN waits until Mosquitto has logged n lines containing substr and
+// returns the nth.
+func (b *Broker) WaitLogN(ctx context.Context, substr string, n int) (string, error) {
+	seen, found := 0, 0
 	for {
 		b.mu.Lock()
 		lines, ch, exited := b.log[seen:], b.changed, b.exited
@@ -187,7 +193,9 @@ func (b *Broker) WaitLog(ctx context.Context, substr string) (string, error) {
 		b.mu.Unlock()
 		for _, l := range lines {
 			if strings.Contains(l, substr) {
-				return l, nil
+				if found++; found == n {
+					return l, nil
+				}
 			}
 		}
 		if exited {

@@ -7,6 +7,7 @@
 //	fieldgate run [--config FILE]            run the gateway
 //	fieldgate check-config [--config FILE]   validate a configuration
 //	fieldgate queue stats|peek|purge         inspect the outbox
+//	fieldgate provision csr|install|show|renew  the device identity
 //	fieldgate passwd [-c|-D|-b|-U] FILE ...  manage a password file
 //	fieldgate acl test --acl FILE ...        check an ACL file
 //	fieldgate version                        print the version
@@ -44,6 +45,7 @@ commands:
   status        ask the running gateway what it is doing
   sensors read  read each configured sensor once (checking the wiring)
   sensors scan  list what answers on an I²C bus, naming the chips it knows
+  provision     the device identity: csr, install, show, renew
   passwd        manage a Mosquitto password file (as mosquitto_passwd)
   acl test      tell whether an ACL file lets a client read or write a topic
   version       print the version
@@ -67,6 +69,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdSensors(rest, stdout, stderr)
 	case "status":
 		return cmdStatus(rest, stdout, stderr)
+	case "provision":
+		return cmdProvision(rest, stdout, stderr)
 	case "passwd":
 		return cmdPasswd(rest, os.Stdin, stdout, stderr)
 	case "acl":

@@ -248,6 +248,7 @@ func (g *Gateway) Subscribe(filter string, id int, fn func(localbroker.Message))
 // (which commits what is pending).
 func (g *Gateway) Run(ctx context.Context) error {
 	g.logStart()
+	g.warnRenewal()
 
 	bridgeCtx, stopBridge := context.WithCancel(context.Background())
 	var bridgeDone, metricsDone sync.WaitGroup
@@ -301,9 +302,9 @@ func (g *Gateway) close() error {
 	return errors.Join(errs...)
 }
 
-// remindRenewal repeats the renewal warning daily until ctx ends.
+// remindRenewal repeats the renewal warning daily until ctx ends (Run
+// gives the first one at start).
 func (g *Gateway) remindRenewal(ctx context.Context) {
-	g.warnRenewal()
 	t := time.NewTicker(24 * time.Hour)
 	defer t.Stop()
 	for {

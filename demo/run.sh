@@ -15,63 +15,51 @@ export PATH="/usr/local/go/bin:$PATH"
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-say "Installing Mosquitto and openssl if missing"
+say "Installing Mosquitto if missing"
 "$top/.ci/deps"
 mosquitto_bin=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 
-say "Building bin/fieldgate"
+say "Building bin/fieldgate and bin/fieldgate-factory"
 make -C "$top" --no-print-directory build >/dev/null || { echo "build failed: run 'make build' to see why" >&2; exit 1; }
 
-say "Making a throwaway PKI in demo/run/ with openssl"
+say "Making a throwaway PKI in demo/run/pki with fieldgate-factory"
 rm -rf "$run"
-mkdir -p "$run/state"
-chmod 700 "$run" "$run/state"
+mkdir -p "$run"
+chmod 700 "$run"
 cd "$run"
 umask 077
-# The CA, as the Mosquitto TLS tutorials make it (EC P-256 instead of RSA).
-openssl req -new -x509 -days 30 -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 \
-  -keyout ca.key -out ca.crt -subj "/O=Fieldgate Demo/CN=Fieldgate Demo CA" 2>/dev/null
-# issue NAME CN EXT: a key, a CSR and a certificate signed by the CA.
-issue() {
-  openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 \
-    -keyout "$1.key" -out "$1.csr" -subj "/O=Fieldgate Demo/CN=$2" 2>/dev/null
-  printf '%s\n' "$3" > "$1.ext"
-  openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial \
-    -days 30 -out "$1.crt" -extfile "$1.ext" 2>/dev/null
-}
-issue central localhost "subjectAltName=DNS:localhost,IP:127.0.0.1
-extendedKeyUsage=serverAuth"
-issue device EGW-DEMO-0001 "extendedKeyUsage=clientAuth"
-issue observer observer "extendedKeyUsage=clientAuth"
-chmod 644 ca.crt central.crt central.key
-echo "CA: ca.crt   central broker: central.crt (localhost, 127.0.0.1)"
-echo "device: device.crt (CN=EGW-DEMO-0001), key device.key (mode $(stat -c %a device.key))"
+factory="$top/bin/fieldgate-factory"
+fieldgate="$top/bin/fieldgate"
+"$factory" init --dir pki --org "Fieldgate Demo"
+"$factory" server-cert --dir pki --cn localhost --dns localhost --ip 127.0.0.1 --out-cert central.crt --out-key central.key
+"$factory" client-cert --dir pki --cn observer --out-cert observer.crt --out-key observer.key
+"$factory" crl --dir pki --out site.crl
 
 cat > mosquitto.conf <<EOF
 # The central broker, set up as in the field: TLS only, a client
-# certificate required, its CN used as the username.
+# certificate of the PKI required, its CN used as the username, the CRL.
 user $(id -un)
 per_listener_settings false
 allow_anonymous false
 persistence false
 log_dest stderr
 listener $port 127.0.0.1
-cafile $run/ca.crt
+cafile $run/pki/ca-chain.crt
 certfile $run/central.crt
 keyfile $run/central.key
 require_certificate true
 use_identity_as_username true
+crlfile $run/site.crl
 EOF
 
 cat > fieldgate.toml <<EOF
 [device]
-id = "EGW-DEMO-0001"
-state_dir = "$run/state"
+state_dir = "$run/state"     # the device id is the certificate's CN
 
 [identity]
-key  = "file:$run/device.key"
-cert = "$run/device.crt"
-ca   = "$run/ca.crt"
+key  = "file:$run/state/device.key"
+cert = "$run/state/device.crt"
+ca   = "$run/pki/ca-chain.crt"
 
 [[broker.listener]]
 address = "127.0.0.1:11883"
@@ -90,6 +78,12 @@ name = "sim"
 driver = "simulated"
 interval = "1s"
 EOF
+
+say "Provisioning the device: its key made in place, a CSR, signed by the factory, installed"
+"$fieldgate" provision csr --config fieldgate.toml --id EGW-DEMO-0001 --out device.csr
+"$factory" sign --dir pki --csr device.csr --out device.crt
+"$fieldgate" provision install --config fieldgate.toml --cert device.crt --chain pki/ca-chain.crt
+"$fieldgate" provision show --config fieldgate.toml
 
 pids=()
 cleanup() {
@@ -111,16 +105,16 @@ done
 grep -q " running" mosquitto.log || { echo "Mosquitto did not start:" >&2; cat mosquitto.log >&2; exit 1; }
 
 say "Checking the configuration"
-"$top/bin/fieldgate" check-config --config fieldgate.toml
+"$fieldgate" check-config --config fieldgate.toml
 
 say "Starting fieldgate run (log: demo/run/fieldgate.log)"
-"$top/bin/fieldgate" run --config fieldgate.toml 2> fieldgate.log &
+"$fieldgate" run --config fieldgate.toml 2> fieldgate.log &
 pids+=($!)
 tail -n +1 -f fieldgate.log | sed -u 's/^/fieldgate| /' &
 pids+=($!)
 
 say "Readings arriving at the central broker (mosquitto_sub -t 'devices/#'); Ctrl-C to stop"
-sub=(mosquitto_sub -h localhost -p "$port" --cafile ca.crt --cert observer.crt --key observer.key -t 'devices/#' -v)
+sub=(mosquitto_sub -h localhost -p "$port" --cafile pki/ca-chain.crt --cert observer.crt --key observer.key -t 'devices/#' -v)
 if [ -n "${DEMO_SECONDS:-}" ]; then
   got=$(timeout "$DEMO_SECONDS" "${sub[@]}" | tee /dev/stderr | grep -c 'sensors/sim/' || true)
   echo "$got readings arrived in ${DEMO_SECONDS}s"

@@ -44,6 +44,10 @@ type Config struct {
 
 	// Path is the file the configuration was read from.
 	Path string `toml:"-"`
+	// Unprovisioned says that identity.cert names a file that does not
+	// exist yet: a fresh device, before "fieldgate provision install". The
+	// gateway then runs without its bridge.
+	Unprovisioned bool `toml:"-"`
 	// forProvisioning relaxes the checks a device that has no key or
 	// certificate yet cannot pass (see LoadConfigForProvisioning).
 	forProvisioning bool
@@ -225,6 +229,8 @@ func parseSize(str string) (int64, error) {
 // Defaults.
 const (
 	DefaultStateDir       = "/var/lib/fieldgate"
+	// UnprovisionedID is the device id before a certificate names it.
+	UnprovisionedID = "unprovisioned"
 	DefaultSensorInterval = 10 * time.Second
 	DefaultRemotePrefix   = "devices/%d/"
 	DefaultStatusTopic    = "devices/%d/status"
@@ -463,20 +469,24 @@ func (c *Config) validate() error {
 	// Identity: what the files say is checked here, so that check-config
 	// catches a missing or unreadable file before the service starts.
 	var certCN string
+	if c.Identity.Cert != "" {
+		if cert, err := readCert(c.Identity.Cert); err == nil {
+			certCN = cert.Subject.CommonName
+		} else if errors.Is(err, fs.ErrNotExist) {
+			c.Unprovisioned = true
+		} else {
+			c.errorf(&errs, "identity.cert", "%v", err)
+		}
+	}
 	if c.Identity.Key != "" {
 		if err := provisioning.CheckURI(c.Identity.Key); err != nil {
 			c.errorf(&errs, "identity.key", "%v", err)
 		} else if path, ok := strings.CutPrefix(c.Identity.Key, "file:"); ok && !c.forProvisioning {
-			if err := provisioning.CheckPrivate(path); err != nil {
+			// Before provisioning there may be no key yet; a key that is
+			// there must be private all the same.
+			if err := provisioning.CheckPrivate(path); err != nil && !(c.Unprovisioned && errors.Is(err, provisioning.ErrNoKey)) {
 				c.errorf(&errs, "identity.key", "%s", strings.TrimPrefix(err.Error(), "provisioning: "))
 			}
-		}
-	}
-	if c.Identity.Cert != "" {
-		if cert, err := readCert(c.Identity.Cert); err == nil {
-			certCN = cert.Subject.CommonName
-		} else if !c.forProvisioning || !errors.Is(err, fs.ErrNotExist) {
-			c.errorf(&errs, "identity.cert", "%v", err)
 		}
 	}
 	if !c.has("identity.renew_after") {
@@ -496,6 +506,8 @@ func (c *Config) validate() error {
 	}
 	if c.Device.ID == "" && c.forProvisioning {
 		// A fresh device: provision csr names it with --id.
+	} else if c.Device.ID == "" && c.Unprovisioned {
+		c.Device.ID = UnprovisionedID
 	} else if c.Device.ID == "" {
 		c.errorf(&errs, "device.id", "missing: set it, or set identity.cert so the certificate's CN is used")
 	} else if !nameRE.MatchString(c.Device.ID) {

@@ -69,7 +69,11 @@ func New(cfg *Config, log *slog.Logger) (g *Gateway, err error) {
 		return nil, fmt.Errorf("state directory: %w", err)
 	}
 	var fwd func(localbroker.Message) (<-chan error, error)
-	if bc := cfg.Bridge; bc != nil {
+	if cfg.Bridge != nil && cfg.Unprovisioned {
+		log.Warn("identity: no device certificate yet: the bridge stays off until one is installed (fieldgate provision csr, then install, then systemctl restart fieldgate)",
+			"cert", cfg.Identity.Cert, "key", cfg.Identity.Key)
+	}
+	if bc := cfg.Bridge; bc != nil && !cfg.Unprovisioned {
 		tlsCfg, err := g.uplinkTLS(cfg)
 		if err != nil {
 			return nil, err
@@ -435,6 +439,9 @@ func (g *Gateway) Reload() error {
 	}
 	if cfg.Bridge != nil && g.cfg.Bridge != nil && !reflect.DeepEqual(cfg.Bridge.Routes, g.cfg.Bridge.Routes) || (cfg.Bridge == nil) != (g.cfg.Bridge == nil) {
 		g.log.Warn("reload: the bridge's routes or addresses changed; that needs a restart")
+	}
+	if g.cfg.Unprovisioned && !cfg.Unprovisioned && cfg.Bridge != nil {
+		g.log.Warn("reload: the device certificate is installed now; the bridge starts with a restart (systemctl restart fieldgate)")
 	}
 	g.broker.SetSecurity(sec)
 	changed := []string{"password_file", "acl_file"}

@@ -60,6 +60,9 @@ func (m *metrics) run(ctx context.Context, log *slog.Logger) {
 // waits or something was acknowledged lately.
 func (m *metrics) health() (bool, string) {
 	b := m.g.bridge
+	if b == nil && m.g.cfg.Bridge != nil {
+		return false, "not provisioned: no device certificate yet, so no uplink"
+	}
 	if b == nil {
 		return true, "no uplink configured"
 	}

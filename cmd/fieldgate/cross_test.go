@@ -41,7 +41,7 @@ func TestCrossBuildsRunUnderQEMU(t *testing.T) {
 			}
 			cfg := filepath.Join(t.TempDir(), "fieldgate.toml")
 			os.WriteFile(cfg, []byte(strings.ReplaceAll(string(example), "/var/lib/fieldgate", t.TempDir())), 0o600)
-			if out, err := exec.Command(qemu, bin, "check-config", "--config", cfg).CombinedOutput(); err != nil || !strings.HasSuffix(string(out), ": ok\n") {
+			if out, err := exec.Command(qemu, bin, "check-config", "--config", cfg).CombinedOutput(); err != nil || !strings.Contains(string(out), ": ok") {
 				t.Errorf("check-config under %s: %v %q", tc.qemu, err, out)
 			}
 		})

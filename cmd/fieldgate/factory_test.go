@@ -160,6 +160,12 @@ driver = "simulated"
 interval = "50ms"
 `, state, keyURI(state), filepath.Join(state, "device.crt"), p.chain, central.URL)), 0o600)
 
+	// A fresh device's configuration is good, and says it waits.
+	var chk, chkErr bytes.Buffer
+	if code := run([]string{"check-config", "--config", cfg}, &chk, &chkErr); code != 0 || !strings.Contains(chk.String(), "not provisioned yet") {
+		t.Errorf("check-config before provisioning: exit %d %q %q", code, chk.String(), chkErr.String())
+	}
+
 	// At the factory: the device makes its key and a CSR; the station
 	// signs it; the device checks and installs the certificate.
 	csr, crt := filepath.Join(dir, "device.csr"), filepath.Join(dir, "device.crt")
@@ -172,7 +178,7 @@ interval = "50ms"
 	}
 	p.factory(t, "sign", "--dir", p.dir, "--csr", csr, "--out", crt)
 	out = mustProvision(t, "install", "--config", cfg, "--cert", crt, "--chain", p.chain)
-	if !strings.Contains(out, `CN "`+id+`"`) {
+	if !strings.Contains(out, `CN "`+id+`"`) || !strings.Contains(out, "systemctl restart fieldgate") {
 		t.Errorf("install: %q", out)
 	}
 	out = mustProvision(t, "show", "--config", cfg)

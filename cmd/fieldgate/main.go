@@ -98,9 +98,14 @@ func cmdCheckConfig(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	if _, err := gateway.LoadConfig(*path); err != nil {
+	cfg, err := gateway.LoadConfig(*path)
+	if err != nil {
 		printConfigError(stderr, err)
 		return 1
+	}
+	if cfg.Unprovisioned {
+		fmt.Fprintf(stdout, "%s: ok, not provisioned yet: %s does not exist, so the bridge stays off (fieldgate provision csr, then install)\n", *path, cfg.Identity.Cert)
+		return 0
 	}
 	fmt.Fprintf(stdout, "%s: ok\n", *path)
 	return 0

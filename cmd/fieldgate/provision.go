@@ -245,6 +245,8 @@ func provisionInstall(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("%s refused, nothing installed: %w", *certPath, err)
 	}
+	_, statErr := os.Stat(d.cfg.Identity.Cert)
+	first := errors.Is(statErr, os.ErrNotExist)
 	if err := provisioning.WriteChain(d.cfg.Identity.Cert, chain); err != nil {
 		return fmt.Errorf("writing %s: %w", d.cfg.Identity.Cert, err)
 	}
@@ -260,7 +262,11 @@ func provisionInstall(args []string, stdout, stderr io.Writer) error {
 	if slot == provisioning.Pending {
 		fmt.Fprint(stdout, "; the renewed key is now the current one")
 	}
-	fmt.Fprintln(stdout, "\na running gateway takes it with: systemctl reload fieldgate")
+	if first {
+		fmt.Fprintln(stdout, "\na running gateway starts its uplink with it after: systemctl restart fieldgate")
+	} else {
+		fmt.Fprintln(stdout, "\na running gateway takes it with: systemctl reload fieldgate")
+	}
 	if id := d.cfg.Device.ID; id != "" && id != leaf.Subject.CommonName {
 		fmt.Fprintf(stderr, "warning: device.id is %q but the certificate names %q\n", id, leaf.Subject.CommonName)
 	}

@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -179,6 +180,43 @@ type SensorConfig struct {
 	Address int    `toml:"address"`
 	// Device names a 1-Wire probe ("28-0000075b1234"); empty: the only one.
 	Device string `toml:"device"`
+	// Pin is the GPIO of the gpio and pulse drivers, as periph names it:
+	// "GPIO17" (header pin 11).
+	Pin string `toml:"pin"`
+
+	// Driver options. Each driver declares the ones it takes
+	// (sensors.RegisterOptions); any other set is an error.
+	Channel  string    `toml:"channel"`   // ads1115: "ain0"…"ain3", "ain0-ain1", "ain0-ain3", "ain1-ain3", "ain2-ain3"
+	Gain     any       `toml:"gain"`      // ads1115: full-scale range, "4.096V" or 4.096
+	DataRate int       `toml:"data_rate"` // ads1115: samples per second
+	Scale    []float64 `toml:"scale"`     // ads1115: [in_lo, in_hi, out_lo, out_hi], volts to unit
+	Unit     string    `toml:"unit"`      // ads1115: SenML unit of the scaled value
+	Quantity string    `toml:"quantity"`  // ads1115, gpio: the measurement's name
+	Pull     string    `toml:"pull"`      // gpio, pulse: "up", "down" or "none"
+	Edge     string    `toml:"edge"`      // gpio: "both" or "none"; pulse: "falling", "rising" or "both"
+	Debounce *Duration `toml:"debounce"`  // gpio, pulse
+	Invert   bool      `toml:"invert"`    // gpio, pulse: the input is active low
+}
+
+// driverOptionKeys are the keys of SensorConfig that belong to drivers.
+var driverOptionKeys = []string{"channel", "gain", "data_rate", "scale", "unit", "quantity", "pull", "edge", "debounce", "invert"}
+
+// options are s's driver options as the driver gets them.
+func (s *SensorConfig) options() sensors.Options {
+	o := sensors.Options{Channel: s.Channel, DataRate: s.DataRate, Scale: s.Scale, Unit: s.Unit, Quantity: s.Quantity,
+		Pull: s.Pull, Edge: s.Edge, Invert: s.Invert}
+	switch g := s.Gain.(type) {
+	case string:
+		o.Gain = g
+	case float64:
+		o.Gain = strconv.FormatFloat(g, 'f', -1, 64)
+	case int64:
+		o.Gain = strconv.FormatInt(g, 10)
+	}
+	if s.Debounce != nil {
+		o.Debounce = &s.Debounce.Duration
+	}
+	return o
 }
 
 // Duration is a time.Duration written as a Go duration string ("1s", "2m").
@@ -651,6 +689,7 @@ func (c *Config) validate() error {
 	}
 
 	seen := map[string]int{}
+	pins := map[string]int{}
 	for i := range c.Sensors {
 		s := &c.Sensors[i]
 		key := fmt.Sprintf("sensor[%d]", i)
@@ -682,11 +721,57 @@ func (c *Config) validate() error {
 		if s.Interval.Duration < 10*time.Millisecond {
 			c.errorf(&errs, key+".interval", "must be at least 10ms, got %s", s.Interval)
 		}
+		if sensors.Known(s.Driver) {
+			c.validateSensorOptions(&errs, i, s, pins)
+		}
 	}
 	sort.SliceStable(errs, func(i, j int) bool {
 		return errs[i].(*ConfigError).Line < errs[j].(*ConfigError).Line
 	})
 	return errors.Join(errs...)
+}
+
+// validateSensorOptions checks the pin and the driver options of s, the
+// i-th [[sensor]]; pins maps the pins taken so far to their sensor.
+func (c *Config) validateSensorOptions(errs *[]error, i int, s *SensorConfig, pins map[string]int) {
+	key := fmt.Sprintf("sensor[%d]", i)
+	takes := sensors.OptionKeys(s.Driver)
+	for _, k := range driverOptionKeys {
+		if c.has(key+"."+k) && !slices.Contains(takes, k) {
+			its := "none"
+			if len(takes) > 0 {
+				its = strings.Join(takes, ", ")
+			}
+			c.errorf(errs, key+"."+k, "not an option of driver %s (its options: %s)", s.Driver, its)
+		}
+	}
+	switch {
+	case sensors.UsesGPIO(s.Driver) && s.Pin == "":
+		c.errorf(errs, key+".pin", "missing: the GPIO the input is wired to, e.g. \"GPIO17\"")
+	case sensors.UsesGPIO(s.Driver):
+		if j, dup := pins[s.Pin]; dup {
+			c.errorf(errs, key+".pin", "%q is already the pin of sensor[%d]", s.Pin, j)
+		} else {
+			pins[s.Pin] = i
+		}
+	case c.has(key + ".pin"):
+		c.errorf(errs, key+".pin", "not an option of driver %s: only GPIO drivers take a pin", s.Driver)
+	}
+	switch s.Gain.(type) {
+	case nil, string, float64, int64:
+	default:
+		c.errorf(errs, key+".gain", "wrong type: want a full-scale range such as \"4.096V\" or 4.096")
+	}
+	if s.Quantity != "" && !nameRE.MatchString(s.Quantity) {
+		c.errorf(errs, key+".quantity", "%q: want letters, digits and '-._:', starting with a letter or digit (it is a topic level and a SenML name)", s.Quantity)
+	}
+	for _, e := range sensors.CheckOptions(s.Driver, s.options()) {
+		k := key
+		if e.Key != "" {
+			k += "." + e.Key
+		}
+		c.errorf(errs, k, "%s", e.Reason)
+	}
 }
 
 func (c *Config) validateListener(errs *[]error, i int) {

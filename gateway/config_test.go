@@ -111,8 +111,8 @@ func TestParseConfigErrors(t *testing.T) {
 		{"unknown key", "[device]\nid = \"a\"\ncolour = \"red\"\n", []string{
 			"f.toml:3: device.colour: unknown key",
 		}},
-		{"unknown key in array table", "[device]\nid = \"a\"\n[[sensor]]\nname = \"s\"\ndriver = \"simulated\"\npin = 4\n", []string{
-			"f.toml:6: sensor.pin: unknown key",
+		{"unknown key in array table", "[device]\nid = \"a\"\n[[sensor]]\nname = \"s\"\ndriver = \"simulated\"\ncolour = 4\n", []string{
+			"f.toml:6: sensor.colour: unknown key",
 		}},
 		{"wrong type", "[device]\nid = 7\n", []string{
 			"f.toml:2: device.id: wrong type: want a string, got a TOML integer",
@@ -172,8 +172,40 @@ func TestParseConfigErrors(t *testing.T) {
 		}},
 		{"sensor problems", "[device]\nid = \"a\"\n[[sensor]]\nname = \"s\"\ndriver = \"simulated\"\n[[sensor]]\nname = \"s\"\ndriver = \"bme999\"\ninterval = \"1ms\"\n", []string{
 			"f.toml:7: sensor[1].name: \"s\" is already the name of sensor[0]",
-			"f.toml:8: sensor[1].driver: unknown driver \"bme999\" (known drivers: bme280, ds18b20, sht3x, sht4x, simulated)",
+			"f.toml:8: sensor[1].driver: unknown driver \"bme999\" (known drivers: ads1115, bme280, ds18b20, gpio, pulse, sht3x, sht4x, simulated)",
 			"f.toml:9: sensor[1].interval: must be at least 10ms, got 1ms",
+		}},
+		{"ads1115 options", "[device]\nid = \"a\"\n[[sensor]]\nname = \"adc\"\ndriver = \"ads1115\"\nchannel = \"ain4\"\ngain = \"5V\"\ndata_rate = 100\nscale = [1, 5]\npull = \"up\"\n", []string{
+			"f.toml:6: sensor[0].channel: want ain0…ain3 (against GND) or ain0-ain1, ain0-ain3, ain1-ain3, ain2-ain3, got \"ain4\"",
+			"f.toml:7: sensor[0].gain: want a full-scale range of 6.144V, 4.096V, 2.048V, 1.024V, 0.512V or 0.256V, got \"5V\"",
+			"f.toml:8: sensor[0].data_rate: want one of [8 16 32 64 128 250 475 860] samples per second, got 100",
+			"f.toml:9: sensor[0].scale: want [in_lo, in_hi, out_lo, out_hi], got 2 numbers",
+			"f.toml:10: sensor[0].pull: not an option of driver ads1115 (its options: channel, gain, data_rate, scale, unit, quantity)",
+		}},
+		{"ads1115 scale without unit", "[device]\nid = \"a\"\n[[sensor]]\nname = \"adc\"\ndriver = \"ads1115\"\ngain = 7\nscale = [1, 5, 0, 1e6]\nquantity = \"a/b\"\n", []string{
+			"f.toml:3: sensor[0].unit: missing: a scaled reading needs its SenML unit, e.g. \"Pa\", \"A\", \"m3/s\"",
+			"f.toml:6: sensor[0].gain: want a full-scale range of 6.144V, 4.096V, 2.048V, 1.024V, 0.512V or 0.256V, got \"7\"",
+			"f.toml:8: sensor[0].quantity: \"a/b\": want letters, digits and '-._:', starting with a letter or digit (it is a topic level and a SenML name)",
+		}},
+		{"gain of the wrong type", "[device]\nid = \"a\"\n[[sensor]]\nname = \"adc\"\ndriver = \"ads1115\"\ngain = true\n", []string{
+			"f.toml:6: sensor[0].gain: wrong type: want a full-scale range such as \"4.096V\" or 4.096",
+		}},
+		{"gpio options", "[device]\nid = \"a\"\n[[sensor]]\nname = \"door\"\ndriver = \"gpio\"\npull = \"sideways\"\nedge = \"rising\"\ndebounce = \"-5ms\"\nchannel = \"ain0\"\n", []string{
+			"f.toml:3: sensor[0].pin: missing: the GPIO the input is wired to, e.g. \"GPIO17\"",
+			"f.toml:6: sensor[0].pull: want up, down or none, got \"sideways\"",
+			"f.toml:7: sensor[0].edge: want both (publish each change) or none (poll only), got \"rising\"",
+			"f.toml:8: sensor[0].debounce: want 0…10s, got -5ms",
+			"f.toml:9: sensor[0].channel: not an option of driver gpio (its options: pull, edge, debounce, invert, quantity)",
+		}},
+		{"pulse options and a shared pin", "[device]\nid = \"a\"\n[[sensor]]\nname = \"rain\"\ndriver = \"pulse\"\npin = \"GPIO17\"\n[[sensor]]\nname = \"flow\"\ndriver = \"pulse\"\npin = \"GPIO17\"\nedge = \"none\"\ndebounce = \"1m\"\nquantity = \"litres\"\n", []string{
+			"f.toml:10: sensor[1].pin: \"GPIO17\" is already the pin of sensor[0]",
+			"f.toml:11: sensor[1].edge: want falling, rising or both, got \"none\"",
+			"f.toml:12: sensor[1].debounce: want 0…10s, got 1m0s",
+			"f.toml:13: sensor[1].quantity: not an option of driver pulse (its options: pull, edge, debounce, invert)",
+		}},
+		{"GPIO keys on an I²C chip", "[device]\nid = \"a\"\n[[sensor]]\nname = \"room\"\ndriver = \"bme280\"\npin = \"GPIO4\"\ninvert = true\n", []string{
+			"f.toml:6: sensor[0].pin: not an option of driver bme280: only GPIO drivers take a pin",
+			"f.toml:7: sensor[0].invert: not an option of driver bme280 (its options: none)",
 		}},
 		{"device id with wildcard", "[device]\nid = \"a/#\"\n", []string{
 			"f.toml:2: device.id: \"a/#\": want letters, digits and '-._:', starting with a letter or digit (it is used in topics and SenML names)",

@@ -170,11 +170,14 @@ func (g *Gateway) newLoop(cfg *Config) (*sensors.Loop, error) {
 // openSensor opens s on its bus. A chip that is missing or a bus that will
 // not open does not stop the gateway: the sensor shows as failing.
 func (g *Gateway) openSensor(s SensorConfig) sensors.Sensor {
-	sc := sensors.Config{Name: s.Name, Address: uint16(s.Address), Device: s.Device}
+	sc := sensors.Config{Name: s.Name, Address: uint16(s.Address), Device: s.Device, Options: s.options()}
 	var dev sensors.Sensor
 	var err error
 	if sensors.UsesI2C(s.Driver) {
 		sc.Bus, err = g.buses.get(s.Bus)
+	}
+	if err == nil && sensors.UsesGPIO(s.Driver) {
+		sc.Pin, err = openPin(s.Pin)
 	}
 	if err == nil {
 		dev, err = sensors.Open(s.Driver, sc)

@@ -55,12 +55,12 @@ func (c chanPublisher) Publish(topic string, payload []byte, qos byte, retain bo
 func TestLoopPublishesAndSurvivesFailures(t *testing.T) {
 	at := time.Unix(1700000000, 0)
 	good := &script{steps: []step{
-		{ms: []Measurement{{"temperature", "Cel", 20}, {"humidity", "%RH", 40}}},
+		{ms: []Measurement{{Quantity: "temperature", Unit: "Cel", Value: 20}, {Quantity: "humidity", Unit: "%RH", Value: 40}}},
 	}}
 	flaky := &script{steps: []step{
 		{err: errors.New("i2c: nack")},
 		{err: errors.New("i2c: nack")},
-		{ms: []Measurement{{"pressure", "Pa", 101325}}},
+		{ms: []Measurement{{Quantity: "pressure", Unit: "Pa", Value: 101325}}},
 	}}
 	pub := make(chanPublisher, 100)
 	l := NewLoop(LoopOptions{

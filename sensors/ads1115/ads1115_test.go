@@ -251,7 +251,9 @@ func TestCheckOptions(t *testing.T) {
 		{"defaults", sensors.Options{}, nil},
 		{"all good", sensors.Options{Channel: "ain0", Gain: "4.096V", DataRate: 475, Scale: []float64{0.6, 3, 0, 1e6}, Unit: "Pa", Quantity: "pressure"}, nil},
 		{"bad values", sensors.Options{Channel: "ain9", Gain: "3V", DataRate: 100}, []string{
-			`channel: channel "ain9": want ain0`, `gain: gain "3V": want a full-scale range`, "data_rate: 100: want one of [8 16 32 64 128 250 475 860]"}},
+			`channel: want ain0…ain3 (against GND) or ain0-ain1, ain0-ain3, ain1-ain3, ain2-ain3, got "ain9"`,
+			`gain: want a full-scale range of 6.144V, 4.096V, 2.048V, 1.024V, 0.512V or 0.256V, got "3V"`,
+			"data_rate: want one of [8 16 32 64 128 250 475 860] samples per second, got 100"}},
 		{"unit without scale", sensors.Options{Unit: "A"}, []string{"unit: only with scale"}},
 		{"short scale", sensors.Options{Scale: []float64{1, 5}, Unit: "Pa"}, []string{"scale: want [in_lo, in_hi, out_lo, out_hi], got 2 numbers"}},
 		{"flat scale", sensors.Options{Scale: []float64{1, 1, 0, 1}, Unit: "Pa", Quantity: "p"}, []string{"scale: in_lo and in_hi are both 1 V"}},

@@ -70,20 +70,20 @@ func parseOptions(o sensors.Options) (Opts, Sensor, error) {
 	if o.Channel != "" {
 		c, err := ParseChannel(o.Channel)
 		if err != nil {
-			errs = append(errs, sensors.OptionErrorf("channel", "%s", strings.TrimPrefix(err.Error(), "ads1115: ")))
+			errs = append(errs, sensors.OptionErrorf("channel", "want ain0…ain3 (against GND) or ain0-ain1, ain0-ain3, ain1-ain3, ain2-ain3, got %q", o.Channel))
 		}
 		opts.Channel = c
 	}
 	if o.Gain != "" {
 		fs, err := ParseFullScale(o.Gain)
 		if err != nil {
-			errs = append(errs, sensors.OptionErrorf("gain", "%s", strings.TrimPrefix(err.Error(), "ads1115: ")))
+			errs = append(errs, sensors.OptionErrorf("gain", "want a full-scale range of 6.144V, 4.096V, 2.048V, 1.024V, 0.512V or 0.256V, got %q", o.Gain))
 		}
 		opts.FullScale = fs
 	}
 	if o.DataRate != 0 {
 		if !slices.Contains(DataRates, o.DataRate) {
-			errs = append(errs, sensors.OptionErrorf("data_rate", "%d: want one of %v samples per second", o.DataRate, DataRates))
+			errs = append(errs, sensors.OptionErrorf("data_rate", "want one of %v samples per second, got %d", DataRates, o.DataRate))
 		}
 		opts.DataRate = o.DataRate
 	}

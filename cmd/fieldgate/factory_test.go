@@ -5,6 +5,9 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +20,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/fieldgate/fieldgate/bridge/mosquittotest"
+	"github.com/fieldgate/fieldgate/gateway"
 	"github.com/fieldgate/fieldgate/provisioning/tpmtest"
 )
 
@@ -240,5 +244,57 @@ interval = "50ms"
 	}
 	if cmd.ProcessState != nil {
 		t.Error("the gateway exited when its certificate was refused")
+	}
+}
+
+// The local broker takes the factory's chain as client_ca and its CRL as
+// crl_file: a site device with a certificate from client-cert connects
+// with the real mosquitto_pub, and once revoked it is refused.
+func TestFactoryPKIOnLocalBroker(t *testing.T) {
+	p := newSitePKI(t)
+	dir := t.TempDir()
+	srvCrt, srvKey := filepath.Join(dir, "site.crt"), filepath.Join(dir, "site.key")
+	p.factory(t, "server-cert", "--dir", p.dir, "--cn", "gateway.site", "--ip", "127.0.0.1", "--out-cert", srvCrt, "--out-key", srvKey)
+	for _, cn := range []string{"plc-1", "plc-2"} {
+		p.factory(t, "client-cert", "--dir", p.dir, "--cn", cn, "--out-cert", filepath.Join(dir, cn+".crt"), "--out-key", filepath.Join(dir, cn+".key"))
+	}
+	p.factory(t, "revoke", "--dir", p.dir, "--cert", filepath.Join(dir, "plc-2.crt"), "--reason", "cessationOfOperation")
+	p.factory(t, "crl", "--dir", p.dir, "--out", p.crl)
+
+	cfgPath := filepath.Join(dir, "fieldgate.toml")
+	os.WriteFile(cfgPath, []byte(fmt.Sprintf(`[device]
+id = "EGW-SITE"
+state_dir = %q
+[[broker.listener]]
+address = "127.0.0.1:0"
+tls_cert = %q
+tls_key = %q
+client_ca = %q
+require_certificate = true
+use_identity_as_username = true
+crl_file = %q
+`, dir, srvCrt, srvKey, p.chain, p.crl)), 0o600)
+	cfg, err := gateway.LoadConfig(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := gateway.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- g.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	_, port, _ := net.SplitHostPort(g.BrokerAddrs()[0])
+
+	pub := mosquittotest.Binary(t, "mosquitto_pub")
+	for cn, ok := range map[string]bool{"plc-1": true, "plc-2": false} {
+		out, err := exec.Command(pub, "-h", "127.0.0.1", "-p", port, "--cafile", p.chain,
+			"--cert", filepath.Join(dir, cn+".crt"), "--key", filepath.Join(dir, cn+".key"),
+			"-i", cn, "-t", "site/"+cn, "-m", "hello", "-q", "1").CombinedOutput()
+		if (err == nil) != ok {
+			t.Errorf("mosquitto_pub as %s: %v %s; want connected %v", cn, err, out, ok)
+		}
 	}
 }

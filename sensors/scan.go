@@ -43,7 +43,7 @@ func identify(b i2c.Bus, addr uint16) string {
 	case 0x44, 0x45:
 		return "SHT3x or SHT4x (drivers sht3x, sht4x; no id register)"
 	case 0x48, 0x49, 0x4A, 0x4B:
-		return "ADS1115 or another ADC at this address (no id register)"
+		return "ADS1115 or another ADC at this address (driver ads1115; no id register)"
 	}
 	return "unknown"
 }

@@ -33,7 +33,7 @@ func TestScan(t *testing.T) {
 		0x20: {},
 	}
 	got := fmt.Sprint(Scan(bus))
-	want := "[{32 unknown} {68 SHT3x or SHT4x (drivers sht3x, sht4x; no id register)} {72 ADS1115 or another ADC at this address (no id register)} {118 BME280 (driver bme280)} {119 BMP280 (driver bme280)}]"
+	want := "[{32 unknown} {68 SHT3x or SHT4x (drivers sht3x, sht4x; no id register)} {72 ADS1115 or another ADC at this address (driver ads1115; no id register)} {118 BME280 (driver bme280)} {119 BMP280 (driver bme280)}]"
 	if got != want {
 		t.Errorf("got  %s\nwant %s", got, want)
 	}

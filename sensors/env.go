@@ -13,8 +13,13 @@ type EnvDevice interface {
 	Halt() error
 }
 
-// Quantities says which fields of physic.Env a device measures.
-type Quantities struct{ Temperature, Pressure, Humidity bool }
+// Quantities says which fields of physic.Env a device measures, and the
+// chip's range of each, by quantity name ("temperature", "pressure",
+// "humidity"; in Cel, Pa, %RH); nil means none declared.
+type Quantities struct {
+	Temperature, Pressure, Humidity bool
+	Ranges                          map[string]Range
+}
 
 // FromEnv adapts d to the poll loop: each quantity it measures becomes a
 // measurement in SenML units (Cel, Pa, %RH).
@@ -47,3 +52,6 @@ func (s envSensor) Sense(ctx context.Context) ([]Measurement, error) {
 }
 
 func (s envSensor) Halt() error { return s.d.Halt() }
+
+// Ranges implements Ranger.
+func (s envSensor) Ranges() map[string]Range { return s.q.Ranges }

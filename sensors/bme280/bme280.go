@@ -11,6 +11,8 @@ import (
 
 	"periph.io/x/conn/v3/i2c"
 	"periph.io/x/conn/v3/physic"
+
+	"github.com/fieldgate/fieldgate/sensors"
 )
 
 // Oversampling of one measurement.
@@ -67,17 +69,6 @@ const (
 	modeForced  = 1
 )
 
-// ErrOutOfRange is returned for a value outside the chip's operating
-// range (-40…85 °C, 300…1100 hPa).
-var ErrOutOfRange = errors.New("bme280: value out of the chip's range")
-
-func abs(v int32) int32 {
-	if v < 0 {
-		return -v
-	}
-	return v
-}
-
 // ErrNotMeasured is returned when the chip reports the "skipped" value.
 var ErrNotMeasured = errors.New("bme280: measurement skipped (0x80000)")
 
@@ -116,7 +107,7 @@ func New(b i2c.Bus, addr uint16, o *Opts) (*Dev, error) {
 	}
 	d := &Dev{d: &i2c.Dev{Bus: b, Addr: addr}, o: opts, sleep: time.Sleep}
 	var id [1]byte
-	if err := d.d.Tx([]byte{regChipID}, id[:]); err != nil {
+	if err := d.tx([]byte{regChipID}, id[:]); err != nil {
 		return nil, fmt.Errorf("bme280: read chip id at %#x: %w", addr, err)
 	}
 	switch id[0] {
@@ -127,7 +118,7 @@ func New(b i2c.Bus, addr uint16, o *Opts) (*Dev, error) {
 		return nil, fmt.Errorf("bme280: chip id %#02x at %#x is neither a BME280 (0x60) nor a BMP280 (0x58)", id[0], addr)
 	}
 	var c1 [26]byte
-	if err := d.d.Tx([]byte{regCalib1}, c1[:]); err != nil {
+	if err := d.tx([]byte{regCalib1}, c1[:]); err != nil {
 		return nil, fmt.Errorf("bme280: read calibration: %w", err)
 	}
 	le := binary.LittleEndian
@@ -140,7 +131,7 @@ func New(b i2c.Bus, addr uint16, o *Opts) (*Dev, error) {
 	}
 	if d.isBME {
 		var c2 [7]byte
-		if err := d.d.Tx([]byte{regCalib2}, c2[:]); err != nil {
+		if err := d.tx([]byte{regCalib2}, c2[:]); err != nil {
 			return nil, fmt.Errorf("bme280: read humidity calibration: %w", err)
 		}
 		d.c.h2 = int16(le.Uint16(c2[0:]))
@@ -148,11 +139,11 @@ func New(b i2c.Bus, addr uint16, o *Opts) (*Dev, error) {
 		d.c.h4 = int16(int8(c2[3]))<<4 | int16(c2[4]&0x0F)
 		d.c.h5 = int16(int8(c2[5]))<<4 | int16(c2[4]>>4)
 		d.c.h6 = int8(c2[6])
-		if err := d.d.Tx([]byte{regCtrlHum, byte(opts.Humidity)}, nil); err != nil {
+		if err := d.tx([]byte{regCtrlHum, byte(opts.Humidity)}, nil); err != nil {
 			return nil, fmt.Errorf("bme280: configure: %w", err)
 		}
 	}
-	if err := d.d.Tx([]byte{regConfig, byte(opts.Filter) << 2}, nil); err != nil {
+	if err := d.tx([]byte{regConfig, byte(opts.Filter) << 2}, nil); err != nil {
 		return nil, fmt.Errorf("bme280: configure: %w", err)
 	}
 	return d, nil
@@ -165,13 +156,13 @@ func (d *Dev) IsBME280() bool { return d.isBME }
 // alone.
 func (d *Dev) Sense(e *physic.Env) error {
 	ctrl := byte(d.o.Temperature)<<5 | byte(d.o.Pressure)<<2 | modeForced
-	if err := d.d.Tx([]byte{regCtrlMeas, ctrl}, nil); err != nil {
+	if err := d.tx([]byte{regCtrlMeas, ctrl}, nil); err != nil {
 		return fmt.Errorf("bme280: start measurement: %w", err)
 	}
 	d.sleep(d.measureTime())
 	var status [1]byte
 	for try := 0; ; try++ {
-		if err := d.d.Tx([]byte{regStatus}, status[:]); err != nil {
+		if err := d.tx([]byte{regStatus}, status[:]); err != nil {
 			return fmt.Errorf("bme280: read status: %w", err)
 		}
 		if status[0]&0x08 == 0 { // not measuring
@@ -187,7 +178,7 @@ func (d *Dev) Sense(e *physic.Env) error {
 		n = 8
 	}
 	raw := make([]byte, n)
-	if err := d.d.Tx([]byte{regData}, raw); err != nil {
+	if err := d.tx([]byte{regData}, raw); err != nil {
 		return fmt.Errorf("bme280: read data: %w", err)
 	}
 	adcP := int32(raw[0])<<12 | int32(raw[1])<<4 | int32(raw[2])>>4
@@ -195,16 +186,10 @@ func (d *Dev) Sense(e *physic.Env) error {
 	if adcT == 0x80000 || adcP == 0x80000 {
 		return ErrNotMeasured
 	}
+	// A value beyond the chip's operating range is a fault, not a
+	// reading; the poll loop drops it (see Ranges).
 	t, tFine := d.c.temperature(adcT)
 	p := d.c.pressure(adcP, tFine)
-	// The chip's operating range (datasheet 1, table 1): beyond it a value
-	// is a fault, not a reading.
-	if t < -4000 || t > 8500 {
-		return fmt.Errorf("%w: temperature %d.%02d °C", ErrOutOfRange, t/100, abs(t%100))
-	}
-	if p < 300*100*256 || p > 1100*100*256 {
-		return fmt.Errorf("%w: pressure %.0f Pa", ErrOutOfRange, float64(p)/256)
-	}
 	e.Temperature = physic.ZeroCelsius + physic.Temperature(t)*10*physic.MilliCelsius
 	e.Pressure = physic.Pressure(p) * physic.Pascal / 256
 	if d.isBME {
@@ -221,11 +206,15 @@ func (d *Dev) Sense(e *physic.Env) error {
 // Halt puts the chip to sleep; it is in sleep mode between forced
 // measurements anyway.
 func (d *Dev) Halt() error {
-	if err := d.d.Tx([]byte{regCtrlMeas, 0}, nil); err != nil {
+	if err := d.tx([]byte{regCtrlMeas, 0}, nil); err != nil {
 		return fmt.Errorf("bme280: halt: %w", err)
 	}
 	return nil
 }
+
+// tx is one transfer with the chip. When it fails the chip did not answer
+// (a NACK on its address, or no bus): the loop shows it as absent.
+func (d *Dev) tx(w, r []byte) error { return sensors.Absent(d.d.Tx(w, r)) }
 
 // measureTime is the datasheet's maximum measurement time (appendix 9.1).
 func (d *Dev) measureTime() time.Duration {

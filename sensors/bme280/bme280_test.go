@@ -166,14 +166,15 @@ func TestBME280SenseHumidity(t *testing.T) {
 
 func TestErrors(t *testing.T) {
 	// A chip that is not there: the bus returns the error.
+	// It is absent (sensors.ErrAbsent), not failing.
 	absent := &i2ctest.Playback{DontPanic: true}
-	if _, err := New(absent, 0x76, nil); err == nil || !strings.Contains(err.Error(), "bme280: read chip id at 0x76") {
-		t.Errorf("absent chip: got %v", err)
+	if _, err := New(absent, 0x76, nil); err == nil || !strings.Contains(err.Error(), "bme280: read chip id at 0x76") || !errors.Is(err, sensors.ErrAbsent) {
+		t.Errorf("absent chip: got %v, want an ErrAbsent naming the chip id read", err)
 	}
-	// Another chip at the address.
+	// Another chip at the address: it answers, so it is failing.
 	wrong := &i2ctest.Playback{Ops: []i2ctest.IO{{Addr: 0x76, W: []byte{0xD0}, R: []byte{0x61}}}}
-	if _, err := New(wrong, 0x76, nil); err == nil || !strings.Contains(err.Error(), "chip id 0x61 at 0x76 is neither a BME280") {
-		t.Errorf("wrong chip: got %v", err)
+	if _, err := New(wrong, 0x76, nil); err == nil || !strings.Contains(err.Error(), "chip id 0x61 at 0x76 is neither a BME280") || errors.Is(err, sensors.ErrAbsent) {
+		t.Errorf("wrong chip: got %v, want a chip id error that is not ErrAbsent", err)
 	}
 	// The skipped value is an error, never a reading.
 	bus := &i2ctest.Playback{Ops: []i2ctest.IO{
@@ -194,6 +195,8 @@ func TestErrors(t *testing.T) {
 	}
 }
 
+// A value beyond the chip's range is the driver's to declare and the
+// loop's to drop: the driver returns it, and its declared range excludes it.
 func TestOutOfRange(t *testing.T) {
 	if temp, _ := datasheet.temperature(0xFFFF0); temp <= 8500 {
 		t.Fatalf("test value %d is not out of range", temp)
@@ -206,13 +209,25 @@ func TestOutOfRange(t *testing.T) {
 		{Addr: 0x76, W: []byte{0xF3}, R: []byte{0x00}},
 		{Addr: 0x76, W: []byte{0xF7}, R: raw(datasheetADCP, 0xFFFF0, 0, false)},
 	}}
-	d, err := New(bus, 0x76, nil)
+	s, err := sensors.Open("bme280", sensors.Config{Name: "room", Bus: bus})
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.sleep = func(time.Duration) {}
-	if err := d.Sense(&physic.Env{}); !errors.Is(err, ErrOutOfRange) || !strings.Contains(err.Error(), "temperature") {
-		t.Errorf("got %v, want ErrOutOfRange naming the temperature", err)
+	ms, err := s.Sense(context.Background())
+	if err != nil || len(ms) != 2 || ms[0].Quantity != "temperature" {
+		t.Fatalf("got %+v, %v; want temperature and pressure", ms, err)
+	}
+	r, ok := s.(sensors.Ranger)
+	if !ok {
+		t.Fatal("the registered driver declares no ranges")
+	}
+	for q, want := range map[string]sensors.Range{"temperature": {Min: -40, Max: 85}, "pressure": {Min: 30000, Max: 110000}, "humidity": {Min: 0, Max: 100}} {
+		if got := r.Ranges()[q]; got != want {
+			t.Errorf("range of %s: got %+v, want %+v", q, got, want)
+		}
+	}
+	if tr := r.Ranges()["temperature"]; tr.Contains(ms[0].Value) {
+		t.Errorf("temperature %v °C is within the declared range %+v", ms[0].Value, tr)
 	}
 }
 

@@ -22,6 +22,16 @@ func init() {
 		if err != nil {
 			return nil, err
 		}
-		return sensors.FromEnv(d, sensors.Quantities{Temperature: true, Pressure: true, Humidity: d.IsBME280()}), nil
+		q := sensors.Quantities{Temperature: true, Pressure: true, Humidity: d.IsBME280(), Ranges: ranges}
+		return sensors.FromEnv(d, q), nil
 	})
+}
+
+// ranges is the chips' operating range (BME280 datasheet, table 1; the
+// BMP280's is the same for temperature and pressure), in SenML units.
+// The poll loop drops, and counts, a value outside it.
+var ranges = map[string]sensors.Range{
+	"temperature": {Min: -40, Max: 85},
+	"pressure":    {Min: 300e2, Max: 1100e2},
+	"humidity":    {Min: 0, Max: 100},
 }

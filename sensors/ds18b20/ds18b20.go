@@ -6,11 +6,13 @@ package ds18b20
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"periph.io/x/conn/v3/physic"
 
@@ -54,7 +56,7 @@ func New(sysRoot, id string) (*Dev, error) {
 		}
 		switch len(ids) {
 		case 0:
-			return nil, fmt.Errorf("%w under %s/bus/w1/devices (is the w1-gpio overlay on?)", ErrNotFound, sysRoot)
+			return nil, sensors.Absent(fmt.Errorf("%w under %s/bus/w1/devices (is the w1-gpio overlay on?)", ErrNotFound, sysRoot))
 		case 1:
 			id = ids[0]
 		default:
@@ -63,7 +65,7 @@ func New(sysRoot, id string) (*Dev, error) {
 	}
 	p := filepath.Join(sysRoot, "bus", "w1", "devices", id, "w1_slave")
 	if _, err := os.Stat(p); err != nil {
-		return nil, fmt.Errorf("ds18b20: probe %s: %w", id, err)
+		return nil, absent(fmt.Errorf("ds18b20: probe %s: %w", id, err))
 	}
 	return &Dev{path: p, ID: id}, nil
 }
@@ -73,7 +75,7 @@ func New(sysRoot, id string) (*Dev, error) {
 func (d *Dev) Sense(e *physic.Env) error {
 	data, err := os.ReadFile(d.path)
 	if err != nil {
-		return fmt.Errorf("ds18b20: %s: %w", d.ID, err)
+		return absent(fmt.Errorf("ds18b20: %s: %w", d.ID, err))
 	}
 	t, err := parse(string(data))
 	if err != nil {
@@ -104,11 +106,20 @@ func parse(s string) (int64, error) {
 	if t == 85000 {
 		return 0, ErrPowerOn
 	}
-	if t < -55000 || t > 125000 { // the chip's range
-		return 0, fmt.Errorf("ds18b20: %d m°C is outside -55…125 °C", t)
-	}
-	return t, nil
+	return t, nil // the loop drops what is outside the chip's range
 }
+
+// absent marks err as a probe that is not there: the kernel lists no such
+// device (it drops a probe that stops answering) or has no such node.
+func absent(err error) error {
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENODEV) || errors.Is(err, syscall.ENXIO) {
+		return sensors.Absent(err)
+	}
+	return err
+}
+
+// ranges is the DS18B20's measuring range (datasheet, page 1).
+var ranges = map[string]sensors.Range{"temperature": {Min: -55, Max: 125}}
 
 // Halt does nothing.
 func (d *Dev) Halt() error { return nil }
@@ -123,6 +134,6 @@ func init() {
 		if err != nil {
 			return nil, err
 		}
-		return sensors.FromEnv(d, sensors.Quantities{Temperature: true}), nil
+		return sensors.FromEnv(d, sensors.Quantities{Temperature: true, Ranges: ranges}), nil
 	})
 }

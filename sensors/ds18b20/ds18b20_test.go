@@ -34,6 +34,7 @@ const (
 	badCRC  = "91 01 4b 46 7f ff 0c 10 a5 : crc=a6 NO\n91 01 4b 46 7f ff 0c 10 a5 t=25062\n"
 	powerOn = "50 05 4b 46 7f ff 0c 10 1c : crc=1c YES\n50 05 4b 46 7f ff 0c 10 1c t=85000\n"
 	freeze  = "90 fc 4b 46 7f ff 0c 10 2b : crc=2b YES\n90 fc 4b 46 7f ff 0c 10 2b t=-55000\n"
+	tooHot  = "f0 07 4b 46 7f ff 0c 10 00 : crc=00 YES\nf0 07 4b 46 7f ff 0c 10 00 t=127000\n"
 )
 
 func TestSense(t *testing.T) {
@@ -67,8 +68,11 @@ func TestSense(t *testing.T) {
 }
 
 func TestFindProbe(t *testing.T) {
-	if _, err := New(fixture(t, nil), ""); !errors.Is(err, ErrNotFound) {
-		t.Errorf("no probe: got %v", err)
+	if _, err := New(fixture(t, nil), ""); !errors.Is(err, ErrNotFound) || !errors.Is(err, sensors.ErrAbsent) {
+		t.Errorf("no probe: got %v, want ErrNotFound and ErrAbsent", err)
+	}
+	if _, err := New(fixture(t, nil), "28-0000075b1234"); !errors.Is(err, sensors.ErrAbsent) {
+		t.Errorf("a named probe that is not there: got %v, want ErrAbsent", err)
 	}
 	if _, err := New(fixture(t, map[string]string{"28-a": good, "28-b": good}), ""); err == nil || !strings.Contains(err.Error(), "2 probes (28-a, 28-b)") {
 		t.Errorf("two probes: got %v", err)
@@ -81,5 +85,30 @@ func TestFindProbe(t *testing.T) {
 	ms, err := s.Sense(context.Background())
 	if err != nil || len(ms) != 1 || ms[0].Unit != "Cel" || math.Abs(ms[0].Value-25.062) > 1e-9 {
 		t.Errorf("through the registry: %+v, %v", ms, err)
+	}
+}
+
+// A value beyond the probe's range is returned by the driver and dropped
+// by the loop, which the registered driver tells the range; a probe that
+// vanishes (the kernel removes its directory) is absent.
+func TestRangeAndVanishedProbe(t *testing.T) {
+	root := fixture(t, map[string]string{"28-hot": tooHot})
+	s, err := sensors.Open("ds18b20", sensors.Config{Name: "tank", SysRoot: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ms, err := s.Sense(context.Background())
+	if err != nil || len(ms) != 1 || ms[0].Value != 127 {
+		t.Fatalf("got %+v, %v; want 127 °C", ms, err)
+	}
+	kept, dropped := sensors.Check(s, ms)
+	if len(kept) != 0 || len(dropped) != 1 || dropped[0].Reason != sensors.DropRange || dropped[0].Range != (sensors.Range{Min: -55, Max: 125}) {
+		t.Errorf("checked against the declared range: kept %+v, dropped %+v; want 127 °C dropped, outside -55…125", kept, dropped)
+	}
+	if err := os.RemoveAll(filepath.Join(root, "bus", "w1", "devices", "28-hot")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Sense(context.Background()); !errors.Is(err, sensors.ErrAbsent) {
+		t.Errorf("vanished probe: got %v, want ErrAbsent", err)
 	}
 }

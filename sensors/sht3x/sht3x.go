@@ -39,7 +39,8 @@ type Dev struct {
 }
 
 // New returns the chip at addr on b, which it borrows. The chips have no
-// id register; the first Sense tells whether one answers.
+// id register; the first Sense tells whether one answers: when a transfer
+// fails, its error wraps sensors.ErrAbsent.
 func New(b i2c.Bus, addr uint16, o *Opts) (*Dev, error) {
 	if addr != 0x44 && addr != 0x45 {
 		return nil, fmt.Errorf("sht3x: address %#x: want 0x44 or 0x45", addr)
@@ -57,12 +58,12 @@ func (d *Dev) Sense(e *physic.Env) error {
 	if d.o.Variant == SHT4x {
 		cmd, wait = []byte{0xFD}, 9*time.Millisecond // high precision (datasheet 4.5)
 	}
-	if err := d.d.Tx(cmd, nil); err != nil {
+	if err := sensors.Absent(d.d.Tx(cmd, nil)); err != nil {
 		return fmt.Errorf("sht3x: start measurement: %w", err)
 	}
 	d.sleep(wait)
 	var b [6]byte
-	if err := d.d.Tx(nil, b[:]); err != nil {
+	if err := sensors.Absent(d.d.Tx(nil, b[:])); err != nil {
 		return fmt.Errorf("sht3x: read: %w", err)
 	}
 	if CRC8(b[0:2]) != b[2] || CRC8(b[3:5]) != b[5] {
@@ -101,6 +102,14 @@ func CRC8(data []byte) byte {
 	return crc
 }
 
+// ranges is the chips' operating range: -40…125 °C and 0…100 %RH for both
+// families (SHT3x datasheet table 1 and 2, SHT4x section 2). The formula
+// reaches -45…130 °C: what lies beyond the range is a fault.
+var ranges = map[string]sensors.Range{
+	"temperature": {Min: -40, Max: 125},
+	"humidity":    {Min: 0, Max: 100},
+}
+
 func init() {
 	for name, v := range map[string]Variant{"sht3x": SHT3x, "sht4x": SHT4x} {
 		sensors.RegisterI2C(name, func(c sensors.Config) (sensors.Sensor, error) {
@@ -112,7 +121,7 @@ func init() {
 			if err != nil {
 				return nil, err
 			}
-			return sensors.FromEnv(d, sensors.Quantities{Temperature: true, Humidity: true}), nil
+			return sensors.FromEnv(d, sensors.Quantities{Temperature: true, Humidity: true, Ranges: ranges}), nil
 		})
 	}
 }

@@ -1,6 +1,7 @@
 package sht3x
 
 import (
+	"context"
 	"errors"
 	"math"
 	"testing"
@@ -8,6 +9,8 @@ import (
 
 	"periph.io/x/conn/v3/i2c/i2ctest"
 	"periph.io/x/conn/v3/physic"
+
+	"github.com/fieldgate/fieldgate/sensors"
 )
 
 // Sensirion's own example (SHT3x datasheet 4.12): CRC(0xBEEF) = 0x92.
@@ -70,8 +73,8 @@ func TestCRCMismatchIsAnError(t *testing.T) {
 	d, _ := New(bus, 0x45, nil)
 	d.sleep = func(time.Duration) {}
 	e := physic.Env{Humidity: 7}
-	if err := d.Sense(&e); !errors.Is(err, ErrCRC) {
-		t.Fatalf("got %v, want ErrCRC", err)
+	if err := d.Sense(&e); !errors.Is(err, ErrCRC) || errors.Is(err, sensors.ErrAbsent) {
+		t.Fatalf("got %v, want ErrCRC: the chip answers, so it is failing, not absent", err)
 	}
 	if e.Humidity != 7 {
 		t.Error("a reading was written despite the CRC error")
@@ -81,7 +84,31 @@ func TestCRCMismatchIsAnError(t *testing.T) {
 	}
 	absent := &i2ctest.Playback{DontPanic: true}
 	d, _ = New(absent, 0x44, nil)
-	if err := d.Sense(&physic.Env{}); err == nil {
-		t.Error("an absent chip gave a reading")
+	if err := d.Sense(&physic.Env{}); !errors.Is(err, sensors.ErrAbsent) {
+		t.Errorf("absent chip: got %v, want ErrAbsent", err)
+	}
+}
+
+// The formula reaches -45 °C, the chip only -40 °C: the registered
+// driver declares the range, and the loop drops what lies beyond it.
+func TestRangeDeclared(t *testing.T) {
+	bus := &i2ctest.Playback{Ops: []i2ctest.IO{{Addr: 0x44, W: []byte{0xFD}}, {Addr: 0x44, R: append(word(0x0000), word(0x8000)...)}}}
+	s, err := sensors.Open("sht4x", sensors.Config{Name: "room", Bus: bus})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ms, err := s.Sense(context.Background())
+	if err != nil || len(ms) != 2 || ms[0].Quantity != "temperature" || ms[0].Value != -45 {
+		t.Fatalf("got %+v, %v; want -45 °C and a humidity", ms, err)
+	}
+	r, ok := s.(sensors.Ranger)
+	if !ok {
+		t.Fatal("the registered driver declares no ranges")
+	}
+	if tr := r.Ranges()["temperature"]; tr != (sensors.Range{Min: -40, Max: 125}) || tr.Contains(ms[0].Value) {
+		t.Errorf("temperature range %+v: want -40…125 °C, without %v", tr, ms[0].Value)
+	}
+	if hr := r.Ranges()["humidity"]; hr != (sensors.Range{Min: 0, Max: 100}) {
+		t.Errorf("humidity range %+v: want 0…100 %%RH", hr)
 	}
 }

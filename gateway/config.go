@@ -196,6 +196,16 @@ type SensorConfig struct {
 	Edge     string    `toml:"edge"`      // gpio: "both" or "none"; pulse: "falling", "rising" or "both"
 	Debounce *Duration `toml:"debounce"`  // gpio, pulse
 	Invert   bool      `toml:"invert"`    // gpio, pulse: the input is active low
+
+	// How the poll loop reads and publishes it (sensorloop.go).
+	Timeout Duration `toml:"timeout"` // of one read; 0: 5s, or the interval if shorter
+	QoS     int      `toml:"qos"`     // of the readings; default 1
+	Retain  bool     `toml:"retain"`  // the readings
+	Topic   string   `toml:"topic"`   // template: %n name, %q quantity, %d device id
+	// Deadband, by quantity: publish only when the value moved by more
+	// than this since the value last published.
+	Deadband   map[string]float64 `toml:"deadband"`
+	MaxSilence Duration           `toml:"max_silence"` // publish anyway after this long
 }
 
 // driverOptionKeys are the keys of SensorConfig that belong to drivers.
@@ -266,9 +276,9 @@ func parseSize(str string) (int64, error) {
 
 // Defaults.
 const (
-	DefaultStateDir       = "/var/lib/fieldgate"
+	DefaultStateDir = "/var/lib/fieldgate"
 	// UnprovisionedID is the device id before a certificate names it.
-	UnprovisionedID = "unprovisioned"
+	UnprovisionedID       = "unprovisioned"
 	DefaultSensorInterval = 10 * time.Second
 	DefaultRemotePrefix   = "devices/%d/"
 	DefaultStatusTopic    = "devices/%d/status"
@@ -381,6 +391,8 @@ func typeReason(msg string) string {
 		"gateway.Duration": "a duration such as \"1s\"",
 		"gateway.Size":     "a size such as \"256MiB\"",
 		"float64":          "a number",
+		// sensor.deadband
+		"map[string]float64": "a table of numbers by quantity, e.g. { temperature = 0.2 }",
 	}[m[2]]
 	if want == "" {
 		want = m[2]
@@ -721,6 +733,7 @@ func (c *Config) validate() error {
 		if s.Interval.Duration < 10*time.Millisecond {
 			c.errorf(&errs, key+".interval", "must be at least 10ms, got %s", s.Interval)
 		}
+		c.validateSensorLoop(&errs, key, s)
 		if sensors.Known(s.Driver) {
 			c.validateSensorOptions(&errs, i, s, pins)
 		}

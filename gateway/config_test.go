@@ -213,6 +213,23 @@ func TestParseConfigErrors(t *testing.T) {
 		{"sensor name with a space", "[device]\nid = \"a\"\n[[sensor]]\nname = \"boiler room\"\ndriver = \"simulated\"\n", []string{
 			"f.toml:4: sensor[0].name: \"boiler room\": want letters, digits and '-._:', starting with a letter or digit (it is a topic level and a SenML name)",
 		}},
+		{"sensor poll and publish keys", "[device]\nid = \"a\"\n[[sensor]]\nname = \"s\"\ndriver = \"simulated\"\ninterval = \"10s\"\ntimeout = \"20s\"\nqos = 2\ntopic = \"sensors/%n\"\ndeadband = { temperature = -1, \"a/b\" = 1 }\nmax_silence = \"5s\"\n", []string{
+			"f.toml:7: sensor[0].timeout: must be between 1ms and the interval (10s), got 20s",
+			"f.toml:8: sensor[0].qos: must be 0 or 1, got 2",
+			"f.toml:9: sensor[0].topic: \"sensors/%n\": no %q: each quantity needs a topic of its own",
+			"f.toml:10: sensor[0].deadband.a/b: \"a/b\" is not a quantity name",
+			"f.toml:10: sensor[0].deadband.temperature: must be 0 (publish on any change) or more, got -1",
+			"f.toml:11: sensor[0].max_silence: must be at least the interval (10s), got 5s",
+		}},
+		{"sensor topics", "[device]\nid = \"a\"\n[[sensor]]\nname = \"s\"\ndriver = \"simulated\"\ntopic = \"boiler/%q\"\nmax_silence = \"1m\"\n[[sensor]]\nname = \"t\"\ndriver = \"simulated\"\ntopic = \"boiler/%q\"\n[[sensor]]\nname = \"u\"\ndriver = \"simulated\"\ntopic = \"x/+/%n/%q\"\ntimeout = \"0s\"\n", []string{
+			"f.toml:7: sensor[0].max_silence: needs a deadband: without one every reading is published",
+			"f.toml:11: sensor[1].topic: \"boiler/%q\" gives sensor[0]'s topics (boiler/%q)",
+			"f.toml:15: sensor[2].topic: \"x/+/%n/%q\": no wildcards in a topic",
+			"f.toml:16: sensor[2].timeout: must be between 1ms and the interval (10s), got 0s",
+		}},
+		{"sensor deadband not a table", "[device]\nid = \"a\"\n[[sensor]]\nname = \"s\"\ndriver = \"simulated\"\ndeadband = 0.5\n", []string{
+			"f.toml:6: sensor.deadband: wrong type: want a table of numbers by quantity, e.g. { temperature = 0.2 }, got a TOML float",
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := ParseConfig("f.toml", []byte(tc.src))

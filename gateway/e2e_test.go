@@ -131,7 +131,13 @@ address = "127.0.0.1:0"
 // stops cleanly.
 func startGateway(t *testing.T, cfg *Config) *Gateway {
 	t.Helper()
-	g, err := New(cfg, testLogger(t))
+	return startGatewayLog(t, cfg, testLogger(t))
+}
+
+// startGatewayLog is startGateway with the logger log.
+func startGatewayLog(t *testing.T, cfg *Config, log *slog.Logger) *Gateway {
+	t.Helper()
+	g, err := New(cfg, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,7 +186,7 @@ func TestEndToEnd(t *testing.T) {
 	defer cancel()
 	quantities := map[string]bool{}
 	online := false
-	for len(quantities) < 2 || !online {
+	for len(quantities) < 3 || !online { // temperature, humidity and the sensor's status
 		select {
 		case m := <-arrived:
 			if m.Topic() == "devices/EGW-E2E-1/status" {
@@ -234,7 +240,7 @@ func TestEndToEnd(t *testing.T) {
 	if err := json.Unmarshal([]byte(js), &st); err != nil {
 		t.Fatalf("/status: %v\n%s", err, js)
 	}
-	if st.Device != "EGW-E2E-1" || st.Uplink == nil || !st.Uplink.Connected || !st.Uplink.Flowing || st.Sensors["sim"] != "ok" || st.CertExpires.IsZero() {
+	if st.Device != "EGW-E2E-1" || st.Uplink == nil || !st.Uplink.Connected || !st.Uplink.Flowing || st.Sensors["sim"].State != sensors.StateOK || st.CertExpires.IsZero() {
 		t.Errorf("/status: %s", js)
 	}
 	if v := metricValue(t, text, "fieldgate_uplink_sent_total"); v < 2 {
@@ -272,6 +278,14 @@ func metricValue(t *testing.T, text, name string) float64 {
 // quantity.
 func checkReading(t *testing.T, topic string, payload []byte, seen map[string]bool) {
 	t.Helper()
+	if topic == "devices/EGW-E2E-1/sensors/sim/status" {
+		var st sensors.Status
+		if err := json.Unmarshal(payload, &st); err != nil || st.State != sensors.StateOK {
+			t.Errorf("%s: got %q (%v), want the sensor's state ok", topic, payload, err)
+		}
+		seen["status"] = true
+		return
+	}
 	var pack []sensors.Record
 	if err := json.Unmarshal(payload, &pack); err != nil {
 		t.Fatalf("%s: payload %q is not a SenML JSON pack: %v", topic, payload, err)

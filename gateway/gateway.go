@@ -158,7 +158,17 @@ func (g *Gateway) newLoop(cfg *Config) (*sensors.Loop, error) {
 	}
 	var entries []sensors.Entry
 	for _, s := range cfg.Sensors {
-		entries = append(entries, sensors.Entry{Name: s.Name, Sensor: g.openSensor(s), Interval: s.Interval.Duration, QoS: 1})
+		entries = append(entries, sensors.Entry{
+			Name:       s.Name,
+			Sensor:     g.openSensor(s),
+			Interval:   s.Interval.Duration,
+			Timeout:    s.Timeout.Duration,
+			QoS:        byte(s.QoS),
+			Retain:     s.Retain,
+			Topic:      s.Topic,
+			Deadband:   s.Deadband,
+			MaxSilence: s.MaxSilence.Duration,
+		})
 	}
 	return sensors.NewLoop(sensors.LoopOptions{
 		DeviceID:  cfg.Device.ID,
@@ -168,32 +178,35 @@ func (g *Gateway) newLoop(cfg *Config) (*sensors.Loop, error) {
 }
 
 // openSensor opens s on its bus. A chip that is missing or a bus that will
-// not open does not stop the gateway: the sensor shows as failing.
+// not open does not stop the gateway: the sensor shows as absent or
+// failing (the loop logs it once), and each read tries to open it again.
 func (g *Gateway) openSensor(s SensorConfig) sensors.Sensor {
-	sc := sensors.Config{Name: s.Name, Address: uint16(s.Address), Device: s.Device, Options: s.options()}
-	var dev sensors.Sensor
-	var err error
-	if sensors.UsesI2C(s.Driver) {
-		sc.Bus, err = g.buses.get(s.Bus)
-	}
-	if err == nil && sensors.UsesGPIO(s.Driver) {
-		sc.Pin, err = openPin(s.Pin)
-	}
-	if err == nil {
-		dev, err = sensors.Open(s.Driver, sc)
-	}
+	dev, err := g.open(s)
 	if err != nil {
-		g.log.Warn("sensor unavailable", "sensor", s.Name, "driver", s.Driver, "err", err)
-		return unavailable{err}
+		return &unopened{open: func() (sensors.Sensor, error) { return g.open(s) }}
 	}
 	return dev
 }
 
-// unavailable stands for a sensor that could not be opened.
-type unavailable struct{ err error }
-
-func (u unavailable) Sense(context.Context) ([]sensors.Measurement, error) { return nil, u.err }
-func (u unavailable) Halt() error                                          { return nil }
+// open opens s. A bus that does not open is an absent chip.
+func (g *Gateway) open(s SensorConfig) (sensors.Sensor, error) {
+	sc := sensors.Config{Name: s.Name, Address: uint16(s.Address), Device: s.Device, Options: s.options()}
+	if sensors.UsesI2C(s.Driver) {
+		bus, err := g.buses.get(s.Bus)
+		if err != nil {
+			return nil, sensors.Absent(err)
+		}
+		sc.Bus = bus
+	}
+	if sensors.UsesGPIO(s.Driver) {
+		pin, err := openPin(s.Pin)
+		if err != nil {
+			return nil, sensors.Absent(err)
+		}
+		sc.Pin = pin
+	}
+	return sensors.Open(s.Driver, sc)
+}
 
 // startSensors runs loop until stopSensors; nil runs nothing.
 func (g *Gateway) startSensors(loop *sensors.Loop) {
@@ -209,14 +222,12 @@ func (g *Gateway) startSensors(loop *sensors.Loop) {
 	g.stopLoop = func() { cancel(); <-done }
 }
 
-// sensorHealth is each running sensor's state; nil without sensors.
-func (g *Gateway) sensorHealth() map[string]string {
+// sensorLoop is the running poll loop, for its sensors' status and
+// counts; nil without sensors.
+func (g *Gateway) sensorLoop() *sensors.Loop {
 	g.sensorsMu.Lock()
 	defer g.sensorsMu.Unlock()
-	if g.loop == nil {
-		return nil
-	}
-	return g.loop.Health()
+	return g.loop
 }
 
 // stopSensors stops the running loop and halts its sensors.

@@ -13,6 +13,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/fieldgate/fieldgate/sensors"
 )
 
 // metrics serves Prometheus metrics on /metrics and the uplink's health on
@@ -86,13 +88,13 @@ func (m *metrics) serveHealth(w http.ResponseWriter, r *http.Request) {
 
 // Status is what fieldgate status shows, served as JSON on /status.
 type Status struct {
-	Device      string            `json:"device"`
-	Version     string            `json:"version"`
-	Started     time.Time         `json:"started"`
-	Clients     int64             `json:"clients"`
-	Uplink      *UplinkStatus     `json:"uplink,omitempty"`
-	Sensors     map[string]string `json:"sensors,omitempty"`
-	CertExpires time.Time         `json:"cert_expires,omitzero"`
+	Device      string                    `json:"device"`
+	Version     string                    `json:"version"`
+	Started     time.Time                 `json:"started"`
+	Clients     int64                     `json:"clients"`
+	Uplink      *UplinkStatus             `json:"uplink,omitempty"`
+	Sensors     map[string]sensors.Status `json:"sensors,omitempty"`
+	CertExpires time.Time                 `json:"cert_expires,omitzero"`
 	// CertRenewDue is when the certificate is due for renewal.
 	CertRenewDue time.Time `json:"cert_renew_due,omitzero"`
 }
@@ -116,7 +118,9 @@ func (m *metrics) status() Status {
 	g := m.g
 	expiry, renew, _ := g.cert()
 	st := Status{Device: g.cfg.Device.ID, Version: Version, Started: g.started, Clients: g.broker.Clients(), CertExpires: expiry, CertRenewDue: renew}
-	st.Sensors = g.sensorHealth()
+	if l := g.sensorLoop(); l != nil {
+		st.Sensors = l.Status()
+	}
 	if g.bridge != nil {
 		b := g.bridge.Status()
 		ob := g.outbox.Stats()
@@ -180,6 +184,7 @@ func (m *metrics) write(w io.Writer) {
 		p.metric("fieldgate_outbox_commits_total", "counter", "Outbox transactions written; each one fsyncs.", float64(st.Commits))
 		p.metric("fieldgate_outbox_commit_seconds_total", "counter", "Time spent writing outbox transactions.", st.CommitTime.Seconds())
 	}
+	m.writeSensors(p)
 	if b := m.g.bridge; b != nil {
 		st := b.Status()
 		up := 0.0

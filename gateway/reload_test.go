@@ -14,6 +14,7 @@ import (
 	"github.com/fieldgate/fieldgate/bridge/mosquittotest"
 	"github.com/fieldgate/fieldgate/localbroker"
 	"github.com/fieldgate/fieldgate/provisioning/pkitest"
+	"github.com/fieldgate/fieldgate/sensors"
 )
 
 // Reload takes a new password file; a broken one is refused and the
@@ -99,13 +100,14 @@ func TestReloadSensors(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitTopic("sensors/after/")
-	if h := g.sensorHealth(); h["before"] != "" || h["after"] == "" {
+	h := g.sensorLoop().Status()
+	if _, before := h["before"]; before || len(h) != 1 {
 		t.Errorf("health after reload: %v, want only the new sensor", h)
 	}
 }
 
 // A chip whose bus is not there does not stop the gateway: it shows as
-// failing, and the other sensors carry on.
+// absent, and the other sensors carry on.
 func TestMissingChipDoesNotStopGateway(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "fieldgate.toml")
@@ -130,14 +132,14 @@ func TestMissingChipDoesNotStopGateway(t *testing.T) {
 		t.Fatal("the simulated sensor stopped with the missing chip")
 	}
 	deadline := time.After(10 * time.Second)
-	for !strings.HasPrefix(g.sensorHealth()["room"], "failing: ") {
+	for g.sensorLoop().Status()["room"].State != sensors.StateAbsent {
 		select {
 		case <-seen: // each reading is a turn of the loop
 		case <-deadline:
-			t.Fatalf("health of the missing chip: %q, want failing", g.sensorHealth()["room"])
+			t.Fatalf("health of the missing chip: %+v, want absent", g.sensorLoop().Status()["room"])
 		}
 	}
-	if h := g.sensorHealth()["room"]; !strings.Contains(h, "/dev/i2c-99") {
-		t.Errorf("health %q does not name the bus", h)
+	if h := g.sensorLoop().Status()["room"]; !strings.Contains(h.Error, "/dev/i2c-99") {
+		t.Errorf("health %+v does not name the bus", h)
 	}
 }

@@ -2,8 +2,8 @@ package gateway
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
-	"time"
 
 	"github.com/fieldgate/fieldgate/sensors"
 )
@@ -25,10 +25,20 @@ func ReadSensors(ctx context.Context, cfg *Config, log *slog.Logger) []SensorRea
 	for _, s := range cfg.Sensors {
 		r := SensorReading{Name: s.Name, Driver: s.Driver}
 		dev := g.openSensor(s)
-		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		r.Measurements, r.Err = dev.Sense(rctx)
+		timeout := s.Timeout.Duration
+		if timeout == 0 {
+			timeout = sensors.DefaultTimeout
+		}
+		rctx, cancel := context.WithTimeout(ctx, timeout)
+		ms, err := dev.Sense(rctx)
 		cancel()
 		dev.Halt()
+		// What the loop would drop is a fault to show, not a reading.
+		kept, dropped := sensors.Check(dev, ms)
+		if err == nil && len(dropped) > 0 {
+			err = fmt.Errorf("gateway: outside the chip's range: %s", sensors.DroppedString(dropped))
+		}
+		r.Measurements, r.Err = kept, err
 		out = append(out, r)
 	}
 	return out

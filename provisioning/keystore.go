@@ -265,8 +265,10 @@ func NewSoftwareKey(kt KeyType) (crypto.Signer, error) {
 
 // CheckPrivate refuses a secret file that others could read or replace,
 // as ssh does with its keys: the file and its directory must belong to
-// the user the process runs as and be inaccessible to group and others.
-// A missing file is an error wrapping ErrNoKey.
+// the service user and be inaccessible to group and others. The service
+// user is the one the process runs as; for root (an installer running
+// "fieldgate provision"), the owner of the file's directory, which is the
+// service's state directory. A missing file is an error wrapping ErrNoKey.
 func CheckPrivate(path string) error {
 	fi, err := os.Stat(path)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -275,27 +277,45 @@ func CheckPrivate(path string) error {
 	if err != nil {
 		return fmt.Errorf("provisioning: %w", err)
 	}
-	if err := checkOwnerMode(path, fi, "file", 0o077); err != nil {
-		return err
-	}
 	dir := filepath.Dir(path)
 	di, err := os.Stat(dir)
 	if err != nil {
 		return fmt.Errorf("provisioning: %w", err)
 	}
-	return checkOwnerMode(dir, di, "directory", 0o077)
+	uid, _ := ServiceUser(dir)
+	if err := checkOwnerMode(path, fi, "file", uid); err != nil {
+		return err
+	}
+	return checkOwnerMode(dir, di, "directory", uid)
 }
 
-func checkOwnerMode(path string, fi fs.FileInfo, what string, loose fs.FileMode) error {
-	if perm := fi.Mode().Perm(); perm&loose != 0 {
+// ServiceUser is the user and group the service's files in stateDir must
+// belong to: the process's own, or, when it runs as root, the owner of
+// stateDir if that is another user (systemd's StateDirectory= makes it the
+// service's User=).
+func ServiceUser(stateDir string) (uid, gid int) {
+	uid, gid = os.Geteuid(), os.Getegid()
+	if uid != 0 {
+		return uid, gid
+	}
+	if fi, err := os.Stat(stateDir); err == nil {
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid != 0 {
+			return int(st.Uid), int(st.Gid)
+		}
+	}
+	return uid, gid
+}
+
+func checkOwnerMode(path string, fi fs.FileInfo, what string, uid int) error {
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
 		fix := "chmod 600"
 		if fi.IsDir() {
 			fix = "chmod 700"
 		}
 		return fmt.Errorf("provisioning: %s %s has mode %04o: it must not be accessible by group or others (%s)", what, path, perm, fix)
 	}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() {
-		return fmt.Errorf("provisioning: %s %s is owned by uid %d, not by the service user (uid %d)", what, path, st.Uid, os.Geteuid())
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != uid {
+		return fmt.Errorf("provisioning: %s %s is owned by uid %d, not by the service user (uid %d)", what, path, st.Uid, uid)
 	}
 	return nil
 }

@@ -10,9 +10,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/fieldgate/fieldgate/gateway"
@@ -104,11 +107,12 @@ func parseProvision(fs *flag.FlagSet, args []string, stderr io.Writer, required 
 // deviceIdentity is a provision command's view of the configuration and
 // the key store it names.
 type deviceIdentity struct {
-	cfg *gateway.Config
-	st  provisioning.Store
+	cfg    *gateway.Config
+	st     provisioning.Store
+	stderr io.Writer
 }
 
-func openIdentity(path string) (*deviceIdentity, error) {
+func openIdentity(path string, stderr io.Writer) (*deviceIdentity, error) {
 	cfg, err := gateway.LoadConfigForProvisioning(path)
 	if err != nil {
 		return nil, err
@@ -120,10 +124,53 @@ func openIdentity(path string) (*deviceIdentity, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &deviceIdentity{cfg: cfg, st: st}, nil
+	return &deviceIdentity{cfg: cfg, st: st, stderr: stderr}, nil
 }
 
 var idRE = regexp.MustCompile(pki.DefaultCNPattern)
+
+// handOver gives what a provision command run as root wrote to the
+// service user (the owner of state_dir), since the gateway refuses key
+// files that another user owns: the files under state_dir that root owns,
+// the certificate and a file key.
+func (d *deviceIdentity) handOver() error {
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	dir := d.cfg.Device.StateDir
+	uid, gid := provisioning.ServiceUser(dir)
+	if uid == 0 {
+		return nil
+	}
+	var paths []string
+	filepath.WalkDir(dir, func(p string, _ fs.DirEntry, err error) error {
+		if err == nil && p != dir {
+			paths = append(paths, p)
+		}
+		return nil
+	})
+	paths = append(paths, d.cfg.Identity.Cert)
+	if key, ok := strings.CutPrefix(d.cfg.Identity.Key, "file:"); ok {
+		paths = append(paths, key, key+".next")
+	}
+	n := 0
+	for _, p := range paths {
+		fi, err := os.Lstat(p)
+		if err != nil {
+			continue
+		}
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid == 0 {
+			if err := os.Lchown(p, uid, gid); err != nil {
+				return fmt.Errorf("giving %s to the service user (uid %d): %w", p, uid, err)
+			}
+			n++
+		}
+	}
+	if n > 0 {
+		fmt.Fprintf(d.stderr, "gave %d files to uid %d, the owner of %s, which the service runs as\n", n, uid, dir)
+	}
+	return nil
+}
 
 // csr writes to out a CSR for cn signed by the key in slot, which is made
 // if the slot is empty or force is set; made tells whether it was.
@@ -145,7 +192,7 @@ func (d *deviceIdentity) csr(slot provisioning.Slot, force bool, kt, cn, out str
 	if err := atomicfile.WriteFile(out, csr, 0o644); err != nil {
 		return nil, false, err
 	}
-	return signer, made, nil
+	return signer, made, d.handOver()
 }
 
 func provisionCSR(args []string, stdout, stderr io.Writer) error {
@@ -157,7 +204,7 @@ func provisionCSR(args []string, stdout, stderr io.Writer) error {
 	if err := parseProvision(fs, args, stderr, "out"); err != nil {
 		return err
 	}
-	d, err := openIdentity(*path)
+	d, err := openIdentity(*path, stderr)
 	if err != nil {
 		return err
 	}
@@ -199,7 +246,7 @@ func provisionInstall(args []string, stdout, stderr io.Writer) error {
 	if err := parseProvision(fs, args, stderr, "cert"); err != nil {
 		return err
 	}
-	d, err := openIdentity(*path)
+	d, err := openIdentity(*path, stderr)
 	if err != nil {
 		return err
 	}
@@ -257,6 +304,9 @@ func provisionInstall(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
+	if err := d.handOver(); err != nil {
+		return err
+	}
 	leaf := chain[0]
 	fmt.Fprintf(stdout, "installed %s: CN %q, serial %X, until %s, issued by %q", d.cfg.Identity.Cert, leaf.Subject.CommonName, leaf.SerialNumber, leaf.NotAfter.Format(time.DateOnly), leaf.Issuer.CommonName)
 	if slot == provisioning.Pending {
@@ -278,7 +328,7 @@ func provisionShow(args []string, stdout, stderr io.Writer) error {
 	if err := parseProvision(fs, args, stderr); err != nil {
 		return err
 	}
-	d, err := openIdentity(*path)
+	d, err := openIdentity(*path, stderr)
 	if err != nil {
 		return err
 	}
@@ -339,7 +389,7 @@ func provisionRenew(args []string, stdout, stderr io.Writer) error {
 	if err := parseProvision(fs, args, stderr, "out"); err != nil {
 		return err
 	}
-	d, err := openIdentity(*path)
+	d, err := openIdentity(*path, stderr)
 	if err != nil {
 		return err
 	}

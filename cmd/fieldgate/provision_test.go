@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -245,5 +246,47 @@ func TestProvisionRenew(t *testing.T) {
 	}
 	if out := mustProvision(t, "show", "--config", d.cfg); !strings.Contains(out, "WARNING      the certificate is not for the current key") {
 		t.Errorf("show after csr --force:\n%s", out)
+	}
+}
+
+// An installer runs provision as root on a device whose state directory
+// belongs to the service user (systemd's StateDirectory=): what it writes
+// is given to that user, whom the gateway then accepts; a key another
+// user owns is still refused.
+func TestProvisionAsRootHandsOver(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root, as an installer has")
+	}
+	const service = 990
+	d := newDevice(t, "EGW-ROOT")
+	state := filepath.Dir(d.key)
+	if err := os.MkdirAll(state, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(state, service, service); err != nil {
+		t.Fatal(err)
+	}
+	csr := filepath.Join(t.TempDir(), "device.csr")
+	code, _, errOut := provision(t, "csr", "--config", d.cfg, "--out", csr)
+	if code != 0 || !strings.Contains(errOut, "gave 1 files to uid 990") {
+		t.Fatalf("csr as root: exit %d %q", code, errOut)
+	}
+	mustProvision(t, "install", "--config", d.cfg, "--cert", d.sign(t, d.ca, csr, pki.SignOptions{}))
+	for _, p := range []string{d.key, d.cert} {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if uid := fi.Sys().(*syscall.Stat_t).Uid; uid != service {
+			t.Errorf("%s owned by uid %d, want %d", p, uid, service)
+		}
+	}
+	var out, errb bytes.Buffer
+	if code := run([]string{"check-config", "--config", d.cfg}, &out, &errb); code != 0 {
+		t.Errorf("check-config as root on the service's files: %s", errb.String())
+	}
+	os.Chown(d.key, service+1, service+1)
+	if code, _, errOut := provision(t, "show", "--config", d.cfg); code != 1 || !strings.Contains(errOut, "owned by uid 991, not by the service user (uid 990)") {
+		t.Errorf("a key of another user: exit %d %q", code, errOut)
 	}
 }

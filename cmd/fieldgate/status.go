@@ -72,7 +72,12 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		fmt.Fprintf(stdout, "sensor       %s: %s\n", n, st.Sensors[n])
+		s := st.Sensors[n]
+		line := fmt.Sprintf("%s since %s", s.State, s.Since.Local().Format(time.DateTime))
+		if s.Error != "" {
+			line += ": " + s.Error
+		}
+		fmt.Fprintf(stdout, "sensor       %s: %s\n", n, line)
 	}
 	if !st.CertExpires.IsZero() {
 		fmt.Fprintf(stdout, "certificate  expires %s (in %d days)", st.CertExpires.Format(time.DateOnly), int(st.CertExpires.Sub(now).Hours()/24))

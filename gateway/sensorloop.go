@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/fieldgate/fieldgate/localbroker"
 	"github.com/fieldgate/fieldgate/sensors"
 )
 
@@ -51,6 +52,26 @@ func (c *Config) validateSensorLoop(errs *[]error, key string, s *SensorConfig) 
 			c.errorf(errs, key+".max_silence", "needs a deadband: without one every reading is published")
 		case s.MaxSilence.Duration < s.Interval.Duration:
 			c.errorf(errs, key+".max_silence", "must be at least the interval (%s), got %s", s.Interval, s.MaxSilence)
+		}
+	}
+}
+
+// clearSensorStatus removes the retained status of each sensor of old
+// whose status topic none of now has: a sensor taken out of the
+// configuration does not stay "ok" on the broker for ever.
+func (g *Gateway) clearSensorStatus(old, now []SensorConfig) {
+	topic := func(s SensorConfig) string {
+		return sensors.ExpandTopic(s.Topic, g.cfg.Device.ID, s.Name, sensors.StatusQuantity)
+	}
+	kept := map[string]bool{}
+	for _, s := range now {
+		kept[topic(s)] = true
+	}
+	for _, s := range old {
+		if t := topic(s); !kept[t] {
+			if err := g.broker.Publish(localbroker.Message{Topic: t, QoS: 1, Retain: true}); err != nil {
+				g.log.Warn("reload: the removed sensor's retained status stays", "sensor", s.Name, "topic", t, "err", err)
+			}
 		}
 	}
 }

@@ -160,3 +160,81 @@ qos = 0
 		t.Errorf("/status sensors: %+v, want room absent, sim ok", st.Sensors)
 	}
 }
+
+// A sensor taken out of the configuration by a reload does not leave its
+// retained status behind; the new sensor's is there.
+func TestReloadClearsRemovedSensorStatus(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "fieldgate.toml")
+	write := func(name string) {
+		os.WriteFile(path, []byte("[device]\nid = \"EGW-C\"\nstate_dir = \""+dir+"\"\n[broker]\nallow_anonymous = true\n"+
+			"[[broker.listener]]\naddress = \"127.0.0.1:0\"\n[[sensor]]\nname = \""+name+"\"\ndriver = \"simulated\"\ninterval = \"20ms\"\n"), 0o600)
+	}
+	write("before")
+	cfg, err := LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := startGateway(t, cfg)
+	status := make(chan string, 100)
+	g.Subscribe("sensors/+/status", 1, func(m localbroker.Message) {
+		select {
+		case status <- m.Topic:
+		default:
+		}
+	})
+	waitStatus := func(topic string) {
+		t.Helper()
+		deadline := time.After(10 * time.Second)
+		for {
+			select {
+			case got := <-status:
+				if got == topic {
+					return
+				}
+			case <-deadline:
+				t.Fatalf("no message on %s", topic)
+			}
+		}
+	}
+	waitStatus("sensors/before/status")
+	write("after")
+	if err := g.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	waitStatus("sensors/after/status")
+	// A client subscribing now gets the retained messages of its first
+	// filter before those of its second: a marker, retained after both
+	// statuses, comes last, so whatever is not before it is not retained.
+	if err := g.broker.Publish(localbroker.Message{Topic: "marker", Payload: []byte("m"), QoS: 1, Retain: true}); err != nil {
+		t.Fatal(err)
+	}
+	cl := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + g.BrokerAddrs()[0]).SetClientID("watcher").SetAutoReconnect(false))
+	if tok := cl.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect: %v", tok.Error())
+	}
+	defer cl.Disconnect(0)
+	got := make(chan string, 10)
+	for _, filter := range []string{"sensors/+/status", "marker"} {
+		if tok := cl.Subscribe(filter, 1, func(_ paho.Client, m paho.Message) { got <- m.Topic() }); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("subscribe %s: %v", filter, tok.Error())
+		}
+	}
+	var retained []string
+	for {
+		select {
+		case topic := <-got:
+			if topic != "marker" {
+				retained = append(retained, topic)
+			}
+			if topic == "sensors/before/status" || topic == "marker" {
+				if strings.Join(retained, " ") != "sensors/after/status" {
+					t.Errorf("retained statuses after the reload: %v, want only sensors/after/status", retained)
+				}
+				return
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no retained marker; got %v", retained)
+		}
+	}
+}

@@ -19,6 +19,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/url"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -88,6 +89,8 @@ type Status struct {
 	Reloads     uint64    // connections made with new TLS material (SetTLS)
 	ReloadError string    // why the last new TLS material was refused; "" once one works
 	Failbacks   uint64    // moves back to an earlier address
+	// Resubscribes counts connections made for new routes (SetRoutes).
+	Resubscribes uint64
 }
 
 // Bridge is the uplink to the central broker.
@@ -101,7 +104,9 @@ type Bridge struct {
 	changed chan struct{} // closed and replaced on every change of st
 	tls     *tls.Config   // current TLS material; SetTLS replaces it
 	reload  chan struct{} // SetTLS was called
-	beat    atomic.Int64  // Unix nanoseconds of the Run loop's last turn
+	resub   chan struct{} // SetRoutes changed what comes in
+	routes  atomic.Pointer[[]Route]
+	beat    atomic.Int64 // Unix nanoseconds of the Run loop's last turn
 }
 
 // Heartbeat is when the bridge's loop last turned: it does at least every
@@ -137,19 +142,65 @@ func New(o Options, log *slog.Logger) (*Bridge, error) {
 	if o.DrainTimeout <= 0 {
 		o.DrainTimeout = 2 * time.Second
 	}
-	for i := range o.Routes {
-		r := &o.Routes[i]
-		if r.Direction&In != 0 && o.Deliver == nil {
+	routes, err := checkRoutes(o.Routes, o.Deliver != nil)
+	if err != nil {
+		return nil, err
+	}
+	if o.FailbackInterval == 0 {
+		o.FailbackInterval = 5 * time.Minute
+	}
+	b := &Bridge{o: o, log: log, ob: o.Outbox, changed: make(chan struct{}), tls: o.TLS, reload: make(chan struct{}, 1), resub: make(chan struct{}, 1)}
+	b.routes.Store(&routes)
+	return b, nil
+}
+
+// checkRoutes returns a copy of rs with their IDs set.
+func checkRoutes(rs []Route, deliver bool) ([]Route, error) {
+	rs = slices.Clone(rs)
+	for i := range rs {
+		r := &rs[i]
+		if r.Direction&In != 0 && !deliver {
 			return nil, errors.New("bridge: a route carries messages in but Deliver is nil")
 		}
 		if r.ID == "" {
 			r.ID = r.defaultID()
 		}
 	}
-	if o.FailbackInterval == 0 {
-		o.FailbackInterval = 5 * time.Minute
+	return rs, nil
+}
+
+// Routes returns the routes in use.
+func (b *Bridge) Routes() []Route { return slices.Clone(*b.routes.Load()) }
+
+// SetRoutes replaces the routes (on SIGHUP). Messages published from then
+// on follow the new routes; messages already in the outbox keep the remote
+// topic they were stored with, and are delivered as before. When what
+// comes in from the central broker changes, the bridge makes a new
+// connection with the new subscriptions before it leaves the current one.
+func (b *Bridge) SetRoutes(rs []Route) error {
+	routes, err := checkRoutes(rs, b.o.Deliver != nil)
+	if err != nil {
+		return err
 	}
-	return &Bridge{o: o, log: log, ob: o.Outbox, changed: make(chan struct{}), tls: o.TLS, reload: make(chan struct{}, 1)}, nil
+	old := b.routes.Swap(&routes)
+	if !slices.Equal(inFilters(*old), inFilters(routes)) {
+		select {
+		case b.resub <- struct{}{}:
+		default:
+		}
+	}
+	return nil
+}
+
+// inFilters lists what routes subscribe to on the central broker.
+func inFilters(rs []Route) []string {
+	var f []string
+	for i := range rs {
+		if rs[i].Direction&In != 0 {
+			f = append(f, fmt.Sprintf("%s %d %s", rs[i].RemoteFilter(), rs[i].QoS, rs[i].LocalPrefix))
+		}
+	}
+	return f
 }
 
 // Forward stores a local message for the central broker if an "out" route
@@ -158,8 +209,9 @@ func New(o Options, log *slog.Logger) (*Bridge, error) {
 // otherwise a channel that yields nil once the message is on disk. Under
 // the Reject policy a full outbox returns ErrQueueFull at once.
 func (b *Bridge) Forward(topic string, payload []byte, qos byte, retain bool) (<-chan error, error) {
-	for i := range b.o.Routes {
-		r := &b.o.Routes[i]
+	routes := *b.routes.Load()
+	for i := range routes {
+		r := &routes[i]
 		if r.Direction&Out == 0 || !r.MatchLocal(topic) {
 			continue
 		}
@@ -243,6 +295,10 @@ func (b *Bridge) Run(ctx context.Context) error {
 		next = nil
 		var err error
 		if c == nil {
+			select { // a new connection subscribes with the routes as they are
+			case <-b.resub:
+			default:
+			}
 			c = b.newConn(b.o.Addresses)
 			err = b.connect(ctx, c)
 		}
@@ -491,8 +547,9 @@ func (b *Bridge) connect(ctx context.Context, c *conn) error {
 	if err := wait(ctx, c.client.Connect()); err != nil {
 		return err
 	}
-	for i := range b.o.Routes {
-		r := &b.o.Routes[i]
+	routes := *b.routes.Load()
+	for i := range routes {
+		r := &routes[i]
 		if r.Direction&In == 0 {
 			continue
 		}
@@ -576,7 +633,7 @@ func (b *Bridge) drain(ctx context.Context, c *conn) (*conn, error) {
 	better := make(chan *conn, 1)
 	probeCtx, stopProbe := context.WithCancel(ctx)
 	defer stopProbe()
-	probing, reloadPending := false, false
+	probing, reloadPending, resubPending := false, false, false
 
 	lost := func(err error) (*conn, error) {
 		if n := handed; n > 0 {
@@ -597,18 +654,24 @@ func (b *Bridge) drain(ctx context.Context, c *conn) (*conn, error) {
 			nc := b.newConn(addrs)
 			if err := b.connect(probeCtx, nc); err != nil {
 				nc.client.Disconnect(0)
-				if why == "reload" {
+				switch why {
+				case "reload":
 					b.log.Error("new TLS material refused by the central broker; keeping the current connection", "err", err)
 					b.update(func(st *Status) { st.ReloadError = err.Error() })
+				case "routes":
+					b.log.Error("a connection with the new routes' subscriptions failed; keeping the current connection", "err", err)
 				}
 				better <- nil
 				return
 			}
 			b.update(func(st *Status) {
-				if why == "reload" {
+				switch why {
+				case "reload":
 					st.Reloads++
 					st.ReloadError = ""
-				} else {
+				case "routes":
+					st.Resubscribes++
+				default:
 					st.Failbacks++
 				}
 			})
@@ -684,6 +747,12 @@ func (b *Bridge) drain(ctx context.Context, c *conn) (*conn, error) {
 			} else {
 				probe(b.o.Addresses, "reload")
 			}
+		case <-b.resub:
+			if probing {
+				resubPending = true
+			} else {
+				probe(b.o.Addresses, "routes")
+			}
 		case nc := <-better:
 			probing = false
 			if nc != nil {
@@ -694,6 +763,9 @@ func (b *Bridge) drain(ctx context.Context, c *conn) (*conn, error) {
 			if reloadPending {
 				reloadPending = false
 				probe(b.o.Addresses, "reload")
+			} else if resubPending {
+				resubPending = false
+				probe(b.o.Addresses, "routes")
 			}
 		case tok, ok := <-tokens:
 			if !ok {

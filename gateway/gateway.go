@@ -397,10 +397,12 @@ func (g *Gateway) deliver(topic string, payload []byte, qos byte, retain bool) e
 }
 
 // Reload reads the configuration file again and applies what can change
-// without a restart: the broker's password and ACL files, and the uplink's
-// certificate, key and CA (the bridge moves to them only once a connection
-// with them succeeds). A configuration that does not load is refused and
-// the running one kept. Other changes need a restart, and are logged so.
+// without a restart: the broker's password and ACL files, the listeners'
+// TLS material, the sensors, the bridge's routes, and the uplink's
+// certificate, key and CA (the bridge moves to new TLS material or new
+// inbound subscriptions only once a connection with them succeeds). A
+// configuration that does not load is refused and the running one kept.
+// Other changes need a restart, and are logged so.
 func (g *Gateway) Reload() error {
 	g.reloadMu.Lock()
 	defer g.reloadMu.Unlock()
@@ -451,8 +453,19 @@ func (g *Gateway) Reload() error {
 			return err
 		}
 	}
-	if cfg.Bridge != nil && g.cfg.Bridge != nil && !reflect.DeepEqual(cfg.Bridge.Routes, g.cfg.Bridge.Routes) || (cfg.Bridge == nil) != (g.cfg.Bridge == nil) {
-		g.log.Warn("reload: the bridge's routes or addresses changed; that needs a restart")
+	var newRoutes []bridge.Route
+	switch {
+	case (cfg.Bridge == nil) != (g.cfg.Bridge == nil):
+		g.log.Warn("reload: the bridge was added or removed; that needs a restart")
+	case cfg.Bridge != nil:
+		if restart := bridgeRestartChanges(g.cfg, cfg); len(restart) > 0 {
+			g.log.Warn("reload: these bridge settings changed and need a restart", "keys", restart)
+		}
+		if g.bridge != nil && !reflect.DeepEqual(cfg.Bridge.Routes, g.cfg.Bridge.Routes) {
+			rc := *cfg
+			rc.Device.ID = g.cfg.Device.ID // %d stays the running id
+			newRoutes = routes(&rc)
+		}
 	}
 	if g.cfg.Unprovisioned && !cfg.Unprovisioned && cfg.Bridge != nil {
 		g.log.Warn("reload: the device certificate is installed now; the bridge starts with a restart (systemctl restart fieldgate)")
@@ -472,6 +485,14 @@ func (g *Gateway) Reload() error {
 			changed = append(changed, "listener "+cfg.Broker.Listeners[i].Address)
 		}
 	}
+	if newRoutes != nil {
+		if err := g.bridge.SetRoutes(newRoutes); err != nil {
+			g.log.Error("reload: routes not applied", "err", err)
+		} else {
+			g.cfg.Bridge.Routes = cfg.Bridge.Routes
+			changed = append(changed, fmt.Sprintf("routes (%d)", len(newRoutes)))
+		}
+	}
 	if tlsCfg != nil {
 		g.bridge.SetTLS(tlsCfg)
 		g.tlsPrint = fp
@@ -481,6 +502,27 @@ func (g *Gateway) Reload() error {
 	}
 	g.log.Info("reloaded", "applied", changed)
 	return nil
+}
+
+// bridgeRestartChanges names the [bridge] keys, other than the routes,
+// that differ between the running configuration and a new one, and the
+// device id: the uplink takes those only at start.
+func bridgeRestartChanges(old, cfg *Config) []string {
+	var keys []string
+	if old.Device.ID != cfg.Device.ID {
+		keys = append(keys, "device.id")
+	}
+	a, b := reflect.ValueOf(*old.Bridge), reflect.ValueOf(*cfg.Bridge)
+	for i := range a.NumField() {
+		f := a.Type().Field(i)
+		if f.Name == "Routes" {
+			continue
+		}
+		if !reflect.DeepEqual(a.Field(i).Interface(), b.Field(i).Interface()) {
+			keys = append(keys, "bridge."+strings.Split(f.Tag.Get("toml"), ",")[0])
+		}
+	}
+	return keys
 }
 
 // tlsFingerprint hashes the files the uplink's TLS is made of.

@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"strings"
 	"sync"
@@ -65,6 +66,17 @@ type Options struct {
 	// RetainedFile, if set, keeps retained messages across restarts in
 	// this bbolt file.
 	RetainedFile string
+	// SessionFile, if set, keeps persistent sessions across restarts in
+	// this bbolt file: the clients, their subscriptions, and the QoS 1 and
+	// 2 messages in flight to them or queued while they were away.
+	SessionFile string
+	// PersistentClientExpiration, as Mosquitto's, ends the sessions that
+	// set no expiry of their own (3.1.1 clean session false, MQTT 5
+	// session expiry 0xFFFFFFFF) once their client has been away this
+	// long. 0: they never expire.
+	PersistentClientExpiration time.Duration
+	// now is the clock sessions are expired by; nil: time.Now.
+	now func() time.Time
 	// Forward, if set, is called for every accepted publish, before the
 	// publisher is acknowledged, except those sent with PublishLocal.
 	// An error wrapping ErrRejected refuses the message (MQTT 5: reason
@@ -81,6 +93,7 @@ type Broker struct {
 	uplink   *mqtt.Client // inline identity for messages from the uplink
 	gate     *gateHook
 	retained *retainStore // nil without Options.RetainedFile
+	sessions *sessionStore // nil without Options.SessionFile
 	addrs    []string
 }
 
@@ -99,6 +112,9 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 	caps.MaximumPacketSize = lim.MaxPacketSize
 	caps.ReceiveMaximum = lim.MaxInflight
 	caps.MaximumClientWritesPending = lim.MaxQueued
+	// QoS 1 and 2 messages held for a client, in flight or waiting,
+	// connected or away: what its stored session holds at most.
+	caps.MaximumInflight = uint16(min(lim.MaxQueued, math.MaxUint16))
 	srv := mqtt.New(&mqtt.Options{
 		Capabilities: caps,
 		InlineClient: true,
@@ -127,6 +143,18 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 		b.retained = rs
 		if err := srv.AddHook(rs, nil); err != nil {
 			rs.close()
+			return nil, fmt.Errorf("localbroker: %w", err)
+		}
+	}
+	if o.SessionFile != "" {
+		ss, err := openSessionStore(o.SessionFile, srv, sessionOptions{Expiry: o.PersistentClientExpiration, MaxQueued: int(caps.MaximumInflight), Now: o.now}, log)
+		if err != nil {
+			b.Close()
+			return nil, err
+		}
+		b.sessions = ss
+		if err := srv.AddHook(ss, nil); err != nil {
+			b.Close()
 			return nil, fmt.Errorf("localbroker: %w", err)
 		}
 	}
@@ -219,11 +247,14 @@ func (b *Broker) Subscribe(filter string, id int, fn func(Message)) error {
 }
 
 // Close disconnects every client, closes the listeners and saves the
-// retained messages.
+// retained messages and the persistent sessions.
 func (b *Broker) Close() error {
 	err := b.srv.Close()
 	if b.retained != nil {
 		err = errors.Join(err, b.retained.close())
+	}
+	if b.sessions != nil {
+		err = errors.Join(err, b.sessions.close())
 	}
 	return err
 }
@@ -297,7 +328,24 @@ func newMarker() packets.UserProperty {
 func (h *gateHook) ID() string { return "fieldgate-gate" }
 
 func (h *gateHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish, mqtt.OnDisconnect}, []byte{b})
+	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish, mqtt.OnDisconnect, mqtt.OnPacketEncode}, []byte{b})
+}
+
+// OnPacketEncode keeps an MQTT 3.1.1 CONNACK to the return codes 3.1.1
+// has (0 to 5). mochi sends some refusals with their MQTT 5 reason code,
+// which a 3.1.1 client does not read as a refusal (paho.mqtt.golang takes
+// 0x80 for success): an empty client id with cleansession 0 gets 0x80
+// where the spec asks for 0x02, identifier rejected [MQTT-3.1.3-8]; a
+// malformed CONNECT gets 0x81 to 0x9f, here 0x01 (unacceptable protocol).
+func (h *gateHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if pk.FixedHeader.Type == packets.Connack && cl.Properties.ProtocolVersion < 5 && pk.ReasonCode > packets.Err3NotAuthorized.Code {
+		if pk.ReasonCode == packets.ErrUnspecifiedError.Code {
+			pk.ReasonCode = packets.Err3ClientIdentifierNotValid.Code
+		} else {
+			pk.ReasonCode = packets.Err3UnsupportedProtocolVersion.Code
+		}
+	}
+	return pk
 }
 
 // OnConnect bounds the keepalive and logs a client id taken over by a new

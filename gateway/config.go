@@ -196,6 +196,11 @@ type SensorConfig struct {
 	Edge     string    `toml:"edge"`      // gpio: "both" or "none"; pulse: "falling", "rising" or "both"
 	Debounce *Duration `toml:"debounce"`  // gpio, pulse
 	Invert   bool      `toml:"invert"`    // gpio, pulse: the input is active low
+	Mode     string    `toml:"mode"`      // bme280: "forced" (default) or "normal"
+	Standby  *Duration `toml:"standby"`   // bme280, normal mode: t_sb, "0.5ms"…"1s"
+	Filter   int       `toml:"filter"`    // bme280: IIR filter coefficient, 0 (off), 2, 4, 8 or 16
+	// bme280: samples per measurement by quantity, 1, 2, 4, 8 or 16.
+	Oversampling map[string]int `toml:"oversampling"`
 
 	// How the poll loop reads and publishes it (sensorloop.go).
 	Timeout Duration `toml:"timeout"` // of one read; 0: 5s, or the interval if shorter
@@ -209,12 +214,13 @@ type SensorConfig struct {
 }
 
 // driverOptionKeys are the keys of SensorConfig that belong to drivers.
-var driverOptionKeys = []string{"channel", "gain", "data_rate", "scale", "unit", "quantity", "pull", "edge", "debounce", "invert"}
+var driverOptionKeys = []string{"channel", "gain", "data_rate", "scale", "unit", "quantity", "pull", "edge", "debounce", "invert",
+	"mode", "standby", "filter", "oversampling"}
 
 // options are s's driver options as the driver gets them.
 func (s *SensorConfig) options() sensors.Options {
 	o := sensors.Options{Channel: s.Channel, DataRate: s.DataRate, Scale: s.Scale, Unit: s.Unit, Quantity: s.Quantity,
-		Pull: s.Pull, Edge: s.Edge, Invert: s.Invert}
+		Pull: s.Pull, Edge: s.Edge, Invert: s.Invert, Mode: s.Mode, Filter: s.Filter, Oversampling: s.Oversampling}
 	switch g := s.Gain.(type) {
 	case string:
 		o.Gain = g
@@ -225,6 +231,9 @@ func (s *SensorConfig) options() sensors.Options {
 	}
 	if s.Debounce != nil {
 		o.Debounce = &s.Debounce.Duration
+	}
+	if s.Standby != nil {
+		o.Standby = &s.Standby.Duration
 	}
 	return o
 }
@@ -393,6 +402,8 @@ func typeReason(msg string) string {
 		"float64":          "a number",
 		// sensor.deadband
 		"map[string]float64": "a table of numbers by quantity, e.g. { temperature = 0.2 }",
+		// sensor.oversampling
+		"map[string]int": "a table of integers by quantity, e.g. { pressure = 16 }",
 	}[m[2]]
 	if want == "" {
 		want = m[2]

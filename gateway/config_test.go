@@ -205,7 +205,22 @@ func TestParseConfigErrors(t *testing.T) {
 		}},
 		{"GPIO keys on an I²C chip", "[device]\nid = \"a\"\n[[sensor]]\nname = \"room\"\ndriver = \"bme280\"\npin = \"GPIO4\"\ninvert = true\n", []string{
 			"f.toml:6: sensor[0].pin: not an option of driver bme280: only GPIO drivers take a pin",
-			"f.toml:7: sensor[0].invert: not an option of driver bme280 (its options: none)",
+			"f.toml:7: sensor[0].invert: not an option of driver bme280 (its options: mode, standby, filter, oversampling)",
+		}},
+		{"bme280 options", "[device]\nid = \"a\"\n[[sensor]]\nname = \"room\"\ndriver = \"bme280\"\nmode = \"continuous\"\nfilter = 3\noversampling = { pressure = 32, wind = 1 }\nchannel = \"ain0\"\n", []string{
+			"f.toml:6: sensor[0].mode: want forced (a measurement per read) or normal (the chip measures on its own), got \"continuous\"",
+			"f.toml:7: sensor[0].filter: want an IIR filter coefficient of 0 (off), 2, 4, 8 or 16, got 3",
+			"f.toml:8: sensor[0].oversampling.pressure: want 1, 2, 4, 8 or 16 samples, got 32",
+			"f.toml:8: sensor[0].oversampling.wind: not a quantity of the chip: want temperature, pressure or humidity",
+			"f.toml:9: sensor[0].channel: not an option of driver bme280 (its options: mode, standby, filter, oversampling)",
+		}},
+		{"bme280 standby", "[device]\nid = \"a\"\n[[sensor]]\nname = \"room\"\ndriver = \"bme280\"\nstandby = \"1s\"\n[[sensor]]\nname = \"hall\"\ndriver = \"bme280\"\nmode = \"normal\"\nstandby = \"100ms\"\n[[sensor]]\nname = \"adc\"\ndriver = \"ads1115\"\nmode = \"normal\"\n", []string{
+			"f.toml:6: sensor[0].standby: only with mode = \"normal\": in forced mode the chip sleeps between reads",
+			"f.toml:11: sensor[1].standby: want 0.5ms, 62.5ms, 125ms, 250ms, 500ms or 1s; 10ms or 20ms on a BME280; 2s or 4s on a BMP280; got 100ms",
+			"f.toml:15: sensor[2].mode: not an option of driver ads1115 (its options: channel, gain, data_rate, scale, unit, quantity)",
+		}},
+		{"bme280 oversampling not a table", "[device]\nid = \"a\"\n[[sensor]]\nname = \"room\"\ndriver = \"bme280\"\noversampling = 16\n", []string{
+			"f.toml:6: sensor.oversampling: wrong type: want a table of integers by quantity, e.g. { pressure = 16 }, got a TOML integer",
 		}},
 		{"device id with wildcard", "[device]\nid = \"a/#\"\n", []string{
 			"f.toml:2: device.id: \"a/#\": want letters, digits and '-._:', starting with a letter or digit (it is used in topics and SenML names)",
@@ -271,5 +286,29 @@ func TestParseSize(t *testing.T) {
 		if _, err := parseSize(in); err == nil {
 			t.Errorf("parseSize(%q): got no error", in)
 		}
+	}
+}
+
+// The bme280 keys reach the driver's options as written.
+func TestParseConfigBME280Options(t *testing.T) {
+	c, err := ParseConfig("f.toml", []byte(`[device]
+id = "a"
+
+[[sensor]]
+name = "room"
+driver = "bme280"
+address = 0x77
+mode = "normal"
+standby = "0.5ms"
+filter = 16
+oversampling = { temperature = 2, pressure = 16 }
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := c.Sensors[0].options()
+	if o.Mode != "normal" || o.Standby == nil || *o.Standby != 500*time.Microsecond || o.Filter != 16 ||
+		o.Oversampling["temperature"] != 2 || o.Oversampling["pressure"] != 16 || len(o.Oversampling) != 2 || c.Sensors[0].Bus != "/dev/i2c-1" {
+		t.Errorf("bme280 options: got %+v", o)
 	}
 }

@@ -24,6 +24,12 @@ type Options struct {
 	Edge     string         // "both", "rising", "falling" or "none"
 	Debounce *time.Duration // nil: the driver's default
 	Invert   bool           // the input is active low
+
+	// Pressure and humidity sensors (bme280).
+	Mode         string         // "forced" (a measurement per read) or "normal" (the chip measures on its own)
+	Standby      *time.Duration // normal mode: the pause between measurements; nil: the driver's default
+	Filter       int            // IIR filter coefficient: 0 (off), 2, 4, 8 or 16
+	Oversampling map[string]int // by quantity ("temperature", "pressure", "humidity"): 1, 2, 4, 8 or 16
 }
 
 // OptionError is a bad value of one of a driver's option keys.

@@ -1,12 +1,46 @@
 // Package bme280 reads Bosch BME280 (temperature, pressure, humidity) and
 // BMP280 (temperature, pressure) sensors over I²C, with the integer
 // compensation of the datasheet (BST-BME280-DS002, section 4.2.3).
+//
+// In forced mode (the default) each Sense starts one measurement, waits
+// for it and reads it; the chip sleeps in between. In normal mode the chip
+// is set running once, measuring and pausing for the standby time (t_sb)
+// on its own, and Sense reads the latest measurement without waiting.
+//
+// # Wiring on a Raspberry Pi header
+//
+//	BME280/BMP280   Pi header
+//	VIN (VCC)       pin 1 (3V3)
+//	GND             pin 6 or 9 (GND)
+//	SDA (SDI)       pin 3 (GPIO2, I2C1 SDA)
+//	SCL (SCK)       pin 5 (GPIO3, I2C1 SCL)
+//	SDO             strap to GND (0x76) or to 3V3 (0x77); never leave it floating
+//	CSB             3V3, or unconnected where the board pulls it up (selects I²C)
+//
+// Breakout boards strap SDO one way or the other: most small purple
+// boards to GND (0x76), Adafruit's and SparkFun's to 3V3 (0x77, with a
+// jumper or solder pad to change it). Power a bare chip from 3V3 only (it
+// takes 3.6 V at most); a board with its own regulator and level shifter
+// also runs from 3V3. Enable I²C with dtparam=i2c_arm=on; the bus is
+// /dev/i2c-1.
+//
+// The Pi pulls SDA and SCL up to 3V3 on the board (1.8 kΩ), and most
+// breakouts add their own (4.7–10 kΩ): with three or four boards on the
+// bus, cut their pull-up jumpers so the bus is not pulled too hard for the
+// chips to drive low. I²C is meant for a circuit board, not a cable: keep
+// the wires under a metre (about 50 cm with several boards), twisted with
+// GND or in a shielded cable, and use an I²C bus extender (P82B715,
+// PCA9615) for a sensor further away. Mount the sensor away from the Pi's
+// own heat; in normal mode with a short standby time the chip warms
+// itself a little too.
 package bme280
 
 import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"periph.io/x/conn/v3/i2c"
@@ -40,15 +74,61 @@ const (
 	F16      Filter = 4
 )
 
+// Mode is how the chip measures.
+type Mode uint8
+
+// Modes.
+const (
+	// Forced: each Sense starts one measurement and waits for it; the
+	// chip sleeps between reads.
+	Forced Mode = iota
+	// Normal: the chip measures continuously, pausing Opts.Standby
+	// between measurements; Sense reads the latest one.
+	Normal
+)
+
+func (m Mode) String() string {
+	switch m {
+	case Forced:
+		return "forced"
+	case Normal:
+		return "normal"
+	}
+	return fmt.Sprintf("Mode(%d)", uint8(m))
+}
+
 // Opts configure a Dev. The zero value of a field means its default.
 type Opts struct {
 	Temperature, Pressure, Humidity Oversampling // default O1x each
 	Filter                          Filter
+	Mode                            Mode
+	// Standby is the pause between measurements in normal mode (t_sb);
+	// 0 means DefaultStandby. It must be one of the chip's: Standbys for
+	// a BME280, BMP280Standbys for a BMP280.
+	Standby time.Duration
 }
 
 // DefaultOpts is weather monitoring as the datasheet recommends (3.5.1):
 // one sample each, no filter, forced mode.
 var DefaultOpts = Opts{Temperature: O1x, Pressure: O1x, Humidity: O1x}
+
+// DefaultStandby is the standby time of normal mode when Opts gives none:
+// a new measurement every second or so, on both chips.
+const DefaultStandby = time.Second
+
+// Standbys are the BME280's standby times in normal mode, by t_sb code
+// (register 0xF5 bits 7..5; BME280 datasheet table 27).
+var Standbys = [8]time.Duration{
+	500 * time.Microsecond, 62500 * time.Microsecond, 125 * time.Millisecond, 250 * time.Millisecond,
+	500 * time.Millisecond, time.Second, 10 * time.Millisecond, 20 * time.Millisecond,
+}
+
+// BMP280Standbys are the BMP280's: the same but for the last two codes
+// (BMP280 datasheet, BST-BMP280-DS001, table 11).
+var BMP280Standbys = [8]time.Duration{
+	500 * time.Microsecond, 62500 * time.Microsecond, 125 * time.Millisecond, 250 * time.Millisecond,
+	500 * time.Millisecond, time.Second, 2 * time.Second, 4 * time.Second,
+}
 
 // Chip ids (register 0xD0).
 const (
@@ -66,7 +146,12 @@ const (
 	regCtrlMeas = 0xF4
 	regConfig   = 0xF5
 	regData     = 0xF7 // press[3] temp[3] hum[2]
-	modeForced  = 1
+
+	// mode[1:0] of ctrl_meas (datasheet table 25). Sleep is written as
+	// all of ctrl_meas, oversampling bits 0.
+	modeSleep  = 0b00
+	modeForced = 0b01
+	modeNormal = 0b11
 )
 
 // ErrNotMeasured is returned when the chip reports the "skipped" value.
@@ -79,6 +164,9 @@ type Dev struct {
 	o     Opts
 	c     calibration
 	sleep func(time.Duration)
+	// warm: in normal mode, the first measurement since the chip was
+	// set running is done.
+	warm bool
 }
 
 type calibration struct {
@@ -94,7 +182,8 @@ type calibration struct {
 }
 
 // New opens the chip at addr (0x76 or 0x77) on b, which it borrows, checks
-// its id and reads its calibration.
+// its id, reads its calibration and configures it; in normal mode it sets
+// it running.
 func New(b i2c.Bus, addr uint16, o *Opts) (*Dev, error) {
 	opts := DefaultOpts
 	if o != nil {
@@ -104,6 +193,15 @@ func New(b i2c.Bus, addr uint16, o *Opts) (*Dev, error) {
 		if *v == Off || *v > O16 {
 			*v = O1x
 		}
+	}
+	if opts.Filter > F16 {
+		return nil, fmt.Errorf("bme280: filter %d: want NoFilter, F2, F4, F8 or F16", opts.Filter)
+	}
+	if opts.Mode != Forced && opts.Mode != Normal {
+		return nil, fmt.Errorf("bme280: %s: want Forced or Normal", opts.Mode)
+	}
+	if opts.Standby == 0 {
+		opts.Standby = DefaultStandby
 	}
 	d := &Dev{d: &i2c.Dev{Bus: b, Addr: addr}, o: opts, sleep: time.Sleep}
 	var id [1]byte
@@ -116,6 +214,13 @@ func New(b i2c.Bus, addr uint16, o *Opts) (*Dev, error) {
 	case ChipBMP280:
 	default:
 		return nil, fmt.Errorf("bme280: chip id %#02x at %#x is neither a BME280 (0x60) nor a BMP280 (0x58)", id[0], addr)
+	}
+	var tsb byte // t_sb has no effect in forced mode
+	if opts.Mode == Normal {
+		var ok bool
+		if tsb, ok = d.standbyCode(opts.Standby); !ok {
+			return nil, fmt.Errorf("bme280: standby %s: the %s at %#x offers %s", opts.Standby, d.chip(), addr, d.standbys())
+		}
 	}
 	var c1 [26]byte
 	if err := d.tx([]byte{regCalib1}, c1[:]); err != nil {
@@ -139,12 +244,26 @@ func New(b i2c.Bus, addr uint16, o *Opts) (*Dev, error) {
 		d.c.h4 = int16(int8(c2[3]))<<4 | int16(c2[4]&0x0F)
 		d.c.h5 = int16(int8(c2[5]))<<4 | int16(c2[4]>>4)
 		d.c.h6 = int8(c2[6])
+	}
+	// The chip takes a write of config only in sleep mode (datasheet
+	// 5.4.6), and a previous run may have left it in normal mode: sleep
+	// first. ctrl_hum takes effect with the next write of ctrl_meas
+	// (5.4.3), so it comes before it.
+	if err := d.tx([]byte{regCtrlMeas, modeSleep}, nil); err != nil {
+		return nil, fmt.Errorf("bme280: configure: %w", err)
+	}
+	if err := d.tx([]byte{regConfig, tsb<<5 | byte(opts.Filter)<<2}, nil); err != nil {
+		return nil, fmt.Errorf("bme280: configure: %w", err)
+	}
+	if d.isBME {
 		if err := d.tx([]byte{regCtrlHum, byte(opts.Humidity)}, nil); err != nil {
 			return nil, fmt.Errorf("bme280: configure: %w", err)
 		}
 	}
-	if err := d.tx([]byte{regConfig, byte(opts.Filter) << 2}, nil); err != nil {
-		return nil, fmt.Errorf("bme280: configure: %w", err)
+	if opts.Mode == Normal {
+		if err := d.tx([]byte{regCtrlMeas, d.ctrlMeas(modeNormal)}, nil); err != nil {
+			return nil, fmt.Errorf("bme280: start normal mode: %w", err)
+		}
 	}
 	return d, nil
 }
@@ -152,31 +271,28 @@ func New(b i2c.Bus, addr uint16, o *Opts) (*Dev, error) {
 // IsBME280 reports whether the chip measures humidity.
 func (d *Dev) IsBME280() bool { return d.isBME }
 
-// Sense makes one forced-mode measurement. A BMP280 leaves e.Humidity
+// Mode returns the mode the chip runs in.
+func (d *Dev) Mode() Mode { return d.o.Mode }
+
+// Sense reads one measurement: in forced mode it starts one and waits for
+// it; in normal mode it reads the latest, waiting only on the first read
+// for the chip's first measurement to end. A BMP280 leaves e.Humidity
 // alone.
 func (d *Dev) Sense(e *physic.Env) error {
-	ctrl := byte(d.o.Temperature)<<5 | byte(d.o.Pressure)<<2 | modeForced
-	if err := d.tx([]byte{regCtrlMeas, ctrl}, nil); err != nil {
-		return fmt.Errorf("bme280: start measurement: %w", err)
+	if d.o.Mode == Normal {
+		if !d.warm {
+			d.sleep(d.measureTime())
+			d.warm = true
+		}
+	} else if err := d.measureForced(); err != nil {
+		return err
 	}
-	d.sleep(d.measureTime())
-	var status [1]byte
-	for try := 0; ; try++ {
-		if err := d.tx([]byte{regStatus}, status[:]); err != nil {
-			return fmt.Errorf("bme280: read status: %w", err)
-		}
-		if status[0]&0x08 == 0 { // not measuring
-			break
-		}
-		if try == 10 {
-			return errors.New("bme280: measurement did not finish")
-		}
-		d.sleep(time.Millisecond)
-	}
-	n := 6
+	n := 6 // 0xF7..0xFC
 	if d.isBME {
-		n = 8
+		n = 8 // 0xF7..0xFE
 	}
+	// One burst read: the chip shadows the data registers while it is
+	// read, so all values come from the same measurement (3.9).
 	raw := make([]byte, n)
 	if err := d.tx([]byte{regData}, raw); err != nil {
 		return fmt.Errorf("bme280: read data: %w", err)
@@ -203,13 +319,76 @@ func (d *Dev) Sense(e *physic.Env) error {
 	return nil
 }
 
-// Halt puts the chip to sleep; it is in sleep mode between forced
-// measurements anyway.
+// Halt puts the chip to sleep: in normal mode it stops measuring; in
+// forced mode it sleeps between measurements anyway.
 func (d *Dev) Halt() error {
-	if err := d.tx([]byte{regCtrlMeas, 0}, nil); err != nil {
+	if err := d.tx([]byte{regCtrlMeas, modeSleep}, nil); err != nil {
 		return fmt.Errorf("bme280: halt: %w", err)
 	}
+	d.warm = false
 	return nil
+}
+
+// measureForced starts a forced measurement and waits for it to end.
+func (d *Dev) measureForced() error {
+	if err := d.tx([]byte{regCtrlMeas, d.ctrlMeas(modeForced)}, nil); err != nil {
+		return fmt.Errorf("bme280: start measurement: %w", err)
+	}
+	d.sleep(d.measureTime())
+	var status [1]byte
+	for try := 0; ; try++ {
+		if err := d.tx([]byte{regStatus}, status[:]); err != nil {
+			return fmt.Errorf("bme280: read status: %w", err)
+		}
+		if status[0]&0x08 == 0 { // not measuring
+			return nil
+		}
+		if try == 10 {
+			return errors.New("bme280: measurement did not finish")
+		}
+		d.sleep(time.Millisecond)
+	}
+}
+
+// ctrlMeas is the ctrl_meas register (0xF4): osrs_t, osrs_p and mode.
+func (d *Dev) ctrlMeas(mode byte) byte {
+	return byte(d.o.Temperature)<<5 | byte(d.o.Pressure)<<2 | mode
+}
+
+// standbyCode is the t_sb code of standby on this chip.
+func (d *Dev) standbyCode(standby time.Duration) (byte, bool) {
+	table := BMP280Standbys
+	if d.isBME {
+		table = Standbys
+	}
+	for code, v := range table {
+		if v == standby {
+			return byte(code), true
+		}
+	}
+	return 0, false
+}
+
+// standbys lists this chip's standby times, shortest first.
+func (d *Dev) standbys() string {
+	table := BMP280Standbys
+	if d.isBME {
+		table = Standbys
+	}
+	s := slices.Clone(table[:])
+	slices.Sort(s)
+	names := make([]string, len(s))
+	for i, v := range s {
+		names[i] = v.String()
+	}
+	return strings.Join(names, ", ")
+}
+
+func (d *Dev) chip() string {
+	if d.isBME {
+		return "BME280"
+	}
+	return "BMP280"
 }
 
 // tx is one transfer with the chip. When it fails the chip did not answer

@@ -43,8 +43,7 @@ func TestCompensationDatasheetExample(t *testing.T) {
 // over the chip's whole range, with trimming values read off a real
 // BME280.
 func TestHumidityIntegerMatchesFloat(t *testing.T) {
-	c := datasheet
-	c.h1, c.h2, c.h3, c.h4, c.h5, c.h6 = 75, 362, 0, 313, 50, 30
+	c := bmeCalibration()
 	for adcH := int32(20000); adcH <= 40000; adcH += 250 {
 		for _, adcT := range []int32{400000, datasheetADCT, 600000} {
 			_, tFine := c.temperature(adcT)
@@ -86,12 +85,13 @@ func raw(adcP, adcT int32, adcH int32, bme bool) []byte {
 	return b
 }
 
-// A BMP280 at 0x76, over a replayed bus: id, calibration, configuration,
-// then a forced measurement of the datasheet's example.
+// A BMP280 at 0x76, over a replayed bus: id, calibration, configuration
+// (sleep, then config), then a forced measurement of the datasheet's example.
 func TestBMP280Sense(t *testing.T) {
 	bus := &i2ctest.Playback{Ops: []i2ctest.IO{
 		{Addr: 0x76, W: []byte{0xD0}, R: []byte{0x58}},
 		{Addr: 0x76, W: []byte{0x88}, R: calib1(datasheet)},
+		{Addr: 0x76, W: []byte{0xF4, 0x00}}, // sleep, so that config is taken
 		{Addr: 0x76, W: []byte{0xF5, 0x00}},
 		{Addr: 0x76, W: []byte{0xF4, 0x25}},            // T x1, P x1, forced
 		{Addr: 0x76, W: []byte{0xF3}, R: []byte{0x08}}, // still measuring
@@ -127,16 +127,14 @@ func TestBMP280Sense(t *testing.T) {
 }
 
 func TestBME280SenseHumidity(t *testing.T) {
-	c := datasheet
-	c.h1, c.h2, c.h3, c.h4, c.h5, c.h6 = 75, 362, 0, 313, 50, 30
-	// 0xE1..0xE7: H2 (LE), H3, H4 msb, H4 lsb nibble | H5 lsb nibble << 4, H5 msb, H6.
-	c2 := []byte{byte(c.h2), byte(c.h2 >> 8), c.h3, byte(c.h4 >> 4), byte(c.h4&0x0F) | byte(c.h5&0x0F)<<4, byte(c.h5 >> 4), byte(c.h6)}
+	c := bmeCalibration()
 	bus := &i2ctest.Playback{Ops: []i2ctest.IO{
 		{Addr: 0x77, W: []byte{0xD0}, R: []byte{0x60}},
 		{Addr: 0x77, W: []byte{0x88}, R: calib1(c)},
-		{Addr: 0x77, W: []byte{0xE1}, R: c2},
-		{Addr: 0x77, W: []byte{0xF2, 0x01}},
+		{Addr: 0x77, W: []byte{0xE1}, R: calib2(c)},
+		{Addr: 0x77, W: []byte{0xF4, 0x00}},
 		{Addr: 0x77, W: []byte{0xF5, 0x00}},
+		{Addr: 0x77, W: []byte{0xF2, 0x01}},
 		{Addr: 0x77, W: []byte{0xF4, 0x25}},
 		{Addr: 0x77, W: []byte{0xF3}, R: []byte{0x00}},
 		{Addr: 0x77, W: []byte{0xF7}, R: raw(datasheetADCP, datasheetADCT, 30000, true)},
@@ -180,6 +178,7 @@ func TestErrors(t *testing.T) {
 	bus := &i2ctest.Playback{Ops: []i2ctest.IO{
 		{Addr: 0x76, W: []byte{0xD0}, R: []byte{0x58}},
 		{Addr: 0x76, W: []byte{0x88}, R: calib1(datasheet)},
+		{Addr: 0x76, W: []byte{0xF4, 0x00}}, // sleep, so that config is taken
 		{Addr: 0x76, W: []byte{0xF5, 0x00}},
 		{Addr: 0x76, W: []byte{0xF4, 0x25}},
 		{Addr: 0x76, W: []byte{0xF3}, R: []byte{0x00}},
@@ -204,6 +203,7 @@ func TestOutOfRange(t *testing.T) {
 	bus := &i2ctest.Playback{Ops: []i2ctest.IO{
 		{Addr: 0x76, W: []byte{0xD0}, R: []byte{0x58}},
 		{Addr: 0x76, W: []byte{0x88}, R: calib1(datasheet)},
+		{Addr: 0x76, W: []byte{0xF4, 0x00}}, // sleep, so that config is taken
 		{Addr: 0x76, W: []byte{0xF5, 0x00}},
 		{Addr: 0x76, W: []byte{0xF4, 0x25}},
 		{Addr: 0x76, W: []byte{0xF3}, R: []byte{0x00}},
@@ -237,6 +237,7 @@ func TestRegisteredDriver(t *testing.T) {
 	bus := &i2ctest.Playback{Ops: []i2ctest.IO{
 		{Addr: 0x76, W: []byte{0xD0}, R: []byte{0x58}},
 		{Addr: 0x76, W: []byte{0x88}, R: calib1(datasheet)},
+		{Addr: 0x76, W: []byte{0xF4, 0x00}}, // sleep, so that config is taken
 		{Addr: 0x76, W: []byte{0xF5, 0x00}},
 		{Addr: 0x76, W: []byte{0xF4, 0x25}},
 		{Addr: 0x76, W: []byte{0xF3}, R: []byte{0x00}},

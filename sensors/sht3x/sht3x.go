@@ -1,6 +1,35 @@
 // Package sht3x reads Sensirion SHT3x and SHT4x temperature and humidity
 // sensors over I²C (0x44 or 0x45). Every 16-bit word the chip sends is
 // checked against its CRC-8: a mismatch is an error, never a reading.
+//
+// # Wiring on a Raspberry Pi header
+//
+//	SHT3x/SHT4x   Pi header
+//	VDD (VIN)     pin 1 (3V3)
+//	VSS (GND)     pin 6 or 9 (GND)
+//	SDA           pin 3 (GPIO2, I2C1 SDA)
+//	SCL           pin 5 (GPIO3, I2C1 SCL)
+//	ADDR          SHT3x: strap to GND (0x44) or to 3V3 (0x45); never leave it floating
+//	nRESET        SHT3x: unconnected (pulled up inside the chip) or to 3V3
+//	ALERT         SHT3x: unconnected (not used)
+//
+// An SHT4x has no ADDR pin: its address is fixed by the part number
+// (SHT40-AD1B and most others 0x44, SHT40-BD1B 0x45; the SHT40-CD1B's
+// 0x46 is not one this driver takes). Most breakout boards
+// strap an SHT3x's ADDR to GND (0x44) with a pad or jumper for 0x45.
+// Power the chips from 3V3: the SHT4x takes 3.6 V at most, and the Pi's
+// SDA and SCL must not see more than 3.3 V. Enable I²C with
+// dtparam=i2c_arm=on; the bus is /dev/i2c-1; the driver's default address
+// is 0x44.
+//
+// The Pi pulls SDA and SCL up to 3V3 on the board (1.8 kΩ), and most
+// breakouts add their own (4.7–10 kΩ): with three or four boards on the
+// bus, cut their pull-up jumpers. I²C is meant for a circuit board, not a
+// cable: keep the wires under a metre, twisted with GND or in a shielded
+// cable (the probes sold with an SHT31 on a 1–2 m lead are usually fine at
+// the Pi's default 100 kHz), and use an I²C bus extender (P82B715, PCA9615)
+// for a sensor further away. Mount the sensor where the air moves and away
+// from the Pi's own heat, which reads as a warm, dry room.
 package sht3x
 
 import (

@@ -1,5 +1,7 @@
 // Package simulated is a sensor that needs no hardware: a smooth, plausible
 // indoor climate (temperature and relative humidity) for demos and tests.
+// Nothing is wired to the header: a [[sensor]] with driver = "simulated"
+// needs no bus, address or pin.
 package simulated
 
 import (

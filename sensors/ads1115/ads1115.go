@@ -34,6 +34,8 @@ import (
 
 	"periph.io/x/conn/v3/i2c"
 	"periph.io/x/conn/v3/physic"
+
+	"github.com/fieldgate/fieldgate/sensors"
 )
 
 // Channel is what the input multiplexer connects to the converter: the
@@ -192,9 +194,14 @@ func (d *Dev) Read() (physic.ElectricPotential, error) {
 }
 
 // ReadCode makes one single-shot conversion and returns the raw code.
+// When the chip does not take the write that starts it, the error wraps
+// sensors.ErrAbsent; a failure after that, of a chip that answered, does
+// not.
 func (d *Dev) ReadCode() (int16, error) {
 	if err := d.d.Tx([]byte{regConfig, byte(d.cfg >> 8), byte(d.cfg)}, nil); err != nil {
-		return 0, fmt.Errorf("ads1115: start conversion at %#x: %w", d.d.Addr, err)
+		// The chip has no id register: the first write is where one
+		// that is not there shows, as a NACK on its address.
+		return 0, sensors.Absent(fmt.Errorf("ads1115: start conversion at %#x: %w", d.d.Addr, err))
 	}
 	conv := time.Second / time.Duration(d.o.DataRate)
 	// The rate is accurate to ±10 % (datasheet 7.5), and the chip wakes
@@ -218,6 +225,10 @@ func (d *Dev) ReadCode() (int16, error) {
 	}
 	return int16(uint16(b[0])<<8 | uint16(b[1])), nil
 }
+
+// FullScale returns the range of the gain amplifier: readings span
+// −FullScale…+FullScale.
+func (d *Dev) FullScale() physic.ElectricPotential { return d.o.FullScale }
 
 // Halt does nothing: in single-shot mode the chip powers down after each
 // conversion.

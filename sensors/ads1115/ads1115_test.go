@@ -204,15 +204,70 @@ func TestBusyThenDone(t *testing.T) {
 	}
 }
 
+// A chip that NACKs the write that starts a conversion is not there: the
+// loop shows it absent. One that took it and then fails is failing.
 func TestAbsentChip(t *testing.T) {
 	bus := &i2ctest.Playback{DontPanic: true} // every transfer NACKs
 	s, _ := open(t, bus, 0x48, sensors.Options{})
 	ms, err := s.Sense(context.Background())
-	if err == nil || !strings.Contains(err.Error(), "ads1115: start conversion at 0x48") {
-		t.Errorf("got %v, %v; want an error naming the address", ms, err)
+	if err == nil || !strings.Contains(err.Error(), "ads1115: start conversion at 0x48") || !errors.Is(err, sensors.ErrAbsent) {
+		t.Errorf("got %v, %v; want an ErrAbsent naming the address", ms, err)
 	}
 	if _, err := New(bus, 0x50, nil); err == nil {
 		t.Error("address 0x50 accepted")
+	}
+
+	bus = &i2ctest.Playback{Ops: conversion(0x48, 0xC383, 0)[:1], DontPanic: true} // then nothing answers
+	s, _ = open(t, bus, 0x48, sensors.Options{})
+	ms, err = s.Sense(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "ads1115: read config") || errors.Is(err, sensors.ErrAbsent) {
+		t.Errorf("got %v, %v; want a read config error that is not ErrAbsent", ms, err)
+	}
+	if err := bus.Close(); err != nil {
+		t.Error(err)
+	}
+}
+
+// The declared range is ± the full scale, in volts or as scaled; a
+// reading at the top of the converter's range lies within it.
+func TestRanges(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		o        sensors.Options
+		cfg      uint16
+		quantity string
+		want     sensors.Range
+	}{
+		{"default ±4.096V", sensors.Options{}, 0xC383, "voltage", sensors.Range{Min: -4.096, Max: 4.096}},
+		{"±0.256V", sensors.Options{Channel: "ain2-ain3", Gain: "0.256V"}, 0xBB83, "voltage", sensors.Range{Min: -0.256, Max: 0.256}},
+		// 1–5 V is 0–10 bar: −6.144 V and +6.144 V scale to
+		// (−6.144 − 1) × 250000 and (6.144 − 1) × 250000 Pa.
+		{"4-20mA transmitter", sensors.Options{Channel: "ain1", Gain: "6.144", Scale: []float64{1, 5, 0, 1e6}, Unit: "Pa", Quantity: "pressure"},
+			0xD183, "pressure", sensors.Range{Min: -1786000, Max: 1286000}},
+		// A falling scale: the range is still low to high.
+		{"inverted scale", sensors.Options{Gain: "2.048V", Scale: []float64{0, 2, 100, 0}, Unit: "%", Quantity: "level"},
+			0xC583, "level", sensors.Range{Min: -2.4, Max: 202.4}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			bus := &i2ctest.Playback{Ops: conversion(0x48, tc.cfg, 0x7FFE)}
+			s, _ := open(t, bus, 0x48, tc.o)
+			r, ok := s.(sensors.Ranger)
+			if !ok {
+				t.Fatal("the sensor declares no ranges")
+			}
+			rs := r.Ranges()
+			got, ok := rs[tc.quantity]
+			if len(rs) != 1 || !ok || math.Abs(got.Min-tc.want.Min) > 1e-6 || math.Abs(got.Max-tc.want.Max) > 1e-6 {
+				t.Fatalf("ranges %+v, want %s: %+v", rs, tc.quantity, tc.want)
+			}
+			ms, err := s.Sense(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if kept, dropped := sensors.Check(s, ms); len(kept) != 1 || len(dropped) != 0 {
+				t.Errorf("a reading one code below the top, %+v, is outside the declared range %+v", ms, got)
+			}
+		})
 	}
 }
 

@@ -45,14 +45,30 @@ func (s *Sensor) Sense(ctx context.Context) ([]sensors.Measurement, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := sensors.Measurement{Quantity: s.Quantity, Unit: "V", Value: float64(p) / float64(physic.Volt)}
-	if m.Quantity == "" {
-		m.Quantity = "voltage"
-	}
+	m := sensors.Measurement{Quantity: s.quantity(), Unit: "V", Value: float64(p) / float64(physic.Volt)}
 	if s.Scale != nil {
 		m.Unit, m.Value = s.Unit, s.Scale.Apply(m.Value)
 	}
 	return []sensors.Measurement{m}, nil
+}
+
+// Ranges implements sensors.Ranger: the converter reads −FS…+FS of its
+// full-scale range, and with a Scale what those potentials scale to.
+func (s *Sensor) Ranges() map[string]sensors.Range {
+	fs := float64(s.Dev.FullScale()) / float64(physic.Volt)
+	r := sensors.Range{Min: -fs, Max: fs}
+	if s.Scale != nil {
+		lo, hi := s.Scale.Apply(-fs), s.Scale.Apply(fs)
+		r = sensors.Range{Min: min(lo, hi), Max: max(lo, hi)}
+	}
+	return map[string]sensors.Range{s.quantity(): r}
+}
+
+func (s *Sensor) quantity() string {
+	if s.Quantity == "" {
+		return "voltage"
+	}
+	return s.Quantity
 }
 
 // Halt halts the chip.

@@ -112,6 +112,11 @@ func (in *Input) Sense(ctx context.Context) ([]sensors.Measurement, error) {
 // level has changed since the last Sense.
 func (in *Input) Changed() <-chan struct{} { return in.changed }
 
+// Ranges implements sensors.Ranger: a state is 0 or 1.
+func (in *Input) Ranges() map[string]sensors.Range {
+	return map[string]sensors.Range{in.quantity: {Min: 0, Max: 1}}
+}
+
 // Dropped is how many changes were lost because nobody read them.
 func (in *Input) Dropped() uint64 {
 	in.mu.Lock()

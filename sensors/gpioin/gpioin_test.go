@@ -420,3 +420,50 @@ func TestCheckOptions(t *testing.T) {
 		}
 	}
 }
+
+// The declared ranges: a state is 0 or 1, a count and a rate are never
+// negative. The loop keeps what the drivers read and would drop, say, a
+// state of 2 or a negative rate.
+func TestRanges(t *testing.T) {
+	pin := &gpiotest.Pin{N: "GPIO22", Num: 22}
+	in, err := NewInput(pin, "alarm", false, &Opts{Pull: gpio.Float})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Halt()
+	var s sensors.Sensor = in
+	r, ok := s.(sensors.Ranger)
+	if !ok {
+		t.Fatal("an Input declares no ranges")
+	}
+	if got := r.Ranges(); len(got) != 1 || got["alarm"] != (sensors.Range{Min: 0, Max: 1}) {
+		t.Errorf("input ranges %+v, want alarm: 0…1", got)
+	}
+	for _, l := range []gpio.Level{gpio.High, gpio.Low} {
+		pin.Out(l)
+		if kept, dropped := sensors.Check(in, sense(t, in)); len(kept) != 1 || len(dropped) != 0 {
+			t.Errorf("level %s: kept %+v, dropped %+v; want the state kept", l, kept, dropped)
+		}
+	}
+	if _, dropped := sensors.Check(in, []sensors.Measurement{{Quantity: "alarm", Value: 2}}); len(dropped) != 1 || dropped[0].Reason != sensors.DropRange {
+		t.Errorf("a state of 2: dropped %+v, want it dropped as out of range", dropped)
+	}
+
+	rg := newRig(t)
+	c := newCounter(t, rg, Falling, Opts{})
+	for q, want := range map[string]float64{"count": 0, "rate": 0} {
+		got, ok := c.Ranges()[q]
+		if !ok || got.Min != want || !got.Contains(1e18) || got.Contains(-1e-9) {
+			t.Errorf("counter range of %s: got %+v (declared %t), want %v and up", q, got, ok, want)
+		}
+	}
+	sense(t, c)
+	rg.edge(gpio.Low)
+	rg.clk.Advance(time.Second)
+	if kept, dropped := sensors.Check(c, sense(t, c)); len(kept) != 2 || len(dropped) != 0 {
+		t.Errorf("kept %+v, dropped %+v; want the count and the rate kept", kept, dropped)
+	}
+	if _, dropped := sensors.Check(c, []sensors.Measurement{{Quantity: "rate", Unit: "1/s", Value: -0.5}}); len(dropped) != 1 {
+		t.Errorf("a negative rate: dropped %+v, want it dropped", dropped)
+	}
+}

@@ -2,6 +2,7 @@ package gpioin
 
 import (
 	"context"
+	"math"
 	"sync"
 	"time"
 
@@ -81,6 +82,12 @@ func (c *Counter) Sense(ctx context.Context) ([]sensors.Measurement, error) {
 		c.lastN, c.lastAt = c.count, now
 	}
 	return ms, nil
+}
+
+// Ranges implements sensors.Ranger: neither a count nor a rate is ever
+// negative, and neither has an upper bound the driver could know.
+func (c *Counter) Ranges() map[string]sensors.Range {
+	return map[string]sensors.Range{"count": {Min: 0, Max: math.Inf(1)}, "rate": {Min: 0, Max: math.Inf(1)}}
 }
 
 // Count returns the pulses counted so far.

@@ -1,6 +1,23 @@
 // Package ds18b20 reads Maxim DS18B20 temperature probes through the Linux
 // 1-Wire driver (w1-therm): /sys/bus/w1/devices/28-*/w1_slave. The sysfs
 // root is an option, so tests read fixture directories.
+//
+// # Wiring on a Raspberry Pi header
+//
+//	DS18B20          Pi header
+//	VDD (red)        pin 1 (3V3)
+//	GND (black)      pin 6 or 9 (GND)
+//	DQ (yellow)      pin 7 (GPIO4), with 4.7 kΩ from DQ to 3V3
+//
+// Enable the bus with dtoverlay=w1-gpio in config.txt (gpiopin=N for
+// another GPIO); the kernel then lists each probe as
+// /sys/bus/w1/devices/28-…. The pull-up is required: probe modules with
+// a terminal block usually carry it, bare and waterproof probes do not.
+// Power each probe from 3V3 rather than in parasite mode (VDD to GND).
+// Several probes share the one data line, each known by its 64-bit id
+// (set device = "28-…" to choose one). Run them along one cable, not in a
+// star: a twisted pair (DQ with GND) carries the bus for tens of metres;
+// on runs longer than about 10 m a stronger pull-up (2.2 kΩ) helps.
 package ds18b20
 
 import (

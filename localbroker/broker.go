@@ -84,6 +84,9 @@ type Options struct {
 	// the publisher is acknowledged, and local subscribers get the
 	// message, once the channel yields nil.
 	Forward func(Message) (stored <-chan error, err error)
+	// Authorizer, if set, has the last word on connections, publishes and
+	// subscriptions (see Authorizer).
+	Authorizer Authorizer
 }
 
 // Broker is a running local broker.
@@ -125,7 +128,7 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 		Logger: slog.New(mochiFilter{log.Handler()}),
 	})
 	b := &Broker{srv: srv, log: log}
-	gate := &gateHook{log: log, forward: o.Forward, srv: srv, marker: newMarker(), waiters: map[*mqtt.Client]chan deferred{},
+	gate := &gateHook{log: log, forward: o.Forward, authz: o.Authorizer, srv: srv, marker: newMarker(), waiters: map[*mqtt.Client]chan deferred{},
 		refusals: &refusalLog{now: time.Now}, tls: map[string]*tlsListener{},
 		failures:     &authFailures{max: lim.MaxAuthFailures, now: time.Now},
 		maxKeepalive: uint16(min(lim.MaxKeepalive/time.Second, 65535)),
@@ -303,6 +306,7 @@ type gateHook struct {
 	// maxKeepalive bounds clients' keepalive, in seconds; 0: unbounded.
 	maxKeepalive uint16
 	forward      func(Message) (<-chan error, error)
+	authz        Authorizer // nil: the files decide
 	srv          *mqtt.Server
 
 	// marker tags a publish injected again once stored, so that OnPublish
@@ -328,7 +332,7 @@ func newMarker() packets.UserProperty {
 func (h *gateHook) ID() string { return "fieldgate-gate" }
 
 func (h *gateHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish, mqtt.OnDisconnect, mqtt.OnPacketEncode}, []byte{b})
+	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish, mqtt.OnSubscribe, mqtt.OnWill, mqtt.OnWillSent, mqtt.OnDisconnect, mqtt.OnPacketEncode}, []byte{b})
 }
 
 // OnPacketEncode keeps an MQTT 3.1.1 CONNACK to the return codes 3.1.1
@@ -378,6 +382,13 @@ func (h *gateHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 		return false
 	}
 	ok := h.authenticate(cl, pk)
+	if h.authz != nil {
+		if ok = h.authz.Authenticate(clientInfo(cl), pk.Connect.Password, ok); !ok {
+			if remote := remoteAddr(cl); h.refusals.allow(remote, "authorizer") {
+				h.log.Info("client refused by the authorizer", "client_id", cl.ID, "username", string(cl.Properties.Username), "remote", remote)
+			}
+		}
+	}
 	if !ok {
 		h.failures.fail(host)
 	}
@@ -423,6 +434,18 @@ func (h *gateHook) authenticate(cl *mqtt.Client, pk packets.Packet) bool {
 // rule could let it read something (Mosquitto allows them all); each
 // delivery is then checked as Mosquitto checks it.
 func (h *gateHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	switch {
+	case isDenied(topic):
+		return false // refused by the Authorizer in OnSubscribe
+	case write && h.authz != nil:
+		return true // OnPublish asks the Authorizer, with the payload
+	}
+	return h.aclAllows(cl, topic, write)
+}
+
+// aclAllows is the files' verdict: the ACL file, or without one whether
+// the client logged in.
+func (h *gateHook) aclAllows(cl *mqtt.Client, topic string, write bool) bool {
 	sec := h.sec.Load()
 	user := string(cl.Properties.Username)
 	if sec.ACL == nil {
@@ -452,6 +475,17 @@ func (h *gateHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet
 		}
 		if cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos > 0 {
 			return pk, packets.ErrMessageRateTooHigh
+		}
+		return pk, packets.ErrRejectPacket
+	}
+	if h.authz != nil && !cl.Net.Inline && !h.authorizePublish(cl, pk) {
+		// As mochi answers a publish the ACL denies.
+		switch {
+		case pk.FixedHeader.Qos == 0:
+		case cl.Properties.ProtocolVersion == 5:
+			return pk, packets.ErrNotAuthorized
+		default:
+			h.srv.DisconnectClient(cl, packets.ErrNotAuthorized)
 		}
 		return pk, packets.ErrRejectPacket
 	}

@@ -95,7 +95,7 @@ type Broker struct {
 	log      *slog.Logger
 	uplink   *mqtt.Client // inline identity for messages from the uplink
 	gate     *gateHook
-	retained *retainStore // nil without Options.RetainedFile
+	retained *retainStore  // nil without Options.RetainedFile
 	sessions *sessionStore // nil without Options.SessionFile
 	addrs    []string
 }

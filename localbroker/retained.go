@@ -2,17 +2,13 @@ package localbroker
 
 import (
 	"encoding/json"
-	"errors"
-	"fmt"
 	"log/slog"
-	"os"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/storage"
 	"github.com/mochi-mqtt/server/v2/packets"
 	bolt "go.etcd.io/bbolt"
-	berrors "go.etcd.io/bbolt/errors"
 )
 
 // retainStore keeps retained messages in bbolt, so they survive a restart.
@@ -38,23 +34,9 @@ var retainBucket = []byte("retained")
 const retainFlush = time.Second
 
 func openRetainStore(path string, log *slog.Logger) (*retainStore, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
-	if err != nil && !errors.Is(err, berrors.ErrTimeout) {
-		var pe *os.PathError
-		if !errors.As(err, &pe) {
-			aside := fmt.Sprintf("%s.corrupt-%s", path, time.Now().UTC().Format("20060102T150405Z"))
-			if rerr := os.Rename(path, aside); rerr == nil {
-				log.Error("retained-message store is corrupt: moved aside, starting a new one", "path", path, "moved_to", aside, "err", err)
-				db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
-			}
-		}
-	}
+	db, err := openStateFile(path, "retained-message store", [][]byte{retainBucket}, nil, log)
 	if err != nil {
-		return nil, fmt.Errorf("localbroker: retained store %s: %w", path, err)
-	}
-	if err := db.Update(func(tx *bolt.Tx) error { _, err := tx.CreateBucketIfNotExists(retainBucket); return err }); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("localbroker: retained store %s: %w", path, err)
+		return nil, err
 	}
 	s := &retainStore{db: db, log: log, ops: make(chan retainOp, 1024), done: make(chan struct{})}
 	go s.writer()

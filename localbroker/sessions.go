@@ -1,0 +1,636 @@
+package localbroker
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"math"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/storage"
+	"github.com/mochi-mqtt/server/v2/packets"
+	bolt "go.etcd.io/bbolt"
+)
+
+// sessionStore keeps persistent sessions in bbolt so that they survive a
+// restart: the client (with its will and the time it went away), its
+// subscriptions, and its QoS 1 and 2 messages, both those in flight and
+// those queued while it was away. Clean sessions (3.1.1 clean session,
+// MQTT 5 session expiry 0) are never written.
+//
+// It is ours rather than mochi's hooks/storage/bolt: that hook commits (and
+// fsyncs) once per event, keeps clean sessions too, and fails Init on a
+// damaged file. Here changes are gathered in memory, the last change of a
+// record wins, and they are committed at most once per sessionFlush; a
+// message acknowledged within that time costs no write at all. A power cut
+// loses at most the last second's changes.
+//
+// mochi resends a resumed session's messages sorted by the low 16 bits of
+// their creation second, which mixes up messages queued in the same
+// second; the store remembers the order in which each message was queued
+// and puts that order back before mochi resends them.
+type sessionStore struct {
+	mqtt.HookBase
+	db        *bolt.DB
+	log       *slog.Logger
+	srv       *mqtt.Server
+	now       func() time.Time
+	expiry    time.Duration // for sessions that set none; 0: never
+	maxQueued int
+
+	mu      sync.Mutex
+	pending map[string]sessionWrite // by bucket and key
+	drops   map[string]bool         // clients whose records go before pending is applied
+	seq     uint64                  // order of inflight records
+	seqs    map[string]map[uint16]uint64
+	away    map[string]int64 // persistent sessions whose client is away: expiry, unix seconds
+	loaded  sessionData      // handed to mochi at start
+
+	kick chan struct{}
+	stop chan struct{}
+	done chan struct{}
+}
+
+// sessionWrite is one pending change; a nil value deletes the record.
+type sessionWrite struct {
+	bucket []byte
+	key    []byte
+	client string
+	value  storage.Serializable
+}
+
+type sessionData struct {
+	clients  []storage.Client
+	subs     []storage.Subscription
+	inflight []storage.Message
+}
+
+// sessionRecord is what is stored for a client.
+type sessionRecord struct {
+	Client storage.Client `json:"client"`
+	// Disconnected is when the client went away, unix seconds; 0 while
+	// it is connected.
+	Disconnected int64 `json:"disconnected,omitempty"`
+}
+
+func (r sessionRecord) MarshalBinary() ([]byte, error)  { return json.Marshal(r) }
+func (r *sessionRecord) UnmarshalBinary(b []byte) error { return json.Unmarshal(b, r) }
+
+var (
+	sessionClients  = []byte("clients")
+	sessionSubs     = []byte("subscriptions")
+	sessionInflight = []byte("inflight")
+)
+
+// sessionFlush is how often session changes are committed.
+const sessionFlush = time.Second
+
+// sessionExpiryCheck is how often sessions whose client is away are
+// checked for expiry.
+const sessionExpiryCheck = 30 * time.Second
+
+// sessionOptions configure a sessionStore.
+type sessionOptions struct {
+	// Expiry bounds sessions that set no expiry of their own: 3.1.1
+	// sessions, and MQTT 5 ones that asked for 0xFFFFFFFF. 0: never.
+	Expiry    time.Duration
+	MaxQueued int
+	Now       func() time.Time
+}
+
+func openSessionStore(path string, srv *mqtt.Server, o sessionOptions, log *slog.Logger) (*sessionStore, error) {
+	s := &sessionStore{
+		log: log, srv: srv, now: o.Now, expiry: o.Expiry, maxQueued: o.MaxQueued,
+		pending: map[string]sessionWrite{}, drops: map[string]bool{},
+		seqs: map[string]map[uint16]uint64{}, away: map[string]int64{},
+		kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	db, err := openStateFile(path, "session store", [][]byte{sessionClients, sessionSubs, sessionInflight}, s.load, log)
+	if err != nil {
+		return nil, err
+	}
+	s.db = db
+	s.flush() // what load left out
+	go s.writer()
+	return s, nil
+}
+
+// load reads the stored sessions, leaving out those that expired while
+// the broker was stopped and the messages beyond maxQueued; what it
+// leaves out is deleted at the first commit.
+func (s *sessionStore) load(tx *bolt.Tx) error {
+	s.loaded = sessionData{}
+	clear(s.away)
+	clear(s.seqs)
+	now := s.now().Unix()
+	expired := 0
+	err := tx.Bucket(sessionClients).ForEach(func(k, v []byte) error {
+		var r sessionRecord
+		if err := r.UnmarshalBinary(v); err != nil || r.Client.ID != string(k) {
+			s.log.Warn("stored session unreadable: dropped", "client_id", string(k), "err", err)
+			s.drops[string(k)] = true
+			return nil
+		}
+		if r.Disconnected == 0 { // connected when the broker stopped
+			r.Disconnected = now
+		}
+		until := r.Disconnected + s.expirySeconds(&r.Client)
+		if until <= now {
+			expired++
+			s.drops[r.Client.ID] = true
+			return nil
+		}
+		s.away[r.Client.ID] = until
+		s.loaded.clients = append(s.loaded.clients, r.Client)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	err = tx.Bucket(sessionSubs).ForEach(func(k, v []byte) error {
+		var sub storage.Subscription
+		if err := sub.UnmarshalBinary(v); err != nil {
+			s.log.Warn("stored subscription unreadable: dropped", "err", err)
+			s.pending["s"+string(k)] = sessionWrite{bucket: sessionSubs, key: k}
+			return nil
+		}
+		if _, ok := s.away[sub.Client]; ok {
+			s.loaded.subs = append(s.loaded.subs, sub)
+		} else {
+			s.drops[sub.Client] = true
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	queued := map[string]int{}
+	over := 0
+	err = tx.Bucket(sessionInflight).ForEach(func(k, v []byte) error {
+		var m storage.Message
+		err := m.UnmarshalBinary(v)
+		if _, ok := s.away[m.Client]; err != nil || !ok || queued[m.Client] >= s.maxQueued {
+			if err == nil && ok {
+				over++
+			}
+			s.pending["i"+string(k)] = sessionWrite{bucket: sessionInflight, key: k}
+			return nil
+		}
+		queued[m.Client]++
+		seq := binary.BigEndian.Uint64(k[len(k)-8:])
+		s.seq = max(s.seq, seq)
+		s.seqFor(m.Client)[m.PacketID] = seq
+		s.loaded.inflight = append(s.loaded.inflight, m)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if n := len(s.loaded.clients); n > 0 || expired > 0 || over > 0 {
+		s.log.Info("persistent sessions restored", "sessions", n, "messages", len(s.loaded.inflight), "expired", expired, "dropped_over_max_queued", over)
+	}
+	return nil
+}
+
+// expirySeconds is how long c's session lives once it has gone away.
+func (s *sessionStore) expirySeconds(c *storage.Client) int64 {
+	if c.ProtocolVersion == 5 && c.Properties.SessionExpiryInterval != math.MaxUint32 {
+		return int64(c.Properties.SessionExpiryInterval)
+	}
+	if s.expiry == 0 {
+		return math.MaxInt64 / 2
+	}
+	return int64(s.expiry / time.Second)
+}
+
+func (s *sessionStore) ID() string { return "fieldgate-sessions" }
+
+func (s *sessionStore) Provides(b byte) bool {
+	switch b {
+	case mqtt.OnSessionEstablish, mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnSubscribed,
+		mqtt.OnUnsubscribed, mqtt.OnQosPublish, mqtt.OnQosComplete, mqtt.OnQosDropped,
+		mqtt.OnClientExpired, mqtt.OnWillSent,
+		mqtt.StoredClients, mqtt.StoredSubscriptions, mqtt.StoredInflightMessages:
+		return true
+	}
+	return false
+}
+
+// persistent reports whether cl's session outlives its connection.
+func persistent(cl *mqtt.Client) bool {
+	if cl.Net.Inline {
+		return false
+	}
+	if cl.Properties.ProtocolVersion == 5 {
+		return cl.Properties.Props.SessionExpiryInterval > 0
+	}
+	return !cl.Properties.Clean
+}
+
+func (s *sessionStore) StoredClients() ([]storage.Client, error) { return s.loaded.clients, nil }
+
+func (s *sessionStore) StoredSubscriptions() ([]storage.Subscription, error) {
+	return s.loaded.subs, nil
+}
+
+func (s *sessionStore) StoredInflightMessages() ([]storage.Message, error) {
+	v := s.loaded.inflight
+	s.loaded = sessionData{} // mochi has them now
+	return v, nil
+}
+
+// OnSessionEstablish puts a resumed session's messages back in the order
+// they were queued before mochi resends them.
+func (s *sessionStore) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
+	if cl.Net.Inline || pk.Connect.Clean {
+		return
+	}
+	old, ok := s.srv.Clients.Get(cl.ID)
+	if !ok || !old.Closed() {
+		return
+	}
+	pks := old.State.Inflight.GetAll(false)
+	if len(pks) < 2 {
+		return
+	}
+	s.mu.Lock()
+	seqs := s.seqs[cl.ID]
+	sort.SliceStable(pks, func(i, j int) bool {
+		a, aok := seqs[pks[i].PacketID]
+		b, bok := seqs[pks[j].PacketID]
+		if aok != bok {
+			return aok // known order first
+		}
+		if !aok {
+			return pks[i].Created < pks[j].Created
+		}
+		return a < b
+	})
+	s.mu.Unlock()
+	// mochi sorts on uint16(Created): give the messages consecutive
+	// seconds ending just before now, so that they sort in order and
+	// before what is queued from now on. (Created is also what mochi's
+	// 24-hour bound on a queued message counts from: it restarts here,
+	// as the client is back to take them.)
+	now := time.Now().Unix()
+	base := now - int64(len(pks))
+	if uint16(base) > uint16(now) { // the low 16 bits wrap in between
+		base = now - int64(uint16(now))
+	}
+	for i, p := range pks {
+		p.Created = base + int64(i)
+		old.State.Inflight.Set(p)
+	}
+}
+
+// OnSessionEstablished writes the session as it now is: a clean one
+// deletes what was stored for the client id; a persistent one replaces it
+// with the subscriptions and messages the connection took over.
+func (s *sessionStore) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
+	if cl.Net.Inline {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.away, cl.ID)
+	s.drop(cl.ID)
+	if !persistent(cl) {
+		return
+	}
+	s.putClient(cl, 0)
+	for _, sub := range cl.State.Subscriptions.GetAll() {
+		s.putSub(cl.ID, sub, sub.Qos)
+	}
+	for _, p := range cl.State.Inflight.GetAll(false) {
+		s.putInflight(cl.ID, p)
+	}
+	s.wake()
+}
+
+func (s *sessionStore) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
+	if cl.Net.Conn == nil || errors.Is(cl.StopCause(), packets.ErrSessionTakenOver) {
+		return // a restored session, the inline client, or a client id taken over
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if expire {
+		s.drop(cl.ID)
+	} else if persistent(cl) {
+		r := s.putClient(cl, s.now().Unix())
+		s.away[cl.ID] = r.Disconnected + s.expirySeconds(&r.Client)
+	}
+	s.wake()
+}
+
+// OnWillSent stores the client without its will, once it is sent.
+func (s *sessionStore) OnWillSent(cl *mqtt.Client, _ packets.Packet) {
+	if !persistent(cl) || cl.Net.Conn == nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.putClient(cl, s.now().Unix())
+	s.wake()
+}
+
+func (s *sessionStore) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
+	if !persistent(cl) {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, f := range pk.Filters {
+		if i < len(codes) && codes[i] < packets.ErrUnspecifiedError.Code {
+			s.putSub(cl.ID, f, codes[i])
+		}
+	}
+	s.wake()
+}
+
+func (s *sessionStore) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
+	if !persistent(cl) {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, f := range pk.Filters {
+		k := subKey(cl.ID, f.Filter)
+		s.pending["s"+string(k)] = sessionWrite{bucket: sessionSubs, key: k, client: cl.ID}
+	}
+	s.wake()
+}
+
+func (s *sessionStore) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, _ int) {
+	if !persistent(cl) {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.putInflight(cl.ID, pk)
+	s.wake()
+}
+
+func (s *sessionStore) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
+	if !persistent(cl) {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	seqs := s.seqs[cl.ID]
+	seq, ok := seqs[pk.PacketID]
+	if !ok {
+		return
+	}
+	delete(seqs, pk.PacketID)
+	k := inflightKey(cl.ID, seq)
+	s.pending["i"+string(k)] = sessionWrite{bucket: sessionInflight, key: k, client: cl.ID}
+	s.wake()
+}
+
+func (s *sessionStore) OnQosDropped(cl *mqtt.Client, pk packets.Packet) { s.OnQosComplete(cl, pk) }
+
+func (s *sessionStore) OnClientExpired(cl *mqtt.Client) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.away, cl.ID)
+	s.drop(cl.ID)
+	s.wake()
+}
+
+// expireAway ends the sessions whose client has been away longer than
+// their expiry. mochi does it too, but counts from the restart for a
+// session restored at start, and does not know persistent_client_expiration.
+func (s *sessionStore) expireAway(now time.Time) {
+	s.mu.Lock()
+	var ids []string
+	for id, until := range s.away {
+		if until <= now.Unix() {
+			ids = append(ids, id)
+		}
+	}
+	s.mu.Unlock()
+	for _, id := range ids {
+		cl, ok := s.srv.Clients.Get(id)
+		if ok && !cl.Closed() {
+			continue // back: OnSessionEstablished has taken it off the list
+		}
+		if ok {
+			s.srv.UnsubscribeClient(cl)
+			cl.ClearInflights()
+			s.srv.Clients.Delete(id)
+		}
+		s.mu.Lock()
+		delete(s.away, id)
+		s.drop(id)
+		s.wake()
+		s.mu.Unlock()
+		s.log.Info("persistent session expired: its client stayed away", "client_id", id)
+	}
+}
+
+// The following hold s.mu.
+
+func (s *sessionStore) wake() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// drop deletes everything stored for client id.
+func (s *sessionStore) drop(id string) {
+	for k, w := range s.pending {
+		if w.client == id {
+			delete(s.pending, k)
+		}
+	}
+	delete(s.seqs, id)
+	s.drops[id] = true
+}
+
+func (s *sessionStore) seqFor(id string) map[uint16]uint64 {
+	m, ok := s.seqs[id]
+	if !ok {
+		m = map[uint16]uint64{}
+		s.seqs[id] = m
+	}
+	return m
+}
+
+func (s *sessionStore) putClient(cl *mqtt.Client, disconnected int64) sessionRecord {
+	p := cl.Properties.Props
+	r := sessionRecord{Disconnected: disconnected, Client: storage.Client{
+		ID:              cl.ID,
+		T:               storage.ClientKey,
+		Remote:          cl.Net.Remote,
+		Listener:        cl.Net.Listener,
+		Username:        slices.Clone(cl.Properties.Username),
+		Clean:           cl.Properties.Clean,
+		ProtocolVersion: cl.Properties.ProtocolVersion,
+		Properties: storage.ClientProperties{
+			SessionExpiryInterval:     p.SessionExpiryInterval,
+			SessionExpiryIntervalFlag: p.SessionExpiryIntervalFlag,
+			AuthenticationMethod:      p.AuthenticationMethod,
+			AuthenticationData:        slices.Clone(p.AuthenticationData),
+			RequestProblemInfo:        p.RequestProblemInfo,
+			RequestProblemInfoFlag:    p.RequestProblemInfoFlag,
+			RequestResponseInfo:       p.RequestResponseInfo,
+			ReceiveMaximum:            p.ReceiveMaximum,
+			TopicAliasMaximum:         p.TopicAliasMaximum,
+			User:                      slices.Clone(p.User),
+			MaximumPacketSize:         p.MaximumPacketSize,
+		},
+		Will: storage.ClientWill(cl.Properties.Will),
+	}}
+	k := []byte(cl.ID)
+	s.pending["c"+cl.ID] = sessionWrite{bucket: sessionClients, key: k, client: cl.ID, value: &r}
+	return r
+}
+
+func (s *sessionStore) putSub(id string, f packets.Subscription, qos byte) {
+	k := subKey(id, f.Filter)
+	s.pending["s"+string(k)] = sessionWrite{bucket: sessionSubs, key: k, client: id, value: &storage.Subscription{
+		T:                 storage.SubscriptionKey,
+		Client:            id,
+		Filter:            f.Filter,
+		Qos:               qos,
+		Identifier:        f.Identifier,
+		RetainHandling:    f.RetainHandling,
+		RetainAsPublished: f.RetainAsPublished,
+		NoLocal:           f.NoLocal,
+	}}
+}
+
+// putInflight stores pk under the sequence number its packet id has, or a
+// new one: a message resent keeps its place.
+func (s *sessionStore) putInflight(id string, pk packets.Packet) {
+	seqs := s.seqFor(id)
+	seq, ok := seqs[pk.PacketID]
+	if !ok {
+		s.seq++
+		seq = s.seq
+		seqs[pk.PacketID] = seq
+	}
+	k := inflightKey(id, seq)
+	s.pending["i"+string(k)] = sessionWrite{bucket: sessionInflight, key: k, client: id, value: &storage.Message{
+		T:           storage.InflightKey,
+		Client:      id,
+		Origin:      pk.Origin,
+		FixedHeader: pk.FixedHeader,
+		TopicName:   pk.TopicName,
+		Payload:     pk.Payload,
+		Created:     pk.Created,
+		PacketID:    pk.PacketID,
+		Properties: storage.MessageProperties{
+			PayloadFormat:          pk.Properties.PayloadFormat,
+			PayloadFormatFlag:      pk.Properties.PayloadFormatFlag,
+			MessageExpiryInterval:  pk.Properties.MessageExpiryInterval,
+			ContentType:            pk.Properties.ContentType,
+			ResponseTopic:          pk.Properties.ResponseTopic,
+			CorrelationData:        pk.Properties.CorrelationData,
+			SubscriptionIdentifier: pk.Properties.SubscriptionIdentifier,
+			User:                   pk.Properties.User,
+		},
+	}}
+}
+
+// clientPrefix starts every key of client id's records; the length makes
+// one id's prefix no other id's.
+func clientPrefix(id string) []byte {
+	return append(binary.BigEndian.AppendUint16(nil, uint16(len(id))), id...)
+}
+
+func subKey(id, filter string) []byte { return append(clientPrefix(id), filter...) }
+
+func inflightKey(id string, seq uint64) []byte {
+	return binary.BigEndian.AppendUint64(clientPrefix(id), seq)
+}
+
+// writer commits pending changes at most once per sessionFlush, and
+// checks the sessions whose client is away for expiry.
+func (s *sessionStore) writer() {
+	defer close(s.done)
+	var due <-chan time.Time
+	expiry := time.NewTicker(sessionExpiryCheck)
+	defer expiry.Stop()
+	for {
+		select {
+		case <-s.stop:
+			s.flush()
+			return
+		case <-s.kick:
+			if due == nil {
+				due = time.After(sessionFlush)
+			}
+		case <-due:
+			due = nil
+			s.flush()
+		case <-expiry.C:
+			s.expireAway(s.now())
+		}
+	}
+}
+
+func (s *sessionStore) flush() {
+	s.mu.Lock()
+	pending, drops := s.pending, s.drops
+	if len(pending) == 0 && len(drops) == 0 {
+		s.mu.Unlock()
+		return
+	}
+	s.pending, s.drops = map[string]sessionWrite{}, map[string]bool{}
+	s.mu.Unlock()
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		for id := range drops {
+			if err := tx.Bucket(sessionClients).Delete([]byte(id)); err != nil {
+				return err
+			}
+			p := clientPrefix(id)
+			for _, b := range [][]byte{sessionSubs, sessionInflight} {
+				c := tx.Bucket(b).Cursor()
+				for k, _ := c.Seek(p); k != nil && len(k) >= len(p) && string(k[:len(p)]) == string(p); k, _ = c.Seek(p) {
+					if err := c.Delete(); err != nil {
+						return err
+					}
+				}
+			}
+		}
+		for _, w := range pending {
+			b := tx.Bucket(w.bucket)
+			if w.value == nil {
+				if err := b.Delete(w.key); err != nil {
+					return err
+				}
+				continue
+			}
+			v, err := w.value.MarshalBinary()
+			if err != nil {
+				s.log.Warn("session record not saved", "client_id", w.client, "err", err)
+				continue
+			}
+			if err := b.Put(w.key, v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		s.log.Error("persistent sessions not saved", "changes", len(pending)+len(drops), "err", err)
+	}
+}
+
+// close commits what is pending and closes the file; mochi has stopped
+// calling the hook by then.
+func (s *sessionStore) close() error {
+	close(s.stop)
+	<-s.done
+	return s.db.Close()
+}

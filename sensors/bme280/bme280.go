@@ -159,11 +159,12 @@ var ErrNotMeasured = errors.New("bme280: measurement skipped (0x80000)")
 
 // Dev is a BME280 or BMP280.
 type Dev struct {
-	d     *i2c.Dev
-	isBME bool
-	o     Opts
-	c     calibration
-	sleep func(time.Duration)
+	d      *i2c.Dev
+	isBME  bool
+	o      Opts
+	c      calibration
+	sleep  func(time.Duration)
+	config byte // the config register (0xF5): t_sb, filter
 	// warm: in normal mode, the first measurement since the chip was
 	// set running is done.
 	warm bool
@@ -245,25 +246,9 @@ func New(b i2c.Bus, addr uint16, o *Opts) (*Dev, error) {
 		d.c.h5 = int16(int8(c2[5]))<<4 | int16(c2[4]>>4)
 		d.c.h6 = int8(c2[6])
 	}
-	// The chip takes a write of config only in sleep mode (datasheet
-	// 5.4.6), and a previous run may have left it in normal mode: sleep
-	// first. ctrl_hum takes effect with the next write of ctrl_meas
-	// (5.4.3), so it comes before it.
-	if err := d.tx([]byte{regCtrlMeas, modeSleep}, nil); err != nil {
-		return nil, fmt.Errorf("bme280: configure: %w", err)
-	}
-	if err := d.tx([]byte{regConfig, tsb<<5 | byte(opts.Filter)<<2}, nil); err != nil {
-		return nil, fmt.Errorf("bme280: configure: %w", err)
-	}
-	if d.isBME {
-		if err := d.tx([]byte{regCtrlHum, byte(opts.Humidity)}, nil); err != nil {
-			return nil, fmt.Errorf("bme280: configure: %w", err)
-		}
-	}
-	if opts.Mode == Normal {
-		if err := d.tx([]byte{regCtrlMeas, d.ctrlMeas(modeNormal)}, nil); err != nil {
-			return nil, fmt.Errorf("bme280: start normal mode: %w", err)
-		}
+	d.config = tsb<<5 | byte(opts.Filter)<<2
+	if err := d.configure(); err != nil {
+		return nil, err
 	}
 	return d, nil
 }
@@ -300,7 +285,7 @@ func (d *Dev) Sense(e *physic.Env) error {
 	adcP := int32(raw[0])<<12 | int32(raw[1])<<4 | int32(raw[2])>>4
 	adcT := int32(raw[3])<<12 | int32(raw[4])<<4 | int32(raw[5])>>4
 	if adcT == 0x80000 || adcP == 0x80000 {
-		return ErrNotMeasured
+		return d.notMeasured()
 	}
 	// A value beyond the chip's operating range is a fault, not a
 	// reading; the poll loop drops it (see Ranges).
@@ -311,7 +296,7 @@ func (d *Dev) Sense(e *physic.Env) error {
 	if d.isBME {
 		adcH := int32(raw[6])<<8 | int32(raw[7])
 		if adcH == 0x8000 {
-			return ErrNotMeasured
+			return d.notMeasured()
 		}
 		h := d.c.humidity(adcH, tFine)
 		e.Humidity = physic.RelativeHumidity(int64(h) * int64(physic.PercentRH) / 1024)
@@ -327,6 +312,43 @@ func (d *Dev) Halt() error {
 	}
 	d.warm = false
 	return nil
+}
+
+// configure writes the chip's settings and, in normal mode, sets it
+// running. The chip takes a write of config only in sleep mode (datasheet
+// 5.4.6), and a previous run may have left it in normal mode: it is put
+// to sleep first. ctrl_hum takes effect with the next write of ctrl_meas
+// (5.4.3), so it comes before it.
+func (d *Dev) configure() error {
+	if err := d.tx([]byte{regCtrlMeas, modeSleep}, nil); err != nil {
+		return fmt.Errorf("bme280: configure: %w", err)
+	}
+	if err := d.tx([]byte{regConfig, d.config}, nil); err != nil {
+		return fmt.Errorf("bme280: configure: %w", err)
+	}
+	if d.isBME {
+		if err := d.tx([]byte{regCtrlHum, byte(d.o.Humidity)}, nil); err != nil {
+			return fmt.Errorf("bme280: configure: %w", err)
+		}
+	}
+	d.warm = false
+	if d.o.Mode == Normal {
+		if err := d.tx([]byte{regCtrlMeas, d.ctrlMeas(modeNormal)}, nil); err != nil {
+			return fmt.Errorf("bme280: start normal mode: %w", err)
+		}
+	}
+	return nil
+}
+
+// notMeasured is the error of a read that found the skipped value. The
+// chip reports it when it has lost its settings, after a brown-out or a
+// reset: it sleeps again with every measurement skipped, so it is
+// configured again for the next read.
+func (d *Dev) notMeasured() error {
+	if err := d.configure(); err != nil {
+		return fmt.Errorf("%w; configuring the chip again: %w", ErrNotMeasured, err)
+	}
+	return ErrNotMeasured
 }
 
 // measureForced starts a forced measurement and waits for it to end.

@@ -174,7 +174,8 @@ func TestErrors(t *testing.T) {
 	if _, err := New(wrong, 0x76, nil); err == nil || !strings.Contains(err.Error(), "chip id 0x61 at 0x76 is neither a BME280") || errors.Is(err, sensors.ErrAbsent) {
 		t.Errorf("wrong chip: got %v, want a chip id error that is not ErrAbsent", err)
 	}
-	// The skipped value is an error, never a reading.
+	// The skipped value is an error, never a reading, and the chip,
+	// which has lost its settings, is configured again.
 	bus := &i2ctest.Playback{Ops: []i2ctest.IO{
 		{Addr: 0x76, W: []byte{0xD0}, R: []byte{0x58}},
 		{Addr: 0x76, W: []byte{0x88}, R: calib1(datasheet)},
@@ -183,7 +184,9 @@ func TestErrors(t *testing.T) {
 		{Addr: 0x76, W: []byte{0xF4, 0x25}},
 		{Addr: 0x76, W: []byte{0xF3}, R: []byte{0x00}},
 		{Addr: 0x76, W: []byte{0xF7}, R: raw(0x80000, datasheetADCT, 0, false)},
-	}}
+		{Addr: 0x76, W: []byte{0xF4, 0x00}},
+		{Addr: 0x76, W: []byte{0xF5, 0x00}},
+	}, DontPanic: true}
 	d, err := New(bus, 0x76, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -191,6 +194,9 @@ func TestErrors(t *testing.T) {
 	d.sleep = func(time.Duration) {}
 	if err := d.Sense(&physic.Env{}); !errors.Is(err, ErrNotMeasured) {
 		t.Errorf("skipped pressure: got %v, want ErrNotMeasured", err)
+	}
+	if err := bus.Close(); err != nil {
+		t.Error(err)
 	}
 }
 

@@ -186,6 +186,47 @@ func TestStandbyPerChip(t *testing.T) {
 	}
 }
 
+// A chip that was reset while running (a brown-out) sleeps with its
+// settings gone, and its data registers read as skipped: the read is an
+// error, the chip is set running again, and the next read, after the
+// first measurement's time, is a reading.
+func TestNormalModeAfterReset(t *testing.T) {
+	const addr = 0x76
+	setup := []i2ctest.IO{
+		{Addr: addr, W: []byte{0xF4, 0x00}},
+		{Addr: addr, W: []byte{0xF5, 0x70}}, // t_sb 011 (250 ms), filter 100 (16)
+		{Addr: addr, W: []byte{0xF2, 0x01}},
+		{Addr: addr, W: []byte{0xF4, 0x27}},
+	}
+	ops := append(opening(addr, true), setup...)
+	ops = append(ops, i2ctest.IO{Addr: addr, W: []byte{0xF7}, R: raw(0x80000, 0x80000, 0x8000, true)})
+	ops = append(ops, setup...)
+	ops = append(ops, i2ctest.IO{Addr: addr, W: []byte{0xF7}, R: raw(datasheetADCP, datasheetADCT, 30000, true)})
+	bus := &i2ctest.Playback{Ops: ops, DontPanic: true}
+	d, err := New(bus, addr, &Opts{Mode: Normal, Standby: 250 * time.Millisecond, Filter: F16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waits := 0
+	d.sleep = func(time.Duration) { waits++ }
+	var e physic.Env
+	if err := d.Sense(&e); !errors.Is(err, ErrNotMeasured) {
+		t.Fatalf("got %v, want ErrNotMeasured", err)
+	}
+	if err := d.Sense(&e); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.Temperature.Celsius(); math.Abs(got-25.08) > 1e-9 {
+		t.Errorf("temperature %v, want 25.08 °C", e.Temperature)
+	}
+	if waits != 2 {
+		t.Errorf("%d waits, want one before each first read after the chip was set running", waits)
+	}
+	if err := bus.Close(); err != nil {
+		t.Error(err)
+	}
+}
+
 // A chip that stops answering in normal mode is absent, as in forced mode.
 func TestNormalModeAbsent(t *testing.T) {
 	bus := &i2ctest.Playback{Ops: append(opening(0x76, false),

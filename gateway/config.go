@@ -99,6 +99,10 @@ type BrokerConfig struct {
 	MaxPublishRate    float64  `toml:"max_publish_rate"`
 	MaxAuthFailures   int      `toml:"max_auth_failures"`
 	MaxKeepalive      Duration `toml:"max_keepalive"`
+	// PersistentClientExpiration, as Mosquitto's, ends the persistent
+	// sessions that set no expiry of their own (3.1.1, or MQTT 5 asking
+	// for none) once the client has been away this long; 0: never.
+	PersistentClientExpiration Duration `toml:"persistent_client_expiration"`
 }
 
 // ListenerConfig is one [[broker.listener]].
@@ -238,12 +242,22 @@ func (s *SensorConfig) options() sensors.Options {
 	return o
 }
 
-// Duration is a time.Duration written as a Go duration string ("1s", "2m").
+// Duration is a time.Duration written as a Go duration string ("1s",
+// "2m"), or a whole number of days or weeks ("7d", "2w") as Mosquitto
+// writes its expirations.
 type Duration struct{ time.Duration }
 
 // UnmarshalText implements encoding.TextUnmarshaler.
 func (d *Duration) UnmarshalText(b []byte) error {
 	v, err := time.ParseDuration(string(b))
+	if s := string(b); err != nil && len(s) > 1 && strings.IndexByte("dw", s[len(s)-1]) >= 0 {
+		if n, nerr := strconv.ParseUint(s[:len(s)-1], 10, 16); nerr == nil {
+			v, err = time.Duration(n)*24*time.Hour, nil
+			if s[len(s)-1] == 'w' {
+				v *= 7
+			}
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("not a duration (want e.g. \"1s\", \"500ms\"): %q", b)
 	}
@@ -601,6 +615,7 @@ func (c *Config) validate() error {
 		{"max_publish_rate", c.Broker.MaxPublishRate, 0, 1e9},
 		{"max_auth_failures", float64(c.Broker.MaxAuthFailures), 0, 1e6},
 		{"max_keepalive", c.Broker.MaxKeepalive.Seconds(), 0, 65535},
+		{"persistent_client_expiration", c.Broker.PersistentClientExpiration.Seconds(), 0, 100 * 365 * 86400},
 	} {
 		if l.v < l.least || l.v > l.most {
 			c.errorf(&errs, "broker."+l.key, "must be between %v and %v, got %v", l.least, l.most, l.v)

@@ -312,3 +312,31 @@ oversampling = { temperature = 2, pressure = 16 }
 		t.Errorf("bme280 options: got %+v", o)
 	}
 }
+
+// Durations are Go's, or whole days and weeks as Mosquitto writes
+// persistent_client_expiration.
+func TestParseDuration(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want time.Duration
+	}{{"1s", time.Second}, {"36h", 36 * time.Hour}, {"7d", 7 * 24 * time.Hour}, {"2w", 14 * 24 * time.Hour}, {"0d", 0}} {
+		var d Duration
+		if err := d.UnmarshalText([]byte(tc.in)); err != nil || d.Duration != tc.want {
+			t.Errorf("%q: got %v, %v; want %v", tc.in, d.Duration, err, tc.want)
+		}
+	}
+	for _, in := range []string{"d", "7", "-1d", "1.5d", "7x", "1w2d"} {
+		var d Duration
+		if err := d.UnmarshalText([]byte(in)); err == nil {
+			t.Errorf("%q: got %v, want an error", in, d.Duration)
+		}
+	}
+	c, err := ParseConfig("f.toml", []byte("[device]\nid = \"a\"\n[broker]\npersistent_client_expiration = \"7d\"\n"))
+	if err != nil || c.Broker.PersistentClientExpiration.Duration != 7*24*time.Hour {
+		t.Errorf("broker.persistent_client_expiration = \"7d\": got %+v, %v", c.Broker.PersistentClientExpiration, err)
+	}
+	_, err = ParseConfig("f.toml", []byte("[device]\nid = \"a\"\n[broker]\npersistent_client_expiration = \"-1h\"\n"))
+	if err == nil || !strings.Contains(err.Error(), "broker.persistent_client_expiration") {
+		t.Errorf("a negative expiration: got %v, want an error naming the key", err)
+	}
+}

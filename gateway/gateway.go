@@ -71,7 +71,7 @@ func New(cfg *Config, log *slog.Logger) (g *Gateway, err error) {
 	var fwd func(localbroker.Message) (<-chan error, error)
 	if cfg.Bridge != nil && cfg.Unprovisioned {
 		log.Warn("identity: no device certificate yet: the bridge stays off until one is installed (fieldgate provision csr, then install, then systemctl restart fieldgate)",
-			"cert", cfg.Identity.Cert, "key", cfg.Identity.Key)
+			"cert", cfg.Identity.Cert, "key", provisioning.RedactURI(cfg.Identity.Key))
 	}
 	if bc := cfg.Bridge; bc != nil && !cfg.Unprovisioned {
 		tlsCfg, err := g.uplinkTLS(cfg)
@@ -131,6 +131,8 @@ func New(cfg *Config, log *slog.Logger) (g *Gateway, err error) {
 		MaxAuthFailures: bc.MaxAuthFailures,
 		MaxKeepalive:    bc.MaxKeepalive.Duration,
 	}}
+	lo.SessionFile = filepath.Join(cfg.Device.StateDir, "sessions.db")
+	lo.PersistentClientExpiration = bc.PersistentClientExpiration.Duration
 	if lo.Listeners, err = brokerListeners(cfg); err != nil {
 		return nil, err
 	}

@@ -115,6 +115,9 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 	caps.MaximumPacketSize = lim.MaxPacketSize
 	caps.ReceiveMaximum = lim.MaxInflight
 	caps.MaximumClientWritesPending = lim.MaxQueued
+	// Topic aliases an MQTT 5 client may use: Mosquitto's default
+	// max_topic_alias (mochi's is 65535, each holding a topic).
+	caps.TopicAliasMaximum = 10
 	// QoS 1 and 2 messages held for a client, in flight or waiting,
 	// connected or away: what its stored session holds at most.
 	caps.MaximumInflight = uint16(min(lim.MaxQueued, math.MaxUint16))
@@ -335,14 +338,28 @@ func (h *gateHook) Provides(b byte) bool {
 	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish, mqtt.OnSubscribe, mqtt.OnWill, mqtt.OnWillSent, mqtt.OnDisconnect, mqtt.OnPacketEncode}, []byte{b})
 }
 
-// OnPacketEncode keeps an MQTT 3.1.1 CONNACK to the return codes 3.1.1
-// has (0 to 5). mochi sends some refusals with their MQTT 5 reason code,
-// which a 3.1.1 client does not read as a refusal (paho.mqtt.golang takes
-// 0x80 for success): an empty client id with cleansession 0 gets 0x80
-// where the spec asks for 0x02, identifier rejected [MQTT-3.1.3-8]; a
-// malformed CONNECT gets 0x81 to 0x9f, here 0x01 (unacceptable protocol).
+// OnPacketEncode completes the CONNACK mochi sends.
+//
+// MQTT 5: mochi enforces a maximum packet size and takes topic aliases
+// without saying so, and a client told neither may send packets that end
+// its connection and may not use aliases [MQTT-3.2.2-17]; they are added.
+//
+// MQTT 3.1.1: the return code is kept to those 3.1.1 has (0 to 5). mochi
+// sends some refusals with their MQTT 5 reason code, which a 3.1.1 client
+// does not read as a refusal (paho.mqtt.golang takes 0x80 for success):
+// an empty client id with cleansession 0 gets 0x80 where the spec asks
+// for 0x02, identifier rejected [MQTT-3.1.3-8]; a malformed CONNECT gets
+// 0x81 to 0x9f, here 0x01 (unacceptable protocol).
 func (h *gateHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
-	if pk.FixedHeader.Type == packets.Connack && cl.Properties.ProtocolVersion < 5 && pk.ReasonCode > packets.Err3NotAuthorized.Code {
+	if pk.FixedHeader.Type != packets.Connack {
+		return pk
+	}
+	switch v := cl.Properties.ProtocolVersion; {
+	case v == 5 && pk.ReasonCode < packets.ErrUnspecifiedError.Code:
+		caps := h.srv.Options.Capabilities
+		pk.Properties.MaximumPacketSize = caps.MaximumPacketSize
+		pk.Properties.TopicAliasMaximum = caps.TopicAliasMaximum
+	case v < 5 && pk.ReasonCode > packets.Err3NotAuthorized.Code:
 		if pk.ReasonCode == packets.ErrUnspecifiedError.Code {
 			pk.ReasonCode = packets.Err3ClientIdentifierNotValid.Code
 		} else {
@@ -444,8 +461,11 @@ func (h *gateHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 }
 
 // aclAllows is the files' verdict: the ACL file, or without one whether
-// the client logged in.
+// the client logged in. A shared subscription is judged by its filter.
 func (h *gateHook) aclAllows(cl *mqtt.Client, topic string, write bool) bool {
+	if !write {
+		topic = unshared(topic)
+	}
 	sec := h.sec.Load()
 	user := string(cl.Properties.Username)
 	if sec.ACL == nil {
@@ -604,6 +624,18 @@ func (h *gateHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 		close(ch)
 		delete(h.waiters, cl)
 	}
+}
+
+// unshared returns the filter of a shared subscription ("$share/GROUP/
+// FILTER", the prefix in any case, as mochi takes it) without its prefix:
+// the ACL judges that filter, as Mosquitto does.
+func unshared(filter string) string {
+	if len(filter) > len("$share/") && strings.EqualFold(filter[:len("$share/")], "$share/") {
+		if _, f, ok := strings.Cut(filter[len("$share/"):], "/"); ok {
+			return f
+		}
+	}
+	return filter
 }
 
 func remoteAddr(cl *mqtt.Client) string {

@@ -52,8 +52,8 @@ const interopUser, interopPassword = "interop", "interop-pw"
 const wait = 10 * time.Second
 
 // interopBroker starts a broker set up as the gateway sets one up: a
-// loopback listener, a password file, an ACL file, retained messages in
-// the state directory.
+// loopback listener, a password file, an ACL file, retained messages and
+// sessions in the state directory.
 func interopBroker(t *testing.T, lim Limits) *Broker {
 	t.Helper()
 	dir := t.TempDir()
@@ -81,6 +81,7 @@ func interopBroker(t *testing.T, lim Limits) *Broker {
 		Security:     Security{Passwords: pw, ACL: acl},
 		Limits:       lim,
 		RetainedFile: filepath.Join(dir, "broker.db"),
+		SessionFile:  filepath.Join(dir, "sessions.db"),
 	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)

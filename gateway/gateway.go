@@ -406,6 +406,19 @@ func (g *Gateway) deliver(topic string, payload []byte, qos byte, retain bool) e
 // configuration that does not load is refused and the running one kept.
 // Other changes need a restart, and are logged so.
 func (g *Gateway) Reload() error {
+	_, err := g.ReloadReport()
+	return err
+}
+
+// ReloadResult says what a reload applied, and which changes it saw that
+// need a restart.
+type ReloadResult struct {
+	Applied     []string `json:"applied"`
+	NeedRestart []string `json:"need_restart,omitempty"`
+}
+
+// ReloadReport is Reload, saying what it did.
+func (g *Gateway) ReloadReport() (ReloadResult, error) {
 	g.reloadMu.Lock()
 	defer g.reloadMu.Unlock()
 	g.notify.send("RELOADING=1")
@@ -413,12 +426,12 @@ func (g *Gateway) Reload() error {
 	cfg, err := LoadConfig(g.cfg.Path)
 	if err != nil {
 		g.log.Error("reload refused: the running configuration is kept", "err", err)
-		return err
+		return ReloadResult{}, err
 	}
 	sec, err := security(cfg)
 	if err != nil {
 		g.log.Error("reload refused: the running configuration is kept", "err", err)
-		return err
+		return ReloadResult{}, err
 	}
 	var tlsCfg *tls.Config
 	fp := g.tlsPrint
@@ -426,21 +439,23 @@ func (g *Gateway) Reload() error {
 		if fp = tlsFingerprint(cfg); fp != g.tlsPrint {
 			if tlsCfg, err = g.uplinkTLS(cfg); err != nil {
 				g.log.Error("reload refused: the running configuration is kept", "err", err)
-				return err
+				return ReloadResult{}, err
 			}
 		}
 	}
+	var restart []string
 	var lts []*localbroker.TLS
 	for i, l := range cfg.Broker.Listeners {
 		if i >= len(g.cfg.Broker.Listeners) || g.cfg.Broker.Listeners[i].Address != l.Address || g.cfg.Broker.Listeners[i].isTLS() != l.isTLS() {
 			g.log.Warn("reload: listeners were added, removed or moved; that needs a restart", "address", l.Address)
+			restart = append(restart, "broker.listener")
 			break
 		}
 		if l.isTLS() {
 			t, err := listenerTLS(&l)
 			if err != nil {
 				g.log.Error("reload refused: the running configuration is kept", "listener", l.Address, "err", err)
-				return err
+				return ReloadResult{}, err
 			}
 			lts = append(lts, t)
 		} else {
@@ -452,16 +467,18 @@ func (g *Gateway) Reload() error {
 	if sensorsChanged {
 		if newLoop, err = g.newLoop(cfg); err != nil {
 			g.log.Error("reload refused: the running configuration is kept", "err", err)
-			return err
+			return ReloadResult{}, err
 		}
 	}
 	var newRoutes []bridge.Route
 	switch {
 	case (cfg.Bridge == nil) != (g.cfg.Bridge == nil):
 		g.log.Warn("reload: the bridge was added or removed; that needs a restart")
+		restart = append(restart, "bridge")
 	case cfg.Bridge != nil:
-		if restart := bridgeRestartChanges(g.cfg, cfg); len(restart) > 0 {
-			g.log.Warn("reload: these bridge settings changed and need a restart", "keys", restart)
+		if keys := bridgeRestartChanges(g.cfg, cfg); len(keys) > 0 {
+			g.log.Warn("reload: these bridge settings changed and need a restart", "keys", keys)
+			restart = append(restart, keys...)
 		}
 		if g.bridge != nil && !reflect.DeepEqual(cfg.Bridge.Routes, g.cfg.Bridge.Routes) {
 			rc := *cfg
@@ -471,6 +488,11 @@ func (g *Gateway) Reload() error {
 	}
 	if g.cfg.Unprovisioned && !cfg.Unprovisioned && cfg.Bridge != nil {
 		g.log.Warn("reload: the device certificate is installed now; the bridge starts with a restart (systemctl restart fieldgate)")
+		restart = append(restart, "identity.cert (the bridge starts)")
+	}
+	if keys := brokerRestartChanges(&g.cfg.Broker, &cfg.Broker); len(keys) > 0 {
+		g.log.Warn("reload: these broker settings changed and need a restart", "keys", keys)
+		restart = append(restart, keys...)
 	}
 	g.broker.SetSecurity(sec)
 	changed := []string{"password_file", "acl_file"}
@@ -503,7 +525,22 @@ func (g *Gateway) Reload() error {
 		changed = append(changed, "identity")
 	}
 	g.log.Info("reloaded", "applied", changed)
-	return nil
+	return ReloadResult{Applied: changed, NeedRestart: restart}, nil
+}
+
+// brokerRestartChanges names the [broker] limits that differ between the
+// running configuration and a new one: the broker takes them only at
+// start.
+func brokerRestartChanges(old, cfg *BrokerConfig) []string {
+	var keys []string
+	a, b := reflect.ValueOf(*old), reflect.ValueOf(*cfg)
+	for i := range a.NumField() {
+		f := a.Type().Field(i)
+		if (strings.HasPrefix(f.Name, "Max") || f.Name == "PersistentClientExpiration") && !reflect.DeepEqual(a.Field(i).Interface(), b.Field(i).Interface()) {
+			keys = append(keys, "broker."+f.Tag.Get("toml"))
+		}
+	}
+	return keys
 }
 
 // bridgeRestartChanges names the [bridge] keys, other than the routes,

@@ -40,6 +40,7 @@ func newMetrics(g *Gateway, addr string) (*metrics, error) {
 	mux.HandleFunc("/metrics", m.serveMetrics)
 	mux.HandleFunc("/healthz", m.serveHealth)
 	mux.HandleFunc("/status", m.serveStatus)
+	mux.HandleFunc("/reload", m.serveReload)
 	m.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	return m, nil
 }
@@ -56,6 +57,47 @@ func (m *metrics) run(ctx context.Context, log *slog.Logger) {
 	if err := m.srv.Serve(m.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		log.Error("metrics server stopped", "err", err)
 	}
+}
+
+// ReloadHeader must be on a POST /reload. A web page cannot make a
+// browser send it without the server's consent (CORS), so a page opened
+// on the device cannot ask for a reload.
+const ReloadHeader = "Fieldgate-Reload"
+
+// ReloadAnswer is what POST /reload answers: the file reloaded, what the
+// reload applied and what needs a restart, or why it was refused.
+type ReloadAnswer struct {
+	Config string `json:"config"`
+	ReloadResult
+	Error string `json:"error,omitempty"`
+}
+
+// serveReload is POST /reload, as SIGHUP does (fieldgate reload). It
+// answers only a client on a loopback address, whatever address the
+// server listens on: 403 otherwise. A refused reload is 422.
+func (m *metrics) serveReload(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		http.Error(w, "reload: POST only", http.StatusMethodNotAllowed)
+		return
+	}
+	host, _, _ := net.SplitHostPort(r.RemoteAddr)
+	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+		http.Error(w, "reload: only from the device itself (a loopback address)", http.StatusForbidden)
+		return
+	}
+	if r.Header.Get(ReloadHeader) == "" {
+		http.Error(w, "reload: the "+ReloadHeader+" header is missing", http.StatusForbidden)
+		return
+	}
+	res, err := m.g.ReloadReport()
+	a := ReloadAnswer{Config: m.g.cfg.Path, ReloadResult: res}
+	w.Header().Set("Content-Type", "application/json")
+	if err != nil {
+		a.Error = err.Error()
+		w.WriteHeader(http.StatusUnprocessableEntity)
+	}
+	json.NewEncoder(w).Encode(a)
 }
 
 // health says whether the uplink is flowing: connected, and either nothing

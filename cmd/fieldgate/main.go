@@ -43,6 +43,7 @@ commands:
   check-config  validate a configuration file and exit
   queue         inspect or purge the outbox (stats, peek, purge)
   status        ask the running gateway what it is doing
+  reload        have the running gateway read its configuration again (as SIGHUP)
   sensors read  read each configured sensor once (checking the wiring)
   sensors scan  list what answers on an I²C bus, naming the chips it knows
   provision     the device identity: csr, install, show, renew
@@ -69,6 +70,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdSensors(rest, stdout, stderr)
 	case "status":
 		return cmdStatus(rest, stdout, stderr)
+	case "reload":
+		return cmdReload(rest, stdout, stderr)
 	case "provision":
 		return cmdProvision(rest, stdout, stderr)
 	case "passwd":

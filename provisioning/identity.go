@@ -9,8 +9,8 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/fieldgate/fieldgate/internal/atomicfile"
@@ -23,13 +23,17 @@ import (
 // finished here, so the device comes up with its new identity.
 func LoadIdentity(st Store, certPath string) (tls.Certificate, error) {
 	signer, err := st.Load(Current)
-	if err != nil {
+	if err == nil {
+		var cert tls.Certificate
+		if cert, err = ClientCertificate(signer, certPath); err == nil {
+			return cert, nil
+		}
+	} else if !errors.Is(err, ErrNoKey) {
 		return tls.Certificate{}, err
 	}
-	cert, err := ClientCertificate(signer, certPath)
-	if err == nil {
-		return cert, nil
-	}
+	// The current key is not the certificate's, or is gone (a store that
+	// deletes the old key before it moves the pending one up): the
+	// certificate may be the pending key's.
 	pending, perr := st.Load(Pending)
 	if perr != nil {
 		return tls.Certificate{}, err
@@ -71,7 +75,12 @@ func CheckInstall(certPEM, trustPEM []byte, pub crypto.PublicKey, now time.Time)
 	}
 	leaf := certs[0]
 	if !SamePublicKey(leaf.PublicKey, pub) {
-		return nil, fmt.Errorf("the certificate (CN %q, serial %x) is for another key, not this device's", leaf.Subject.CommonName, leaf.SerialNumber)
+		for _, c := range certs[1:] {
+			if SamePublicKey(c.PublicKey, pub) {
+				return nil, fmt.Errorf("the device's certificate (CN %q) must come first in the file, then its CAs", c.Subject.CommonName)
+			}
+		}
+		return nil, fmt.Errorf("the certificate (CN %q, serial %X) is for another key, not this device's", leaf.Subject.CommonName, leaf.SerialNumber)
 	}
 	if now.Before(leaf.NotBefore) {
 		return nil, fmt.Errorf("the certificate is not valid before %s (is the clock right? it is %s)", leaf.NotBefore.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))
@@ -83,13 +92,17 @@ func CheckInstall(certPEM, trustPEM []byte, pub crypto.PublicKey, now time.Time)
 	if err != nil {
 		return nil, fmt.Errorf("chain: %w", err)
 	}
+	// Trust comes from the factory chain only: a root that came with the
+	// certificate proves nothing.
 	roots, inter := x509.NewCertPool(), x509.NewCertPool()
-	for _, c := range append(trust, certs[1:]...) {
-		if selfSigned(c) {
-			roots.AddCert(c)
-		} else {
-			inter.AddCert(c)
-		}
+	for _, c := range trust {
+		roots.AddCert(c)
+	}
+	for _, c := range certs[1:] {
+		inter.AddCert(c)
+	}
+	if !slices.Contains(leaf.ExtKeyUsage, x509.ExtKeyUsageClientAuth) {
+		return nil, errors.New("the certificate does not allow client authentication (extended key usage clientAuth)")
 	}
 	chains, err := leaf.Verify(x509.VerifyOptions{
 		Roots:         roots,
@@ -98,30 +111,33 @@ func CheckInstall(certPEM, trustPEM []byte, pub crypto.PublicKey, now time.Time)
 		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	})
 	if err != nil {
-		var inv x509.CertificateInvalidError
-		if errors.As(err, &inv) && inv.Reason == x509.IncompatibleUsage {
-			return nil, errors.New("the certificate does not allow client authentication (extended key usage clientAuth)")
-		}
 		return nil, fmt.Errorf("the certificate does not chain to the factory CA: %w", err)
 	}
-	chain := chains[0]
-	return chain[:len(chain)-1], nil
+	// What the uplink presents: the leaf and the CAs below the root.
+	var chain []*x509.Certificate
+	for _, c := range chains[0] {
+		if c == leaf || !selfSigned(c) {
+			chain = append(chain, c)
+		}
+	}
+	return chain, nil
 }
 
 func selfSigned(c *x509.Certificate) bool {
 	return c.CheckSignatureFrom(c) == nil
 }
 
-// WriteChain writes a certificate chain as PEM, atomically.
-func WriteChain(path string, chain []*x509.Certificate) error {
+// WriteChain writes a certificate chain as PEM, atomically, given to owner
+// when it is not nil.
+func WriteChain(path string, chain []*x509.Certificate, owner *Owner) error {
 	var out []byte
 	for _, c := range chain {
 		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+	if err := atomicfile.MkdirAllOwned(filepath.Dir(path), 0o755, owner); err != nil {
 		return err
 	}
-	return atomicfile.WriteFile(path, out, 0o644)
+	return atomicfile.WriteFileOwned(path, out, 0o644, owner)
 }
 
 // RenewAt is when a certificate is due for renewal: after the fraction

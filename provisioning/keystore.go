@@ -74,8 +74,15 @@ type Store interface {
 	Close() error
 }
 
+// Owner is the user and group that the files a store writes are given to.
+type Owner = atomicfile.Owner
+
 // Options are what stores need beyond their URI.
 type Options struct {
+	// Owner, if set, is given the files the store writes (the service
+	// user, when root provisions the device); nil leaves them to the
+	// process's user.
+	Owner *Owner
 	// StateDir holds what a hardware store keeps on disk (a TPM key's
 	// wrapped blob, which PKCS#11 object is current). Default
 	// /var/lib/fieldgate.
@@ -94,20 +101,20 @@ func Open(uri string, opt Options) (Store, error) {
 	}
 	scheme, rest, ok := strings.Cut(uri, ":")
 	if !ok {
-		return nil, fmt.Errorf("provisioning: key %q: want a URI such as file:/var/lib/fieldgate/device.key", uri)
+		return nil, fmt.Errorf("provisioning: key %q: want a URI such as file:/var/lib/fieldgate/device.key", RedactURI(uri))
 	}
 	switch scheme {
 	case "file":
 		if !filepath.IsAbs(rest) {
 			return nil, fmt.Errorf("provisioning: key %q: want an absolute path after file:", uri)
 		}
-		return &fileStore{path: rest}, nil
+		return &fileStore{path: rest, owner: opt.Owner}, nil
 	case "tpm":
 		return openTPM(uri, rest, opt)
 	case "pkcs11":
 		return openPKCS11(uri, opt)
 	}
-	return nil, fmt.Errorf("provisioning: key %q: unknown key store %q (supported: %s)", uri, scheme, strings.Join(Schemes(), ", "))
+	return nil, fmt.Errorf("provisioning: key %q: unknown key store %q (supported: %s)", RedactURI(uri), scheme, strings.Join(Schemes(), ", "))
 }
 
 // CheckURI checks the form of a key URI without opening the store, for
@@ -115,7 +122,7 @@ func Open(uri string, opt Options) (Store, error) {
 func CheckURI(uri string) error {
 	scheme, rest, ok := strings.Cut(uri, ":")
 	if !ok {
-		return fmt.Errorf("want a key URI such as \"file:/var/lib/fieldgate/device.key\", got %q", uri)
+		return fmt.Errorf("want a key URI such as \"file:/var/lib/fieldgate/device.key\", got %q", RedactURI(uri))
 	}
 	switch scheme {
 	case "file":
@@ -168,7 +175,10 @@ func LoadSigner(uri string, opt Options) (crypto.Signer, error) {
 
 // fileStore keeps the key in a PEM file (PKCS#8), its pending key beside it
 // with the suffix ".next".
-type fileStore struct{ path string }
+type fileStore struct {
+	path  string
+	owner *Owner
+}
 
 func (s *fileStore) String() string { return "file:" + s.path }
 func (s *fileStore) Close() error   { return nil }
@@ -231,10 +241,10 @@ func (s *fileStore) Generate(slot Slot, kt KeyType) (crypto.Signer, error) {
 		return nil, fmt.Errorf("provisioning: %w", err)
 	}
 	path := s.slotPath(slot)
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+	if err := atomicfile.MkdirAllOwned(filepath.Dir(path), 0o700, s.owner); err != nil {
 		return nil, fmt.Errorf("provisioning: %w", err)
 	}
-	if err := atomicfile.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+	if err := atomicfile.WriteFileOwned(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600, s.owner); err != nil {
 		return nil, fmt.Errorf("provisioning: writing key: %w", err)
 	}
 	return key, nil

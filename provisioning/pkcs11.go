@@ -30,6 +30,7 @@ type pkcs11Store struct {
 	u      pkcs11URI
 	ctx    *crypto11.Context
 	marker string
+	owner  *Owner // given the marker file (nil: the process's user)
 }
 
 func openPKCS11(uri string, opt Options) (Store, error) {
@@ -41,22 +42,7 @@ func openPKCS11(uri string, opt Options) (Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("provisioning: %s: %w", redactPin(uri), err)
 	}
-	return &pkcs11Store{uri: uri, u: u, ctx: ctx, marker: filepath.Join(opt.StateDir, "pkcs11-object")}, nil
-}
-
-// redactPin keeps a PIN out of logs and errors.
-func redactPin(uri string) string {
-	path, query, ok := strings.Cut(uri, "?")
-	if !ok {
-		return uri
-	}
-	parts := strings.Split(query, "&")
-	for i, p := range parts {
-		if strings.HasPrefix(p, "pin-value=") {
-			parts[i] = "pin-value=…"
-		}
-	}
-	return path + "?" + strings.Join(parts, "&")
+	return &pkcs11Store{uri: uri, u: u, ctx: ctx, marker: filepath.Join(opt.StateDir, "pkcs11-object"), owner: opt.Owner}, nil
 }
 
 func (s *pkcs11Store) String() string { return redactPin(s.uri) }
@@ -150,16 +136,22 @@ func (s *pkcs11Store) Promote() error {
 	} else if k == nil {
 		return fmt.Errorf("provisioning: %s: %w in the pending slot", s, ErrNoKey)
 	}
-	if err := os.MkdirAll(filepath.Dir(s.marker), 0o700); err != nil {
-		return fmt.Errorf("provisioning: %w", err)
-	}
-	if err := atomicfile.WriteFile(s.marker, []byte(next+"\n"), 0o600); err != nil {
-		return fmt.Errorf("provisioning: %w", err)
-	}
-	if old, err := s.find(cur); err == nil && old != nil {
+	// The old key goes first, the marker moves second: cut short in
+	// between, the current slot is empty and the pending key is the one
+	// the installed certificate is for, which LoadIdentity finishes. The
+	// other way round would leave the old key under the pending label.
+	if old, err := s.find(cur); err != nil {
+		return err
+	} else if old != nil {
 		if err := old.Delete(); err != nil {
-			return fmt.Errorf("provisioning: %s: the new key is in use; deleting the old one failed: %w", s, err)
+			return fmt.Errorf("provisioning: %s: deleting the old key: %w", s, err)
 		}
+	}
+	if err := atomicfile.MkdirAllOwned(filepath.Dir(s.marker), 0o700, s.owner); err != nil {
+		return fmt.Errorf("provisioning: %w", err)
+	}
+	if err := atomicfile.WriteFileOwned(s.marker, []byte(next+"\n"), 0o600, s.owner); err != nil {
+		return fmt.Errorf("provisioning: %w", err)
 	}
 	return nil
 }

@@ -9,5 +9,5 @@ import "fmt"
 const pkcs11Supported = false
 
 func openPKCS11(uri string, _ Options) (Store, error) {
-	return nil, fmt.Errorf("provisioning: key %q: this build has no PKCS#11 key store (build with -tags pkcs11 and cgo)", uri)
+	return nil, fmt.Errorf("provisioning: key %q: this build has no PKCS#11 key store (build with -tags pkcs11 and cgo)", RedactURI(uri))
 }

@@ -1,6 +1,7 @@
 package provisioning
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -31,6 +32,26 @@ func TestParsePKCS11URI(t *testing.T) {
 	} {
 		if _, err := parsePKCS11URI(tc.uri); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: got %v, want an error containing %q", tc.uri, err, tc.want)
+		}
+	}
+}
+
+// A PIN never shows in an error, whatever is wrong with the URI.
+func TestPKCS11URIErrorsHideThePIN(t *testing.T) {
+	for _, uri := range []string{
+		"pkcs11:token=t;object=o?modul-path=/m.so&pin-value=SECRET123",
+		"pkcs11:token=t;colour=o?module-path=/m.so&pin-value=SECRET123",
+		"pkcs11:object=o?module-path=/m.so&pin-value=SECRET123",
+		"pkcs1:token=t;object=o?module-path=/m.so&pin-value=SECRET123",
+	} {
+		_, err := parsePKCS11URI(uri)
+		if _, oerr := Open(uri, Options{StateDir: t.TempDir()}); oerr != nil {
+			err = errors.Join(err, oerr)
+		}
+		if err == nil {
+			t.Errorf("%s: no error", uri)
+		} else if strings.Contains(err.Error(), "SECRET123") {
+			t.Errorf("the PIN is in the error: %v", err)
 		}
 	}
 }

@@ -35,9 +35,11 @@ import (
 type tpmStore struct {
 	uri string
 	dir string // where the blobs live
-	tpm transport.TPMCloser
-	mu  sync.Mutex
-	srk *tpm2.CreatePrimaryResponse
+	// owner is given the blobs written (nil: the process's user).
+	owner *Owner
+	tpm   transport.TPMCloser
+	mu    sync.Mutex
+	srk   *tpm2.CreatePrimaryResponse
 }
 
 const tpmBlobName = "device-key.tpm"
@@ -65,7 +67,7 @@ func openTPM(uri, rest string, opt Options) (Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("provisioning: %s: %w", uri, err)
 	}
-	return &tpmStore{uri: uri, dir: opt.StateDir, tpm: retryTPM{t}}, nil
+	return &tpmStore{uri: uri, dir: opt.StateDir, owner: opt.Owner, tpm: retryTPM{t}}, nil
 }
 
 func (s *tpmStore) String() string { return s.uri }
@@ -142,10 +144,10 @@ func (s *tpmStore) Generate(slot Slot, kt KeyType) (crypto.Signer, error) {
 		return nil, fmt.Errorf("provisioning: %s: creating the key: %w", s.uri, err)
 	}
 	blob := append(tpm2.Marshal(rsp.OutPublic), tpm2.Marshal(rsp.OutPrivate)...)
-	if err := os.MkdirAll(s.dir, 0o700); err != nil {
+	if err := atomicfile.MkdirAllOwned(s.dir, 0o700, s.owner); err != nil {
 		return nil, fmt.Errorf("provisioning: %w", err)
 	}
-	if err := atomicfile.WriteFile(s.blobPath(slot), pem.EncodeToMemory(&pem.Block{Type: tpmPEMType, Bytes: blob}), 0o600); err != nil {
+	if err := atomicfile.WriteFileOwned(s.blobPath(slot), pem.EncodeToMemory(&pem.Block{Type: tpmPEMType, Bytes: blob}), 0o600, s.owner); err != nil {
 		return nil, fmt.Errorf("provisioning: writing the TPM key blob: %w", err)
 	}
 	return s.load(rsp.OutPublic, rsp.OutPrivate)

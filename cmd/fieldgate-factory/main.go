@@ -165,7 +165,7 @@ func cmdSign(args []string, stdout, stderr io.Writer) error {
 	}
 	c, err := a.SignCSR(req, pki.SignOptions{Days: *days, Renew: *renew, CNPattern: *pattern})
 	if err != nil {
-		return fmt.Errorf("%s: %w", *csrPath, err)
+		return fmt.Errorf("%s: %s", *csrPath, strings.TrimPrefix(err.Error(), "pki: "))
 	}
 	if err := atomicfile.WriteFile(*out, pki.CertPEM(c), 0o644); err != nil {
 		return fmt.Errorf("the certificate (serial %s) was issued but not written: %w", pki.SerialString(c.SerialNumber), err)
@@ -203,12 +203,13 @@ func cmdClientCert(args []string, stdout, stderr io.Writer) error {
 	fs, dir := flags("client-cert", stderr)
 	cn := fs.String("cn", "", "common `name` (the username when the broker uses the identity as username)")
 	days := fs.Int("days", pki.ClientDays, "validity in `days`")
+	renew := fs.Bool("renew", false, "allow a CN that already has a valid certificate")
 	outCert, outKey, force := keyPairFlags(fs)
 	if err := parse(fs, args, "dir", "cn", "out-cert", "out-key"); err != nil {
 		return err
 	}
 	return issuePair(*dir, *outCert, *outKey, *force, stdout, func(a *pki.Authority) (certKey, error) {
-		c, k, err := a.IssueClient(*cn, *days)
+		c, k, err := a.IssueClient(*cn, *days, *renew)
 		return certKey{c, k}, err
 	})
 }
@@ -284,19 +285,18 @@ func cmdRevoke(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var s *big.Int
+	var e pki.Entry
 	if *serial != "" {
-		s, err = pki.ParseSerial(*serial)
+		var s *big.Int
+		if s, err = pki.ParseSerial(*serial); err == nil {
+			e, err = a.Revoke(s, r)
+		}
 	} else {
 		var data []byte
 		if data, err = os.ReadFile(*certPath); err == nil {
-			s, err = a.SerialOf(data)
+			e, err = a.RevokeCert(data, r)
 		}
 	}
-	if err != nil {
-		return err
-	}
-	e, err := a.Revoke(s, r)
 	if err != nil {
 		return err
 	}

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -186,6 +185,14 @@ interval = "50ms"
 		t.Errorf("install: %q", out)
 	}
 	out = mustProvision(t, "show", "--config", cfg)
+	// A PKCS#11 PIN in the key URI is never printed.
+	noPIN := func(what, text string) {
+		t.Helper()
+		if _, pin, ok := strings.Cut(keyURI(state), "pin-value="); ok && strings.Contains(text, "pin-value="+pin) {
+			t.Errorf("%s shows the PIN: %s", what, text)
+		}
+	}
+	noPIN("provision show", out)
 	for _, want := range []string{"identity     " + id, "key store    " + strings.SplitN(keyURI(state), "?", 2)[0], "certificate  CN=" + id + ",O=Acme Test", "issuer       CN=Acme Test Issuing CA"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("show does not say %q:\n%s", want, out)
@@ -230,6 +237,7 @@ interval = "50ms"
 			if !ok {
 				t.Fatal("the gateway exited when its certificate was refused")
 			}
+			noPIN("the gateway's log", l)
 			found = strings.Contains(l, "uplink connect failed") && strings.Contains(l, "tls: revoked certificate")
 		case <-ctx.Done():
 			t.Fatal("the gateway did not log that its certificate is revoked")
@@ -278,7 +286,8 @@ crl_file = %q
 	if err != nil {
 		t.Fatal(err)
 	}
-	g, err := gateway.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	logs := &lockedBuffer{}
+	g, err := gateway.New(cfg, slog.New(slog.NewTextHandler(logs, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -297,4 +306,26 @@ crl_file = %q
 			t.Errorf("mosquitto_pub as %s: %v %s; want connected %v", cn, err, out, ok)
 		}
 	}
+	// The refusal was for the revocation, and says so.
+	if l := logs.String(); !strings.Contains(l, "revoked") || !strings.Contains(l, "127.0.0.1") {
+		t.Errorf("the gateway did not log the revoked certificate's refusal:\n%s", l)
+	}
+}
+
+// lockedBuffer is a log destination safe for the broker's goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

@@ -10,12 +10,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/fieldgate/fieldgate/gateway"
@@ -107,9 +104,11 @@ func parseProvision(fs *flag.FlagSet, args []string, stderr io.Writer, required 
 // deviceIdentity is a provision command's view of the configuration and
 // the key store it names.
 type deviceIdentity struct {
-	cfg    *gateway.Config
-	st     provisioning.Store
-	stderr io.Writer
+	cfg *gateway.Config
+	st  provisioning.Store
+	// owner is given every file written under the service's directories
+	// (nil: left to the user running the command).
+	owner *provisioning.Owner
 }
 
 func openIdentity(path string, stderr io.Writer) (*deviceIdentity, error) {
@@ -120,57 +119,22 @@ func openIdentity(path string, stderr io.Writer) (*deviceIdentity, error) {
 	if cfg.Identity.Key == "" {
 		return nil, fmt.Errorf("%s: identity.key is not set: it names the key store (file:…, tpm:…, pkcs11:…)", path)
 	}
-	st, err := provisioning.Open(cfg.Identity.Key, provisioning.Options{StateDir: cfg.Device.StateDir})
+	// Run as root (an installer), what is written is given to the service
+	// user — the owner of state_dir — as it is created: the gateway
+	// refuses key files another user owns.
+	var owner *provisioning.Owner
+	if uid, gid := provisioning.ServiceUser(cfg.Device.StateDir); uid != os.Geteuid() {
+		owner = &provisioning.Owner{UID: uid, GID: gid}
+		fmt.Fprintf(stderr, "writing the device's files as uid %d, the owner of %s, which the service runs as\n", uid, cfg.Device.StateDir)
+	}
+	st, err := provisioning.Open(cfg.Identity.Key, provisioning.Options{StateDir: cfg.Device.StateDir, Owner: owner})
 	if err != nil {
 		return nil, err
 	}
-	return &deviceIdentity{cfg: cfg, st: st, stderr: stderr}, nil
+	return &deviceIdentity{cfg: cfg, st: st, owner: owner}, nil
 }
 
 var idRE = regexp.MustCompile(pki.DefaultCNPattern)
-
-// handOver gives what a provision command run as root wrote to the
-// service user (the owner of state_dir), since the gateway refuses key
-// files that another user owns: the files under state_dir that root owns,
-// the certificate and a file key.
-func (d *deviceIdentity) handOver() error {
-	if os.Geteuid() != 0 {
-		return nil
-	}
-	dir := d.cfg.Device.StateDir
-	uid, gid := provisioning.ServiceUser(dir)
-	if uid == 0 {
-		return nil
-	}
-	var paths []string
-	filepath.WalkDir(dir, func(p string, _ fs.DirEntry, err error) error {
-		if err == nil && p != dir {
-			paths = append(paths, p)
-		}
-		return nil
-	})
-	paths = append(paths, d.cfg.Identity.Cert)
-	if key, ok := strings.CutPrefix(d.cfg.Identity.Key, "file:"); ok {
-		paths = append(paths, key, key+".next")
-	}
-	n := 0
-	for _, p := range paths {
-		fi, err := os.Lstat(p)
-		if err != nil {
-			continue
-		}
-		if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid == 0 {
-			if err := os.Lchown(p, uid, gid); err != nil {
-				return fmt.Errorf("giving %s to the service user (uid %d): %w", p, uid, err)
-			}
-			n++
-		}
-	}
-	if n > 0 {
-		fmt.Fprintf(d.stderr, "gave %d files to uid %d, the owner of %s, which the service runs as\n", n, uid, dir)
-	}
-	return nil
-}
 
 // csr writes to out a CSR for cn signed by the key in slot, which is made
 // if the slot is empty or force is set; made tells whether it was.
@@ -192,7 +156,7 @@ func (d *deviceIdentity) csr(slot provisioning.Slot, force bool, kt, cn, out str
 	if err := atomicfile.WriteFile(out, csr, 0o644); err != nil {
 		return nil, false, err
 	}
-	return signer, made, d.handOver()
+	return signer, made, nil
 }
 
 func provisionCSR(args []string, stdout, stderr io.Writer) error {
@@ -290,11 +254,16 @@ func provisionInstall(args []string, stdout, stderr io.Writer) error {
 	}
 	chain, err := provisioning.CheckInstall(certPEM, trustPEM, signer.Public(), time.Now())
 	if err != nil {
-		return fmt.Errorf("%s refused, nothing installed: %w", *certPath, err)
+		return fmt.Errorf("%s refused, nothing installed: %w (checked against %s)", *certPath, err, trustPath)
+	}
+	// The CN is the device id in topics and SenML names when device.id is
+	// not set: one the gateway would refuse is refused here.
+	if cn := chain[0].Subject.CommonName; !idRE.MatchString(cn) {
+		return fmt.Errorf("%s refused, nothing installed: its CN %q cannot be a device id (letters, digits and '-._:', at most 64, starting with a letter or digit)", *certPath, cn)
 	}
 	_, statErr := os.Stat(d.cfg.Identity.Cert)
 	first := errors.Is(statErr, os.ErrNotExist)
-	if err := provisioning.WriteChain(d.cfg.Identity.Cert, chain); err != nil {
+	if err := provisioning.WriteChain(d.cfg.Identity.Cert, chain, d.owner); err != nil {
 		return fmt.Errorf("writing %s: %w", d.cfg.Identity.Cert, err)
 	}
 	// Written first, promoted second: if this is cut short the gateway
@@ -303,9 +272,6 @@ func provisionInstall(args []string, stdout, stderr io.Writer) error {
 		if err := d.st.Promote(); err != nil {
 			return err
 		}
-	}
-	if err := d.handOver(); err != nil {
-		return err
 	}
 	leaf := chain[0]
 	fmt.Fprintf(stdout, "installed %s: CN %q, serial %X, until %s, issued by %q", d.cfg.Identity.Cert, leaf.Subject.CommonName, leaf.SerialNumber, leaf.NotAfter.Format(time.DateOnly), leaf.Issuer.CommonName)

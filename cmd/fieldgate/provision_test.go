@@ -62,7 +62,7 @@ func (d *device) sign(t *testing.T, ca *pki.Authority, csrPath string, o pki.Sig
 
 // A certificate for the device's key, issued by a CA of the test's own
 // with the given extended key usage; returns it and the CA's certificate.
-func certForKey(t *testing.T, keyFile string, eku x509.ExtKeyUsage) (string, string) {
+func certForKey(t *testing.T, keyFile string, eku ...x509.ExtKeyUsage) (string, string) {
 	t.Helper()
 	signer, err := provisioning.LoadSigner("file:"+keyFile, provisioning.Options{})
 	if err != nil {
@@ -72,7 +72,7 @@ func certForKey(t *testing.T, keyFile string, eku x509.ExtKeyUsage) (string, str
 	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "Other CA"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
 	caDER, _ := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, caKey.Public(), caKey)
 	caCert, _ := x509.ParseCertificate(caDER)
-	der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "EGW-7"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), ExtKeyUsage: []x509.ExtKeyUsage{eku}}, caCert, signer.Public(), caKey)
+	der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "EGW-7"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), ExtKeyUsage: eku}, caCert, signer.Public(), caKey)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,14 +113,36 @@ func TestProvisionRefusals(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	otherKey, _, err := d.ca.IssueClient("EGW-9", 0)
+	otherKey, _, err := d.ca.IssueClient("EGW-9", 0, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	otherKeyFile := filepath.Join(t.TempDir(), "k.crt")
 	os.WriteFile(otherKeyFile, pki.CertPEM(otherKey), 0o644)
 	serverOnly, serverCA := certForKey(t, d.key, x509.ExtKeyUsageServerAuth)
+	noEKU, noEKUCA := certForKey(t, d.key)
 	expired := d.sign(t, oldCA, csr, pki.SignOptions{Days: 30})
+	// A certificate from a CA of the attacker's own, that CA appended: the
+	// root that comes with a certificate proves nothing.
+	rogue, rogueCA := certForKey(t, d.key, x509.ExtKeyUsageClientAuth)
+	rogueBundle := filepath.Join(t.TempDir(), "rogue.pem")
+	rc, _ := os.ReadFile(rogue)
+	rca, _ := os.ReadFile(rogueCA)
+	os.WriteFile(rogueBundle, append(rc, rca...), 0o644)
+	// The device's certificate after its CA, not before.
+	good0 := d.sign(t, d.ca, csr, pki.SignOptions{})
+	leafLast := filepath.Join(t.TempDir(), "leaf-last.pem")
+	g0, _ := os.ReadFile(good0)
+	os.WriteFile(leafLast, append(pki.CertPEM(d.ca.Issuer()), g0...), 0o644)
+	// A CN that the PKI's own pattern allows but no device id can be.
+	loose, err := pki.Init(filepath.Join(t.TempDir(), "loose"), pki.InitOptions{Org: "Loose", CNPattern: `^.+$`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	spacedCSR := filepath.Join(t.TempDir(), "spaced.csr")
+	key, _ := provisioning.LoadSigner("file:"+d.key, provisioning.Options{})
+	spaced, _ := provisioning.CreateCSR(key, "EGW 7 hall B")
+	os.WriteFile(spacedCSR, spaced, 0o644)
 
 	refusals := []struct {
 		name, cert, chain, want string
@@ -129,6 +151,10 @@ func TestProvisionRefusals(t *testing.T) {
 		{"expired", expired, filepath.Join(oldCA.Dir(), pki.ChainFile), "the certificate expired on"},
 		{"another CA", d.sign(t, other, csr, pki.SignOptions{}), d.chain, "does not chain to the factory CA"},
 		{"no clientAuth", serverOnly, serverCA, "does not allow client authentication"},
+		{"no extended key usage", noEKU, noEKUCA, "does not allow client authentication"},
+		{"a root of its own", rogueBundle, d.chain, "does not chain to the factory CA"},
+		{"leaf last", leafLast, d.chain, "must come first in the file"},
+		{"CN not a device id", d.sign(t, loose, spacedCSR, pki.SignOptions{}), filepath.Join(loose.Dir(), pki.ChainFile), `CN "EGW 7 hall B" cannot be a device id`},
 		{"not a certificate", csr, d.chain, "no PEM certificate"},
 	}
 	check := func(before []byte) {
@@ -149,7 +175,7 @@ func TestProvisionRefusals(t *testing.T) {
 	check(nil)
 
 	// Without --chain, identity.ca is the factory CA.
-	good := d.sign(t, d.ca, csr, pki.SignOptions{})
+	good := d.sign(t, d.ca, csr, pki.SignOptions{Renew: true})
 	out := mustProvision(t, "install", "--config", d.cfg, "--cert", good)
 	if !strings.Contains(out, `installed `+d.cert+`: CN "EGW-7"`) {
 		t.Errorf("install: %q", out)
@@ -266,9 +292,16 @@ func TestProvisionAsRootHandsOver(t *testing.T) {
 	if err := os.Chown(state, service, service); err != nil {
 		t.Fatal(err)
 	}
+	// The service user plants links in its directory, hoping root will
+	// give it what they point at.
+	target := filepath.Join(t.TempDir(), "root-secret")
+	os.WriteFile(target, []byte("secret"), 0o600)
+	os.Symlink(target, filepath.Join(state, "link"))
+	os.Link(target, filepath.Join(state, "hardlink"))
+	os.Mkdir(filepath.Join(state, "d"), 0o700)
 	csr := filepath.Join(t.TempDir(), "device.csr")
 	code, _, errOut := provision(t, "csr", "--config", d.cfg, "--out", csr)
-	if code != 0 || !strings.Contains(errOut, "gave 1 files to uid 990") {
+	if code != 0 || !strings.Contains(errOut, "as uid 990, the owner of "+state) {
 		t.Fatalf("csr as root: exit %d %q", code, errOut)
 	}
 	mustProvision(t, "install", "--config", d.cfg, "--cert", d.sign(t, d.ca, csr, pki.SignOptions{}))
@@ -280,6 +313,9 @@ func TestProvisionAsRootHandsOver(t *testing.T) {
 		if uid := fi.Sys().(*syscall.Stat_t).Uid; uid != service {
 			t.Errorf("%s owned by uid %d, want %d", p, uid, service)
 		}
+	}
+	if fi, _ := os.Stat(target); fi.Sys().(*syscall.Stat_t).Uid != 0 {
+		t.Errorf("a file outside the state directory was given to uid %d", fi.Sys().(*syscall.Stat_t).Uid)
 	}
 	var out, errb bytes.Buffer
 	if code := run([]string{"check-config", "--config", d.cfg}, &out, &errb); code != 0 {

@@ -14,6 +14,17 @@ import (
 // directory, created with mode (so a key is never readable by others, not
 // even for a moment), synced, renamed over path, and the directory synced.
 func WriteFile(path string, data []byte, mode os.FileMode) error {
+	return WriteFileOwned(path, data, mode, nil)
+}
+
+// Owner is a user and group to give a file to.
+type Owner struct{ UID, GID int }
+
+// WriteFileOwned is WriteFile that, with a non-nil owner, gives the file to
+// owner before it takes path's name. The ownership is changed through the
+// descriptor of the temporary file this call made (O_EXCL, a random name),
+// so no symbolic or hard link under path can make it change another file.
+func WriteFileOwned(path string, data []byte, mode os.FileMode, owner *Owner) error {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
 		return err
@@ -22,6 +33,12 @@ func WriteFile(path string, data []byte, mode os.FileMode) error {
 	if err := f.Chmod(mode); err != nil {
 		f.Close()
 		return err
+	}
+	if owner != nil {
+		if err := f.Chown(owner.UID, owner.GID); err != nil {
+			f.Close()
+			return err
+		}
 	}
 	if _, err := f.Write(data); err != nil {
 		f.Close()
@@ -67,4 +84,34 @@ func SyncDir(dir string) error {
 	}
 	defer d.Close()
 	return d.Sync()
+}
+
+// MkdirAllOwned is os.MkdirAll that gives each directory it creates to
+// owner (when not nil). It changes only what it created, and never follows
+// a link: a directory swapped for a symlink meanwhile has the link changed.
+func MkdirAllOwned(dir string, mode os.FileMode, owner *Owner) error {
+	if owner == nil {
+		return os.MkdirAll(dir, mode)
+	}
+	var missing []string
+	for d := filepath.Clean(dir); ; d = filepath.Dir(d) {
+		if _, err := os.Lstat(d); err == nil {
+			break
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		missing = append(missing, d)
+		if d == filepath.Dir(d) {
+			break
+		}
+	}
+	for i := len(missing) - 1; i >= 0; i-- {
+		if err := os.Mkdir(missing[i], mode); err != nil && !errors.Is(err, fs.ErrExist) {
+			return err
+		}
+		if err := os.Lchown(missing[i], owner.UID, owner.GID); err != nil {
+			return err
+		}
+	}
+	return nil
 }

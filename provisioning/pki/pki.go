@@ -188,15 +188,7 @@ func Init(dir string, o InitOptions) (*Authority, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	for _, f := range []string{RootKey, IssuerKey, indexFile} {
-		if _, err := os.Lstat(filepath.Join(dir, f)); err == nil {
-			return nil, fmt.Errorf("pki: init: %s already holds a PKI (%s exists); nothing was changed", dir, f)
-		}
-	}
-	if err := os.MkdirAll(filepath.Join(dir, certsDir), 0o700); err != nil {
-		return nil, fmt.Errorf("pki: init: %w", err)
-	}
-	if err := os.Chmod(dir, 0o700); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("pki: init: %w", err)
 	}
 	unlock, err := lock(dir)
@@ -204,6 +196,31 @@ func Init(dir string, o InitOptions) (*Authority, error) {
 		return nil, err
 	}
 	defer unlock()
+	// Checked under the lock, so two stations cannot both make one.
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("pki: init: %w", err)
+	}
+	var names []string
+	for _, e := range entries {
+		if e.Name() != lockFile {
+			names = append(names, e.Name())
+		}
+	}
+	switch {
+	case slices.Contains(names, indexFile):
+		return nil, fmt.Errorf("pki: init: %s already holds a PKI (%s exists); nothing was changed", dir, indexFile)
+	case slices.Contains(names, RootKey) || slices.Contains(names, IssuerKey):
+		return nil, fmt.Errorf("pki: init: %s holds an incomplete PKI (CA keys but no %s: an init cut short?); nothing was changed: move it away and run init again", dir, indexFile)
+	case len(names) > 0:
+		return nil, fmt.Errorf("pki: init: %s is not empty (%s): init makes a PKI in a new or empty directory; nothing was changed", dir, names[0])
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("pki: init: %w", err)
+	}
+	if err := os.Mkdir(filepath.Join(dir, certsDir), 0o700); err != nil {
+		return nil, fmt.Errorf("pki: init: %w", err)
+	}
 
 	now := o.Now()
 	rootKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -381,26 +398,29 @@ func (a *Authority) IssueServer(cn string, dns []string, ips []net.IP, days int)
 	if days == 0 {
 		days = ServerDays
 	}
-	return a.issueWithKey(cn, Server, days, dns, ips)
+	// A broker may hold several server certificates for one name (one
+	// per host), so they are not one per CN.
+	return a.issueWithKey(cn, Server, days, true, dns, ips)
 }
 
 // IssueClient makes a key and a clientAuth certificate for cn, for site
-// devices that cannot make a request themselves, and for test clients.
-func (a *Authority) IssueClient(cn string, days int) (*x509.Certificate, crypto.Signer, error) {
+// devices that cannot make a request themselves, and for test clients. As
+// with SignCSR, cn must match the PKI's pattern and must not have a valid
+// client or device certificate already, unless renew: under
+// use_identity_as_username a second certificate for a name is that client.
+func (a *Authority) IssueClient(cn string, days int, renew bool) (*x509.Certificate, crypto.Signer, error) {
 	if days == 0 {
 		days = ClientDays
 	}
-	return a.issueWithKey(cn, Client, days, nil, nil)
+	return a.issueWithKey(cn, Client, days, renew, nil, nil)
 }
 
-func (a *Authority) issueWithKey(cn string, kind Kind, days int, dns []string, ips []net.IP) (*x509.Certificate, crypto.Signer, error) {
+func (a *Authority) issueWithKey(cn string, kind Kind, days int, renew bool, dns []string, ips []net.IP) (*x509.Certificate, crypto.Signer, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, fmt.Errorf("pki: %w", err)
 	}
-	// Server and client certificates are not one per name: a broker may
-	// hold several (one per host), so --renew is not asked for.
-	cert, err := a.issue(cn, kind, key.Public(), days, true, "", dns, ips)
+	cert, err := a.issue(cn, kind, key.Public(), days, renew, "", dns, ips)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -431,7 +451,7 @@ func (a *Authority) issue(cn string, kind Kind, pub crypto.PublicKey, days int, 
 	if cn == "" {
 		return nil, errors.New("pki: the request has no CN: it names the device")
 	}
-	if kind == Device {
+	if kind != Server {
 		if pattern == "" {
 			pattern = idx.CNPattern
 		}
@@ -446,7 +466,7 @@ func (a *Authority) issue(cn string, kind Kind, pub crypto.PublicKey, days int, 
 	now := a.now()
 	if !renew {
 		for _, e := range idx.Certs {
-			if e.CN == cn && !e.Revoked() && now.Before(e.NotAfter) {
+			if e.CN == cn && e.Kind != Server && !e.Revoked() && now.Before(e.NotAfter) {
 				return nil, fmt.Errorf("pki: CN %q already has a valid certificate (serial %s, until %s): revoke it first, or sign with --renew if the device is renewing", cn, e.Serial, e.NotAfter.UTC().Format(time.DateOnly))
 			}
 		}
@@ -523,8 +543,15 @@ func newSerial(idx *index) (*big.Int, error) {
 	}
 }
 
-// SerialString is a serial as openssl prints it: upper-case hex.
-func SerialString(s *big.Int) string { return strings.ToUpper(s.Text(16)) }
+// SerialString is a serial as openssl prints it: upper-case hex, an even
+// number of digits.
+func SerialString(s *big.Int) string {
+	h := strings.ToUpper(s.Text(16))
+	if len(h)%2 == 1 {
+		h = "0" + h
+	}
+	return h
+}
 
 // ParseSerial reads a serial in hex, with or without colons or 0x.
 func ParseSerial(s string) (*big.Int, error) {
@@ -564,9 +591,35 @@ func (a *Authority) Revoke(serial *big.Int, reason Reason) (Entry, error) {
 	return *e, nil
 }
 
-// SerialOf returns the serial of the PEM certificate in data, checking
-// that this PKI issued it.
-func (a *Authority) SerialOf(data []byte) (*big.Int, error) {
+// RevokeCert revokes the PEM certificate in data, which this PKI's issuing
+// CA must have signed. One missing from the index (restored from an older
+// backup) is added to it, so that it can be revoked all the same.
+func (a *Authority) RevokeCert(data []byte, reason Reason) (Entry, error) {
+	c, err := a.parseIssued(data)
+	if err != nil {
+		return Entry{}, err
+	}
+	unlock, err := lock(a.dir)
+	if err != nil {
+		return Entry{}, err
+	}
+	idx, err := loadIndex(a.dir)
+	if err == nil && !slices.ContainsFunc(idx.Certs, func(e Entry) bool { return e.Serial == SerialString(c.SerialNumber) }) {
+		kind := Device
+		if slices.Contains(c.ExtKeyUsage, x509.ExtKeyUsageServerAuth) {
+			kind = Server
+		}
+		idx.Certs = append(idx.Certs, Entry{Serial: SerialString(c.SerialNumber), CN: c.Subject.CommonName, Kind: kind, NotBefore: c.NotBefore, NotAfter: c.NotAfter})
+		err = saveIndex(a.dir, idx)
+	}
+	unlock()
+	if err != nil {
+		return Entry{}, err
+	}
+	return a.Revoke(c.SerialNumber, reason)
+}
+
+func (a *Authority) parseIssued(data []byte) (*x509.Certificate, error) {
 	block, _ := pem.Decode(data)
 	if block == nil || block.Type != "CERTIFICATE" {
 		return nil, errors.New("pki: no PEM CERTIFICATE in the input")
@@ -577,6 +630,16 @@ func (a *Authority) SerialOf(data []byte) (*big.Int, error) {
 	}
 	if err := c.CheckSignatureFrom(a.issuer); err != nil {
 		return nil, fmt.Errorf("pki: the certificate (CN %q) was not issued by this PKI's issuing CA", c.Subject.CommonName)
+	}
+	return c, nil
+}
+
+// SerialOf returns the serial of the PEM certificate in data, checking
+// that this PKI issued it.
+func (a *Authority) SerialOf(data []byte) (*big.Int, error) {
+	c, err := a.parseIssued(data)
+	if err != nil {
+		return nil, err
 	}
 	return c.SerialNumber, nil
 }

@@ -266,7 +266,7 @@ func TestRevokeAndCRL(t *testing.T) {
 		t.Errorf("SerialOf: %v, %v", serial, err)
 	}
 	other := newPKI(t)
-	oc, _, _ := other.IssueClient("x", 0)
+	oc, _, _ := other.IssueClient("x", 0, false)
 	if _, err := a.SerialOf(CertPEM(oc)); err == nil || !strings.Contains(err.Error(), "not issued by this PKI") {
 		t.Errorf("another PKI's certificate: %v", err)
 	}
@@ -295,7 +295,7 @@ func TestIssueServerAndClient(t *testing.T) {
 	if _, _, err := a.IssueServer("my broker", nil, nil, 0); err == nil || !strings.Contains(err.Error(), "--dns") {
 		t.Errorf("no names: %v", err)
 	}
-	cc, _, err := a.IssueClient("plc-7", 0)
+	cc, _, err := a.IssueClient("plc-7", 0, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -365,5 +365,89 @@ func TestParse(t *testing.T) {
 	}
 	if _, err := ParseReason("stolen"); err == nil || !strings.Contains(err.Error(), "superseded") {
 		t.Errorf("unknown reason: %v", err)
+	}
+}
+
+// client-cert is held to the same rules as a device's CSR: a name with a
+// valid certificate is refused unless renewing (under
+// use_identity_as_username that certificate is the device), and the name
+// must match the pattern. Server certificates may share a name.
+func TestIssueClientRefusals(t *testing.T) {
+	a := newPKI(t)
+	if _, err := a.SignCSR(csr(t, p256(t), &x509.CertificateRequest{Subject: pkix.Name{CommonName: "EGW-1"}}), SignOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := a.IssueClient("EGW-1", 0, false); err == nil || !strings.Contains(err.Error(), "already has a valid certificate") {
+		t.Errorf("client-cert for a device's CN: %v", err)
+	}
+	if _, _, err := a.IssueClient("EGW-1", 0, true); err != nil {
+		t.Errorf("client-cert --renew: %v", err)
+	}
+	for _, cn := range []string{"a/+/#", "x\ny", "", strings.Repeat("a", 65)} {
+		if _, _, err := a.IssueClient(cn, 0, false); err == nil {
+			t.Errorf("client-cert for %q succeeded", cn)
+		}
+	}
+	for range 2 {
+		if _, _, err := a.IssueServer("EGW-1", []string{"egw-1.site"}, nil, 0); err != nil {
+			t.Errorf("server certificate sharing a name: %v", err)
+		}
+	}
+}
+
+func TestInitRefusesADirectoryInUse(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("mine"), 0o644)
+	os.Chmod(dir, 0o755)
+	if _, err := Init(dir, InitOptions{Org: "Acme"}); err == nil || !strings.Contains(err.Error(), "is not empty (notes.txt)") {
+		t.Errorf("init in a directory in use: %v", err)
+	}
+	if fi, _ := os.Stat(dir); fi.Mode().Perm() != 0o755 {
+		t.Errorf("a refused init changed the directory's mode to %04o", fi.Mode().Perm())
+	}
+	half := t.TempDir()
+	os.WriteFile(filepath.Join(half, RootKey), []byte("k"), 0o600)
+	if _, err := Init(half, InitOptions{Org: "Acme"}); err == nil || !strings.Contains(err.Error(), "incomplete PKI") {
+		t.Errorf("init over a cut-short init: %v", err)
+	}
+}
+
+// A certificate this CA issued but the index lost (an older backup
+// restored) can still be revoked by file.
+func TestRevokeCertMissingFromIndex(t *testing.T) {
+	a := newPKI(t)
+	c, err := a.SignCSR(csr(t, p256(t), &x509.CertificateRequest{Subject: pkix.Name{CommonName: "EGW-5"}}), SignOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(a.Dir(), indexFile), []byte(`{"format":1,"org":"Acme","cn_pattern":".*","crl_number":0,"certs":[]}`), 0o600)
+	e, err := a.RevokeCert(CertPEM(c), Reasons["keyCompromise"])
+	if err != nil || e.CN != "EGW-5" || !e.Revoked() {
+		t.Fatalf("RevokeCert: %+v, %v", e, err)
+	}
+	der, _ := a.CRL(0)
+	crl, _ := x509.ParseRevocationList(der)
+	if len(crl.RevokedCertificateEntries) != 1 || crl.RevokedCertificateEntries[0].SerialNumber.Cmp(c.SerialNumber) != 0 {
+		t.Error("the CRL does not list it")
+	}
+}
+
+func TestCertificateFields(t *testing.T) {
+	a := newPKI(t)
+	if a.Root().MaxPathLen != 1 || !a.Root().IsCA {
+		t.Errorf("root: IsCA %v, MaxPathLen %d, want a CA with path length 1", a.Root().IsCA, a.Root().MaxPathLen)
+	}
+	c, err := a.SignCSR(csr(t, p256(t), &x509.CertificateRequest{Subject: pkix.Name{CommonName: "EGW-6"}}), SignOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.KeyUsage != x509.KeyUsageDigitalSignature || c.IsCA {
+		t.Errorf("device certificate: key usage %v, IsCA %v; want digitalSignature only", c.KeyUsage, c.IsCA)
+	}
+	// As openssl prints serials: an even number of hex digits.
+	for _, n := range []int64{0xA, 0x1ABC, 0x12345} {
+		if s := SerialString(big.NewInt(n)); len(s)%2 != 0 {
+			t.Errorf("SerialString(%#x) = %q", n, s)
+		}
 	}
 }

@@ -255,6 +255,13 @@ func (b *Broker) Subscribe(filter string, id int, fn func(Message)) error {
 // Close disconnects every client, closes the listeners and saves the
 // retained messages and the persistent sessions.
 func (b *Broker) Close() error {
+	// mochi's own Close lists each listener's clients with a read lock
+	// that it takes twice (Clients.GetByListener calls Len): a client
+	// leaving at that moment queues its write lock in between, and both
+	// wait for ever. So the listeners are closed first with a closer that
+	// takes the lock once; CloseAll then waits for every client's
+	// goroutine to end, and mochi's Close finds nobody left to race with.
+	b.srv.Listeners.CloseAll(b.disconnectClients)
 	err := b.srv.Close()
 	if b.retained != nil {
 		err = errors.Join(err, b.retained.close())
@@ -263,6 +270,15 @@ func (b *Broker) Close() error {
 		err = errors.Join(err, b.sessions.close())
 	}
 	return err
+}
+
+// disconnectClients disconnects the clients of one listener, for Close.
+func (b *Broker) disconnectClients(listener string) {
+	for _, cl := range b.srv.Clients.GetAll() {
+		if cl.Net.Listener == listener && !cl.Closed() {
+			b.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
+		}
+	}
 }
 
 // SetSecurity replaces the security files in use (on SIGHUP); clients

@@ -318,6 +318,8 @@ func (b *Bridge) Run(ctx context.Context) error {
 					b.tick()
 				case <-wake:
 					break wait
+				case <-b.reload: // new TLS material: try it now
+					break wait
 				case <-ctx.Done():
 					break wait
 				}

@@ -39,19 +39,22 @@ type Gateway struct {
 	certExpiry time.Time // of the device certificate; zero without one
 	certRenew  time.Time // when it is due for renewal (identity.renew_after)
 	certCN     string
-	metrics    *metrics  // nil without [metrics]
-	tlsPrint   [32]byte  // of the uplink's TLS files, to tell whether a reload changed them
-	notify     *notifier // systemd's notification socket
-	reloadMu   sync.Mutex
-	broker     *localbroker.Broker
-	outbox     *outbox.Outbox // nil without [bridge]
-	bridge     *bridge.Bridge // nil without [bridge]
-	loop       *sensors.Loop  // nil without [[sensor]]
-	sensorsMu  sync.Mutex
-	stopLoop   func() // stops the running loop; nil when none runs
-	buses      i2cBuses
-	keysMu     sync.Mutex
-	keyStores  map[string]provisioning.Store // by key URI
+	// identityErr is why the identity could not be loaded at start; the
+	// uplink runs without a client certificate until a reload fixes it.
+	identityErr error
+	metrics     *metrics  // nil without [metrics]
+	tlsPrint    [32]byte  // of the uplink's TLS files, to tell whether a reload changed them
+	notify      *notifier // systemd's notification socket
+	reloadMu    sync.Mutex
+	broker      *localbroker.Broker
+	outbox      *outbox.Outbox // nil without [bridge]
+	bridge      *bridge.Bridge // nil without [bridge]
+	loop        *sensors.Loop  // nil without [[sensor]]
+	sensorsMu   sync.Mutex
+	stopLoop    func() // stops the running loop; nil when none runs
+	buses       i2cBuses
+	keysMu      sync.Mutex
+	keyStores   map[string]provisioning.Store // by key URI
 }
 
 // New builds a gateway from a validated configuration: it loads the
@@ -59,9 +62,10 @@ type Gateway struct {
 // runs until Run.
 func New(cfg *Config, log *slog.Logger) (g *Gateway, err error) {
 	g = &Gateway{cfg: cfg, log: log, started: time.Now(), notify: newNotifier()}
+	made := g // a failing return sets g to nil before this runs
 	defer func() {
 		if err != nil {
-			g.close()
+			made.close()
 		}
 	}()
 
@@ -75,10 +79,23 @@ func New(cfg *Config, log *slog.Logger) (g *Gateway, err error) {
 	}
 	if bc := cfg.Bridge; bc != nil && !cfg.Unprovisioned {
 		tlsCfg, err := g.uplinkTLS(cfg)
-		if err != nil {
-			return nil, err
+		switch {
+		case errors.Is(err, provisioning.ErrInsecure):
+			return nil, err // a key others could read: refused, as ssh does
+		case err != nil:
+			// An expired certificate, a TPM blob of another board, a key
+			// that does not match: the site keeps its broker and sensors,
+			// the outbox keeps what the routes forward, and the uplink
+			// tries without a client certificate (the central broker
+			// refuses it) until a reload brings a usable identity.
+			log.Error("identity unusable: the bridge cannot connect until it is fixed (fieldgate provision show; then systemctl reload fieldgate); the local broker and the outbox keep running", "err", err)
+			g.setIdentityErr(err)
+			if tlsCfg, err = uplinkTLSWithoutIdentity(cfg); err != nil {
+				return nil, err
+			}
+		default:
+			g.setCert(tlsCfg.Certificates[0].Leaf, cfg.Identity.RenewAfter)
 		}
-		g.setCert(tlsCfg.Certificates[0].Leaf, cfg.Identity.RenewAfter)
 		g.tlsPrint = tlsFingerprint(cfg)
 		g.outbox, err = outbox.Open(filepath.Join(cfg.Device.StateDir, "outbox.db"), &outbox.Options{
 			CommitInterval: bc.Outbox.CommitInterval.Duration,
@@ -518,6 +535,7 @@ func (g *Gateway) ReloadReport() (ReloadResult, error) {
 		}
 	}
 	if tlsCfg != nil {
+		g.setIdentityErr(nil)
 		g.bridge.SetTLS(tlsCfg)
 		g.tlsPrint = fp
 		g.setCert(tlsCfg.Certificates[0].Leaf, cfg.Identity.RenewAfter)
@@ -696,6 +714,29 @@ func (g *Gateway) uplinkTLS(cfg *Config) (*tls.Config, error) {
 		NextProtos:   cfg.Bridge.ALPN,
 		MinVersion:   tls.VersionTLS12,
 	}, nil
+}
+
+// uplinkTLSWithoutIdentity is the uplink's TLS with the central CA and no
+// client certificate, for a gateway whose identity cannot be used.
+func uplinkTLSWithoutIdentity(cfg *Config) (*tls.Config, error) {
+	roots, err := provisioning.CertPool(cfg.Identity.CA)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{RootCAs: roots, ServerName: cfg.Bridge.ServerName, NextProtos: cfg.Bridge.ALPN, MinVersion: tls.VersionTLS12}, nil
+}
+
+func (g *Gateway) setIdentityErr(err error) {
+	g.certMu.Lock()
+	defer g.certMu.Unlock()
+	g.identityErr = err
+}
+
+// identityError is why the identity cannot be used; nil when it can.
+func (g *Gateway) identityError() error {
+	g.certMu.Lock()
+	defer g.certMu.Unlock()
+	return g.identityErr
 }
 
 // keyStore opens the key store of cfg once: a TPM or a token keeps its

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -10,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fieldgate/fieldgate/bridge"
+	"github.com/fieldgate/fieldgate/provisioning"
 	"github.com/fieldgate/fieldgate/provisioning/pkitest"
 )
 
@@ -154,4 +157,66 @@ func pkiCA(t *testing.T) []byte {
 		t.Fatal(err)
 	}
 	return data
+}
+
+// A device whose identity cannot be used (here the key no longer matches
+// the certificate, as after a mistaken csr --force; an expired certificate
+// or a TPM blob of another board go the same way) keeps the site running:
+// the gateway starts, says why in /healthz, the outbox keeps the readings,
+// and once the key is back a reload connects and delivers them.
+func TestUnusableIdentityDegrades(t *testing.T) {
+	c := startCentral(t)
+	_, arrived := c.observe(t, "devices/#")
+	cfg := writeConfig(t, c, c.ca.CertFile)
+	keyPath := strings.TrimPrefix(cfg.Identity.Key, "file:")
+	good, err := os.ReadFile(keyPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := os.ReadFile(c.ca.Client(t, "someone-else").KeyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(keyPath, other, 0o600)
+
+	g := startGateway(t, cfg)
+	code, body := get(t, "http://"+g.MetricsAddr()+"/healthz")
+	if code != 503 || !strings.Contains(body, "identity unusable") || !strings.Contains(body, "does not match the device key") {
+		t.Errorf("/healthz: %d %q, want 503 naming the identity problem", code, body)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := g.Bridge().Wait(ctx, func(st bridge.Status) bool { return st.Queued >= 3 && st.Attempts >= 1 }); err != nil {
+		t.Fatalf("the outbox did not keep the readings: %v (%+v)", err, g.Bridge().Status())
+	}
+
+	os.WriteFile(keyPath, good, 0o600)
+	if err := g.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	for reading := false; !reading; {
+		select {
+		case m := <-arrived:
+			reading = strings.HasPrefix(m.Topic(), "devices/EGW-E2E-1/sensors/")
+		case <-ctx.Done():
+			t.Fatalf("nothing arrived after the key was restored; %+v", g.Bridge().Status())
+		}
+	}
+	if code, body := get(t, "http://"+g.MetricsAddr()+"/healthz"); code != 200 {
+		t.Errorf("/healthz after the reload: %d %q", code, body)
+	}
+
+	// A key others can read is still refused at start.
+	os.Chmod(keyPath, 0o644)
+	if _, err := New(mustLoadNoCheck(t, cfg), testLogger(t)); err == nil || !errors.Is(err, provisioning.ErrInsecure) {
+		t.Errorf("a 0644 key: %v, want a refusal", err)
+	}
+}
+
+// mustLoadNoCheck is cfg as loaded, for New, without LoadConfig's checks
+// (which would refuse the loose key before New sees it).
+func mustLoadNoCheck(t *testing.T, cfg *Config) *Config {
+	t.Helper()
+	c := *cfg
+	return &c
 }

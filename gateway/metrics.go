@@ -104,6 +104,9 @@ func (m *metrics) serveReload(w http.ResponseWriter, r *http.Request) {
 // waits or something was acknowledged lately.
 func (m *metrics) health() (bool, string) {
 	b := m.g.bridge
+	if err := m.g.identityError(); err != nil {
+		return false, "identity unusable, the uplink cannot connect: " + err.Error()
+	}
 	if b == nil && m.g.cfg.Bridge != nil {
 		return false, "not provisioned: no device certificate yet, so no uplink"
 	}

@@ -48,6 +48,15 @@ func (s Slot) String() string {
 // ErrNoKey is returned (wrapped) by Store.Load when the slot is empty.
 var ErrNoKey = errors.New("no key")
 
+// ErrInsecure is matched (errors.Is) by the error of a key or PIN file
+// that others could read or replace: the gateway refuses to start then.
+var ErrInsecure = errors.New("insecure key file")
+
+type insecureError struct{ msg string }
+
+func (e insecureError) Error() string        { return e.msg }
+func (e insecureError) Is(target error) bool { return target == ErrInsecure }
+
 // KeyType is the kind of key Generate makes.
 type KeyType string
 
@@ -322,10 +331,10 @@ func checkOwnerMode(path string, fi fs.FileInfo, what string, uid int) error {
 		if fi.IsDir() {
 			fix = "chmod 700"
 		}
-		return fmt.Errorf("provisioning: %s %s has mode %04o: it must not be accessible by group or others (%s)", what, path, perm, fix)
+		return insecureError{fmt.Sprintf("provisioning: %s %s has mode %04o: it must not be accessible by group or others (%s)", what, path, perm, fix)}
 	}
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != uid {
-		return fmt.Errorf("provisioning: %s %s is owned by uid %d, not by the service user (uid %d)", what, path, st.Uid, uid)
+		return insecureError{fmt.Sprintf("provisioning: %s %s is owned by uid %d, not by the service user (uid %d)", what, path, st.Uid, uid)}
 	}
 	return nil
 }

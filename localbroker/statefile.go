@@ -9,6 +9,8 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/fieldgate/fieldgate/internal/crashguard"
 )
 
 // openStateFile opens (or makes, mode 0600) the bbolt file at path with
@@ -20,7 +22,19 @@ import (
 // error from load is a corrupt file too; load skips records it cannot
 // decode instead of failing.
 func openStateFile(path, what string, buckets [][]byte, load func(*bolt.Tx) error, log *slog.Logger) (*bolt.DB, error) {
-	db, err := openChecked(path, buckets, load)
+	crashed, err := crashguard.Begin(path)
+	if err != nil {
+		return nil, fmt.Errorf("localbroker: %s %s: %w", what, path, err)
+	}
+	defer crashguard.Done(path)
+	var db *bolt.DB
+	if crashed {
+		// The last open of it killed the process (bbolt can panic where
+		// no recover reaches): treated as corrupt, not opened again.
+		err = errors.New("opening it stopped the gateway last time")
+	} else {
+		db, err = openChecked(path, buckets, load)
+	}
 	var pe *os.PathError
 	if err != nil && !errors.Is(err, berrors.ErrTimeout) && !errors.As(err, &pe) {
 		aside := fmt.Sprintf("%s.corrupt-%s", path, time.Now().UTC().Format("20060102T150405Z"))
@@ -36,19 +50,21 @@ func openStateFile(path, what string, buckets [][]byte, load func(*bolt.Tx) erro
 }
 
 func openChecked(path string, buckets [][]byte, load func(*bolt.Tx) error) (db *bolt.DB, err error) {
-	db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
-	if err != nil {
-		return nil, err
-	}
+	// bbolt panics inside Open on some damage (a bad free-list page), so
+	// the recover is in place before it.
 	defer func() {
 		if p := recover(); p != nil {
 			err = fmt.Errorf("reading it failed: %v", p)
 		}
-		if err != nil {
+		if err != nil && db != nil {
 			db.Close()
 			db = nil
 		}
 	}()
+	db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	if err != nil {
+		return nil, err
+	}
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, b := range buckets {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {

@@ -25,6 +25,8 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/fieldgate/fieldgate/internal/crashguard"
 )
 
 // ErrFull is returned by Append under the Reject policy when the outbox is
@@ -183,7 +185,23 @@ func Open(path string, o *Options, log *slog.Logger) (*Outbox, error) {
 	ob := &Outbox{o: opts, log: log, path: path, ops: make(chan op, 1024), done: make(chan struct{}), changed: make(chan struct{}),
 		routes: map[string]*routeState{}, st: Stats{Dropped: map[string]uint64{}},
 		unlogged: map[string]uint64{}, lastLog: map[string]time.Time{}}
-	db, err := ob.open()
+	var db *bolt.DB
+	var err error
+	crashed := false
+	if !opts.ReadOnly {
+		if crashed, err = crashguard.Begin(path); err != nil {
+			return nil, fmt.Errorf("outbox: open %s: %w", path, err)
+		}
+		defer crashguard.Done(path)
+	}
+	if crashed {
+		// The last open of it killed the process: bbolt rebuilds the free
+		// list in a goroutine of its own, and a damaged page panics there,
+		// where no recover reaches. Not opened again.
+		err = fmt.Errorf("%w: opening it stopped the gateway last time", errCorrupt)
+	} else {
+		db, err = ob.open()
+	}
 	if err != nil {
 		if !errors.Is(err, errCorrupt) || opts.ReadOnly {
 			return nil, fmt.Errorf("outbox: open %s: %w", path, err)
@@ -218,6 +236,16 @@ func (ob *Outbox) open() (db *bolt.DB, err error) {
 			return nil, err
 		}
 	}
+	// bbolt panics in Open itself on some damage: recover from the start.
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: %v", errCorrupt, r)
+		}
+		if err != nil && db != nil {
+			db.Close()
+			db = nil
+		}
+	}()
 	db, err = bolt.Open(ob.path, 0o600, &bolt.Options{
 		ReadOnly:       ob.o.ReadOnly,
 		Timeout:        2 * time.Second,
@@ -234,14 +262,6 @@ func (ob *Outbox) open() (db *bolt.DB, err error) {
 		}
 		return nil, fmt.Errorf("%w: %v", errCorrupt, err)
 	}
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("%w: %v", errCorrupt, r)
-		}
-		if err != nil {
-			db.Close()
-		}
-	}()
 	err = db.View(func(tx *bolt.Tx) error {
 		return tx.ForEach(func(name []byte, b *bolt.Bucket) error {
 			if len(name) <= len(bucketPrefix) || string(name[:len(bucketPrefix)]) != string(bucketPrefix) {

@@ -373,3 +373,24 @@ func TestFullDisk(t *testing.T) {
 		t.Errorf("after reopening: %d messages, want %d", st.Messages, committed-len(ms)+1)
 	}
 }
+
+// An open that killed the process (bbolt rebuilds the free list in a
+// goroutine of its own, where a panic on a damaged page cannot be
+// recovered) is not tried again: the next start moves the file aside.
+func TestOpenThatCrashedMovedAside(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "outbox.db")
+	ob := open(t, path, &Options{CommitInterval: time.Millisecond})
+	mustAppend(t, ob, "a", "old", DropOldest)
+	ob.Close()
+	os.WriteFile(path+".opening", nil, 0o600) // as a process that died in Open leaves it
+	ob = open(t, path, &Options{CommitInterval: time.Millisecond})
+	if aside, _ := filepath.Glob(path + ".corrupt-*"); len(aside) != 1 {
+		t.Fatalf("got %v, want one outbox.db.corrupt-<time>", aside)
+	}
+	if st := ob.Stats(); st.Messages != 0 {
+		t.Errorf("the new outbox holds %d messages", st.Messages)
+	}
+	if _, err := os.Stat(path + ".opening"); !os.IsNotExist(err) {
+		t.Errorf("the opening mark is still there: %v", err)
+	}
+}

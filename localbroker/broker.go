@@ -100,6 +100,10 @@ type Broker struct {
 	addrs    []string
 }
 
+// noMessageExpiry is mochi's maximum message expiry set out of reach:
+// about 68 years.
+const noMessageExpiry = math.MaxInt32
+
 // uplinkClientID is the inline client that PublishLocal publishes as. Its
 // messages are never forwarded, so a route in both directions cannot loop.
 const uplinkClientID = "fieldgate-uplink"
@@ -121,6 +125,14 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 	// QoS 1 and 2 messages held for a client, in flight or waiting,
 	// connected or away: what its stored session holds at most.
 	caps.MaximumInflight = uint16(min(lim.MaxQueued, math.MaxUint16))
+	// mochi deletes every retained message, and every message queued for
+	// a client, a day after it was published (its default maximum message
+	// expiry), whatever the message asked for. Mosquitto keeps them until
+	// they are replaced or their own MQTT 5 expiry passes, and so does
+	// Fieldgate: a retained sensor status or site setting must not vanish
+	// daily. (0 would mean "none" for publishes but would also give
+	// QoS 2 acknowledgements an expiry of now.)
+	caps.MaximumMessageExpiryInterval = noMessageExpiry
 	srv := mqtt.New(&mqtt.Options{
 		Capabilities: caps,
 		InlineClient: true,

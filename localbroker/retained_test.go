@@ -54,3 +54,25 @@ func TestRetainedSurviveRestart(t *testing.T) {
 	default: // Subscribe delivers the retained messages before it returns
 	}
 }
+
+// Retained messages and messages queued for an away client are not
+// deleted a day after they were published, as mochi does by default:
+// only their own MQTT 5 expiry ends them, as with Mosquitto. (mochi's
+// expiry sweep cannot be run from a test, so this checks what it is
+// given, and that a retained message carries no expiry of its own.)
+func TestNoForcedMessageExpiry(t *testing.T) {
+	b := newBroker(t, nil)
+	if got := b.srv.Options.Capabilities.MaximumMessageExpiryInterval; got < 50*365*24*3600 {
+		t.Errorf("maximum message expiry %d s: retained and queued messages would be deleted after that", got)
+	}
+	if err := b.Publish(Message{Topic: "sensors/x/status", Payload: []byte("ok"), QoS: 1, Retain: true}); err != nil {
+		t.Fatal(err)
+	}
+	pk, ok := b.srv.Topics.Retained.GetAll()["sensors/x/status"]
+	if !ok {
+		t.Fatal("the message was not retained")
+	}
+	if pk.Expiry != 0 && pk.Expiry-pk.Created < 50*365*24*3600 {
+		t.Errorf("retained %s expires after %d s", pk.TopicName, pk.Expiry-pk.Created)
+	}
+}

@@ -248,13 +248,16 @@ func (s *sessionStore) StoredInflightMessages() ([]storage.Message, error) {
 }
 
 // OnSessionEstablish puts a resumed session's messages back in the order
-// they were queued before mochi resends them.
+// they were queued before mochi resends them. mochi copies them from the
+// old client right after this hook (inheritClientSession), whether or not
+// the old connection is closed yet: a device whose link died usually
+// comes back before the broker has noticed, so it often is not.
 func (s *sessionStore) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	if cl.Net.Inline || pk.Connect.Clean {
 		return
 	}
 	old, ok := s.srv.Clients.Get(cl.ID)
-	if !ok || !old.Closed() {
+	if !ok {
 		return
 	}
 	pks := old.State.Inflight.GetAll(false)
@@ -286,14 +289,25 @@ func (s *sessionStore) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 		base = now - int64(uint16(now))
 	}
 	for i, p := range pks {
-		p.Created = base + int64(i)
-		old.State.Inflight.Set(p)
+		// The old connection may still be open and take an
+		// acknowledgement in between: put back only what is still
+		// there as it was (a message acknowledged just after this is
+		// sent once more, marked DUP).
+		cur, ok := old.State.Inflight.Get(p.PacketID)
+		if !ok || cur.FixedHeader.Type != p.FixedHeader.Type {
+			continue
+		}
+		cur.Created = base + int64(i)
+		old.State.Inflight.Set(cur)
 	}
 }
 
 // OnSessionEstablished writes the session as it now is: a clean one
 // deletes what was stored for the client id; a persistent one replaces it
-// with the subscriptions and messages the connection took over.
+// with the subscriptions and messages the connection took over. Those
+// messages keep the sequence numbers they were queued with (mochi's list
+// is in the order of Created's low 16 bits, which is not always theirs);
+// only ones the store did not know get new numbers, after them.
 func (s *sessionStore) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	if cl.Net.Inline {
 		return
@@ -301,6 +315,7 @@ func (s *sessionStore) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) 
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.away, cl.ID)
+	seqs := s.seqs[cl.ID]
 	s.drop(cl.ID)
 	if !persistent(cl) {
 		return
@@ -309,7 +324,14 @@ func (s *sessionStore) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) 
 	for _, sub := range cl.State.Subscriptions.GetAll() {
 		s.putSub(cl.ID, sub, sub.Qos)
 	}
-	for _, p := range cl.State.Inflight.GetAll(false) {
+	pks := cl.State.Inflight.GetAll(false)
+	kept := s.seqFor(cl.ID)
+	for _, p := range pks {
+		if seq, ok := seqs[p.PacketID]; ok {
+			kept[p.PacketID] = seq
+		}
+	}
+	for _, p := range pks {
 		s.putInflight(cl.ID, p)
 	}
 	s.wake()

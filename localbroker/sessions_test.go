@@ -446,3 +446,35 @@ func TestSessionCorruptFile(t *testing.T) {
 		t.Errorf("new sessions file: %v, mode %v, want 0600", err, st.Mode().Perm())
 	}
 }
+
+// A device whose link died usually reconnects before the broker has
+// noticed: its old connection is still open when the new one takes the
+// session over. The messages in flight on the old connection come back in
+// the order they were queued, though queued in the same second, and so
+// they do again after a restart.
+func TestSessionTakeoverKeepsOrder(t *testing.T) {
+	sb := newSessionBroker(t, Options{})
+	stale := make(chan paho.Message, 100)
+	a, _ := sessionConnect311(t, sessionOpts311(sb.addr, "dev", false, stale).SetAutoAckDisabled(true))
+	defer a.Disconnect(0)
+	if tok := a.Subscribe("site/#", 1, nil); !tok.WaitTimeout(sessionDeadline) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+	want := sessionPayloads(1, 20)
+	sessionPublish311(t, sb.addr, "site/a", want...)
+	sessionExpect(t, stale, want...) // received on the old link, never acknowledged
+	sb.queued("dev", 20)
+
+	got := make(chan paho.Message, 100)
+	b, present := sessionConnect311(t, sessionOpts311(sb.addr, "dev", false, got).SetAutoAckDisabled(true))
+	defer b.Disconnect(0)
+	if !present {
+		t.Error("session present: got false, want true")
+	}
+	sessionExpect(t, got, want...)
+
+	sb.restart()
+	c, _ := sessionConnect311(t, sessionOpts311(sb.addr, "dev", false, got))
+	defer c.Disconnect(0)
+	sessionExpect(t, got, want...)
+}

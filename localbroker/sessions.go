@@ -51,6 +51,13 @@ type sessionStore struct {
 	away    map[string]int64 // persistent sessions whose client is away: expiry, unix seconds
 	loaded  sessionData      // handed to mochi at start
 
+	flushing  bool      // a commit is under way
+	failed    int       // commits failed in a row
+	errLogged time.Time // when a failed commit was last logged
+	// failCommit, set by tests, is called at the end of each commit's
+	// transaction; an error fails the commit, as ENOSPC or EIO would.
+	failCommit func(*bolt.Tx) error
+
 	kick chan struct{}
 	stop chan struct{}
 	done chan struct{}
@@ -89,6 +96,9 @@ var (
 
 // sessionFlush is how often session changes are committed.
 const sessionFlush = time.Second
+
+// sessionErrorLog is how often a commit that keeps failing is logged.
+const sessionErrorLog = time.Minute
 
 // sessionExpiryCheck is how often sessions whose client is away are
 // checked for expiry.
@@ -586,7 +596,9 @@ func (s *sessionStore) writer() {
 	for {
 		select {
 		case <-s.stop:
-			s.flush()
+			if err := s.flush(); err != nil {
+				s.log.Error("persistent sessions not saved at shutdown", "err", err)
+			}
 			return
 		case <-s.kick:
 			if due == nil {
@@ -594,21 +606,28 @@ func (s *sessionStore) writer() {
 			}
 		case <-due:
 			due = nil
-			s.flush()
+			s.flush() // logged, and tried again
+
 		case <-expiry.C:
 			s.expireAway(s.now())
 		}
 	}
 }
 
-func (s *sessionStore) flush() {
+// flush commits the pending changes. If the commit fails (a full or
+// failing card) they are put back, under any made since, and tried again
+// at the next flush: a delete lost would bring back an ended session or
+// an acknowledged message, a write lost would lose a queued one. The
+// error is logged at most once per sessionErrorLog while it lasts.
+func (s *sessionStore) flush() error {
 	s.mu.Lock()
-	pending, drops := s.pending, s.drops
+	pending, drops, failCommit := s.pending, s.drops, s.failCommit
 	if len(pending) == 0 && len(drops) == 0 {
 		s.mu.Unlock()
-		return
+		return nil
 	}
 	s.pending, s.drops = map[string]sessionWrite{}, map[string]bool{}
+	s.flushing = true
 	s.mu.Unlock()
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		for id := range drops {
@@ -642,11 +661,37 @@ func (s *sessionStore) flush() {
 				return err
 			}
 		}
+		if failCommit != nil {
+			return failCommit(tx)
+		}
 		return nil
 	})
-	if err != nil {
-		s.log.Error("persistent sessions not saved", "changes", len(pending)+len(drops), "err", err)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.flushing = false
+	if err == nil {
+		if s.failed > 0 {
+			s.log.Info("persistent sessions saved again", "failed_commits", s.failed)
+			s.failed = 0
+		}
+		return nil
 	}
+	for k, w := range pending {
+		if _, newer := s.pending[k]; newer || s.drops[w.client] {
+			continue // changed since, or its client's records dropped since
+		}
+		s.pending[k] = w
+	}
+	for id := range drops {
+		s.drops[id] = true
+	}
+	s.failed++
+	if now := s.now(); s.failed == 1 || now.Sub(s.errLogged) >= sessionErrorLog {
+		s.errLogged = now
+		s.log.Error("persistent sessions not saved: trying again", "changes", len(s.pending)+len(s.drops), "failed_commits", s.failed, "err", err)
+	}
+	s.wake()
+	return err
 }
 
 // close commits what is pending and closes the file; mochi has stopped

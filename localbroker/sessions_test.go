@@ -10,11 +10,13 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	paho5 "github.com/eclipse/paho.golang/paho"
 	paho "github.com/eclipse/paho.mqtt.golang"
+	bolt "go.etcd.io/bbolt"
 )
 
 // sessionDeadline bounds every wait in these tests; nothing waits for it
@@ -116,6 +118,23 @@ func (sb *sessionBroker) gone(id string) {
 		time.Sleep(5 * time.Millisecond) // polling the broker's state, with a deadline
 	}
 	sb.t.Fatalf("the broker did not see %s leave", id)
+}
+
+// saved waits until the session store has committed every change.
+func (sb *sessionBroker) saved() {
+	sb.t.Helper()
+	deadline := time.Now().Add(sessionDeadline)
+	for time.Now().Before(deadline) {
+		s := sb.sessions
+		s.mu.Lock()
+		done := len(s.pending) == 0 && len(s.drops) == 0 && !s.flushing
+		s.mu.Unlock()
+		if done {
+			return
+		}
+		time.Sleep(5 * time.Millisecond) // polling the broker's state, with a deadline
+	}
+	sb.t.Fatal("the session store did not commit its changes")
 }
 
 // client311 options: paho.mqtt.golang, no reconnect, messages in order.
@@ -477,4 +496,71 @@ func TestSessionTakeoverKeepsOrder(t *testing.T) {
 	c, _ := sessionConnect311(t, sessionOpts311(sb.addr, "dev", false, got))
 	defer c.Disconnect(0)
 	sessionExpect(t, got, want...)
+}
+
+// A commit that fails (a full or failing card) loses nothing: the changes
+// are tried again, and once the card takes them a restart finds a session
+// ended during the failure still ended and messages queued during it
+// still queued. The failure is logged once, and its end.
+func TestSessionFailedCommitRetried(t *testing.T) {
+	sb := newSessionBroker(t, Options{})
+	got := make(chan paho.Message, 100)
+	for _, c := range []struct{ id, filter string }{{"ended", "other/#"}, {"dev", "site/#"}} {
+		cl, _ := sessionConnect311(t, sessionOpts311(sb.addr, c.id, false, got))
+		cl.Subscribe(c.filter, 1, nil).WaitTimeout(sessionDeadline)
+		cl.Disconnect(0)
+		sb.gone(c.id)
+	}
+	sb.saved()
+
+	// Every commit fails; tried tells when one held all the changes below.
+	tried := make(chan struct{})
+	var once sync.Once
+	sb.sessions.mu.Lock()
+	sb.sessions.failCommit = func(tx *bolt.Tx) error {
+		n := 0
+		tx.Bucket(sessionInflight).ForEach(func(k, _ []byte) error {
+			if bytes.HasPrefix(k, clientPrefix("dev")) {
+				n++
+			}
+			return nil
+		})
+		if n == 3 && tx.Bucket(sessionClients).Get([]byte("ended")) == nil {
+			once.Do(func() { close(tried) })
+		}
+		return syscall.ENOSPC
+	}
+	sb.sessions.mu.Unlock()
+	cl, _ := sessionConnect311(t, sessionOpts311(sb.addr, "ended", true, got))
+	cl.Disconnect(0)
+	sessionPublish311(t, sb.addr, "site/a", sessionPayloads(1, 3)...)
+	sb.queued("dev", 3)
+	select {
+	case <-tried:
+	case <-time.After(sessionDeadline):
+		t.Fatal("no commit tried with the changes")
+	}
+
+	sb.sessions.mu.Lock()
+	sb.sessions.failCommit = nil
+	sb.sessions.mu.Unlock()
+	sb.saved()
+	log := sb.log.String()
+	if n := strings.Count(log, "persistent sessions not saved"); n != 1 {
+		t.Errorf("failed commits logged %d times, want once:\n%s", n, log)
+	}
+	if !strings.Contains(log, "persistent sessions saved again") {
+		t.Errorf("the end of the failure not logged:\n%s", log)
+	}
+
+	sb.restart()
+	if _, ok := sb.srv.Clients.Get("ended"); ok {
+		t.Error("a session ended during the failure came back after a restart")
+	}
+	c, present := sessionConnect311(t, sessionOpts311(sb.addr, "dev", false, got))
+	defer c.Disconnect(0)
+	if !present {
+		t.Error("session present: got false, want true")
+	}
+	sessionExpect(t, got, sessionPayloads(1, 3)...)
 }

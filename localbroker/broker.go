@@ -87,6 +87,16 @@ type Options struct {
 	// Authorizer, if set, has the last word on connections, publishes and
 	// subscriptions (see Authorizer).
 	Authorizer Authorizer
+	// ConnectTimeout bounds how long a new connection may take to send
+	// its CONNECT; 0 means 10 s.
+	ConnectTimeout time.Duration
+}
+
+func (o *Options) connectTimeout() time.Duration {
+	if o.ConnectTimeout > 0 {
+		return o.ConnectTimeout
+	}
+	return connectTimeout
 }
 
 // Broker is a running local broker.
@@ -98,6 +108,7 @@ type Broker struct {
 	retained *retainStore  // nil without Options.RetainedFile
 	sessions *sessionStore // nil without Options.SessionFile
 	addrs    []string
+	tracked  map[string]*trackedListener // the TCP listeners by id, for Close
 }
 
 // noMessageExpiry is mochi's maximum message expiry set out of reach:
@@ -142,7 +153,7 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 		// what matters itself, rate-limited.
 		Logger: slog.New(mochiFilter{log.Handler()}),
 	})
-	b := &Broker{srv: srv, log: log}
+	b := &Broker{srv: srv, log: log, tracked: map[string]*trackedListener{}}
 	gate := &gateHook{log: log, forward: o.Forward, authz: o.Authorizer, srv: srv, marker: newMarker(), waiters: map[*mqtt.Client]chan deferred{},
 		refusals: &refusalLog{now: time.Now}, tls: map[string]*tlsListener{},
 		failures:     &authFailures{max: lim.MaxAuthFailures, now: time.Now},
@@ -185,11 +196,14 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 			}
 			continue
 		}
-		nl, err := net.Listen("tcp", l.Address)
+		raw, err := net.Listen("tcp", l.Address)
 		if err != nil {
 			b.Close()
 			return nil, fmt.Errorf("localbroker: listen on %s: %w", l.Address, err)
 		}
+		tracked := newTrackedListener(raw, o.connectTimeout())
+		b.tracked[id] = tracked
+		var nl net.Listener = tracked
 		if l.TLS != nil {
 			tl := newTLSListener(nl, l.TLS, log, gate.refusals)
 			gate.tls[id] = tl
@@ -273,7 +287,15 @@ func (b *Broker) Close() error {
 	// wait for ever. So the listeners are closed first with a closer that
 	// takes the lock once; CloseAll then waits for every client's
 	// goroutine to end, and mochi's Close finds nobody left to race with.
+	for _, l := range b.tracked {
+		l.Close() // no new connections from here on
+	}
 	b.srv.Listeners.CloseAll(b.disconnectClients)
+	for _, l := range b.tracked {
+		if !l.wait(5 * time.Second) {
+			b.log.Warn("shutdown: connections still open after 5 s", "listener", l.Addr().String())
+		}
+	}
 	err := b.srv.Close()
 	if b.retained != nil {
 		err = errors.Join(err, b.retained.close())
@@ -284,12 +306,18 @@ func (b *Broker) Close() error {
 	return err
 }
 
-// disconnectClients disconnects the clients of one listener, for Close.
+// disconnectClients disconnects the clients of one listener, for Close,
+// then gives every connection still open on it (one that never sent
+// CONNECT, or is in its TLS handshake: not a client mochi can disconnect)
+// half a second: mochi's CloseAll waits for them all.
 func (b *Broker) disconnectClients(listener string) {
 	for _, cl := range b.srv.Clients.GetAll() {
 		if cl.Net.Listener == listener && !cl.Closed() {
 			b.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
 		}
+	}
+	if l, ok := b.tracked[listener]; ok {
+		l.expire(500 * time.Millisecond)
 	}
 }
 

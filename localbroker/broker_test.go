@@ -267,3 +267,63 @@ func TestCloseWhileClientsComeAndGo(t *testing.T) {
 		}
 	}
 }
+
+// A connection that never sends CONNECT is closed after ConnectTimeout
+// (mochi waits for ever); a client that connected with keepalive 0 is not;
+// and Close does not wait for a silent connection.
+func TestConnectTimeout(t *testing.T) {
+	b, err := New(&Options{Listeners: []Listener{{Address: "127.0.0.1:0"}}, Security: Security{AllowAnonymous: true}, ConnectTimeout: 200 * time.Millisecond},
+		slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	client, err := net.Dial("tcp", b.Addrs()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	body := append([]byte{0, 4, 'M', 'Q', 'T', 'T', 4, 0x02, 0, 0, 0, 2}, "k0"...) // keepalive 0
+	client.Write(append([]byte{0x10, byte(len(body))}, body...))
+	ack := make([]byte, 4)
+	if _, err := io.ReadFull(client, ack); err != nil || ack[3] != 0 {
+		t.Fatalf("connect: %x %v", ack, err)
+	}
+	silent, err := net.Dial("tcp", b.Addrs()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	silent.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.Copy(io.Discard, silent); err != nil {
+		t.Fatalf("a connection without CONNECT was not closed by the broker: %v", err)
+	}
+	// By now the connect timeout has passed for the client too: it is
+	// still connected, and answers a ping.
+	client.SetDeadline(time.Now().Add(10 * time.Second))
+	client.Write([]byte{0xC0, 0})
+	if _, err := io.ReadFull(client, ack[:2]); err != nil || ack[0] != 0xD0 {
+		t.Fatalf("ping after the connect timeout: %x %v", ack[:2], err)
+	}
+}
+
+func TestCloseCutsSilentConnections(t *testing.T) {
+	b, err := New(&Options{Listeners: []Listener{{Address: "127.0.0.1:0"}}, ConnectTimeout: time.Hour}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	silent, err := net.Dial("tcp", b.Addrs()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	// The connection is accepted before Close begins.
+	silent.Write([]byte{0x10})
+	closed := make(chan error, 1)
+	go func() { closed <- b.Close() }()
+	select {
+	case <-closed:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Close waited for a connection that never sent CONNECT")
+	}
+}

@@ -304,6 +304,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	var watchdogDone sync.WaitGroup
 	watchdogDone.Go(func() { g.runWatchdog(watchdogCtx, notify) })
 	watchdogDone.Go(func() { g.remindRenewal(watchdogCtx) })
+	watchdogDone.Go(func() { g.retryIdentity(watchdogCtx) })
 	notify.send("READY=1")
 
 	<-ctx.Done()
@@ -453,10 +454,17 @@ func (g *Gateway) ReloadReport() (ReloadResult, error) {
 	var tlsCfg *tls.Config
 	fp := g.tlsPrint
 	if cfg.Bridge != nil && g.bridge != nil {
-		if fp = tlsFingerprint(cfg); fp != g.tlsPrint {
+		degraded := g.identityError() != nil
+		// A degraded identity is tried again even when its files did not
+		// change: a TPM or a token that was not ready at boot may be now.
+		if fp = tlsFingerprint(cfg); fp != g.tlsPrint || degraded {
 			if tlsCfg, err = g.uplinkTLS(cfg); err != nil {
-				g.log.Error("reload refused: the running configuration is kept", "err", err)
-				return ReloadResult{}, err
+				if !degraded {
+					g.log.Error("reload refused: the running configuration is kept", "err", err)
+					return ReloadResult{}, err
+				}
+				g.log.Warn("reload: the identity is still unusable; the rest is applied", "err", err)
+				tlsCfg, fp = nil, g.tlsPrint
 			}
 		}
 	}
@@ -714,6 +722,36 @@ func (g *Gateway) uplinkTLS(cfg *Config) (*tls.Config, error) {
 		NextProtos:   cfg.Bridge.ALPN,
 		MinVersion:   tls.VersionTLS12,
 	}, nil
+}
+
+// identityRetry is how often a gateway whose identity could not be used
+// tries it again by itself (a TPM or token not ready at boot), at first;
+// the wait doubles up to identityRetryMax.
+var identityRetry, identityRetryMax = 30 * time.Second, 30 * time.Minute
+
+// retryIdentity tries an unusable identity again until it works or ctx
+// ends, as a reload would.
+func (g *Gateway) retryIdentity(ctx context.Context) {
+	wait := identityRetry
+	for g.identityError() != nil {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, identityRetryMax)
+		g.reloadMu.Lock()
+		if g.identityError() != nil {
+			if tlsCfg, err := g.uplinkTLS(g.cfg); err == nil {
+				g.setIdentityErr(nil)
+				g.bridge.SetTLS(tlsCfg)
+				g.tlsPrint = tlsFingerprint(g.cfg)
+				g.setCert(tlsCfg.Certificates[0].Leaf, g.cfg.Identity.RenewAfter)
+				g.log.Info("identity usable again: the uplink connects with it")
+			}
+		}
+		g.reloadMu.Unlock()
+	}
 }
 
 // uplinkTLSWithoutIdentity is the uplink's TLS with the central CA and no

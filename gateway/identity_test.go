@@ -220,3 +220,35 @@ func mustLoadNoCheck(t *testing.T, cfg *Config) *Config {
 	c := *cfg
 	return &c
 }
+
+// An identity that was unusable at start is tried again by itself: a TPM
+// or a token not ready at boot needs no restart and no reload.
+func TestUnusableIdentityRetried(t *testing.T) {
+	old, oldMax := identityRetry, identityRetryMax
+	identityRetry, identityRetryMax = 20*time.Millisecond, 50*time.Millisecond
+	t.Cleanup(func() { identityRetry, identityRetryMax = old, oldMax })
+	c := startCentral(t)
+	_, arrived := c.observe(t, "devices/#")
+	cfg := writeConfig(t, c, c.ca.CertFile)
+	keyPath := strings.TrimPrefix(cfg.Identity.Key, "file:")
+	good, _ := os.ReadFile(keyPath)
+	os.Remove(keyPath) // not there at boot
+	g := startGateway(t, cfg)
+	if g.identityError() == nil {
+		t.Fatal("started with a usable identity")
+	}
+	os.WriteFile(keyPath, good, 0o600) // the store is ready now
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for reading := false; !reading; {
+		select {
+		case m := <-arrived:
+			reading = strings.HasPrefix(m.Topic(), "devices/EGW-E2E-1/sensors/")
+		case <-ctx.Done():
+			t.Fatalf("the identity was not tried again; %+v", g.Bridge().Status())
+		}
+	}
+	if g.identityError() != nil {
+		t.Errorf("still degraded: %v", g.identityError())
+	}
+}

@@ -27,8 +27,10 @@ import (
 // fsyncs) once per event, keeps clean sessions too, and fails Init on a
 // damaged file. Here changes are gathered in memory, the last change of a
 // record wins, and they are committed at most once per sessionFlush; a
-// message acknowledged within that time costs no write at all. A power cut
-// loses at most the last second's changes.
+// message acknowledged within that time costs no write at all, nor does
+// a clean session coming or going (the store knows which records are in
+// the file, and deletes only those). A power cut loses at most the last
+// second's changes.
 //
 // mochi resends a resumed session's messages sorted by the low 16 bits of
 // their creation second, which mixes up messages queued in the same
@@ -50,12 +52,20 @@ type sessionStore struct {
 	seqs    map[string]map[uint16]uint64
 	away    map[string]int64 // persistent sessions whose client is away: expiry, unix seconds
 	loaded  sessionData      // handed to mochi at start
+	// disk holds, by client id, the pending keys of the records that are
+	// in the file or may be (their commit is under way or failed): a
+	// record that never reached it is deleted without a commit.
+	disk map[string]map[string]bool
 
 	flushing  bool      // a commit is under way
 	failed    int       // commits failed in a row
 	errLogged time.Time // when a failed commit was last logged
-	// failCommit, set by tests, is called at the end of each commit's
-	// transaction; an error fails the commit, as ENOSPC or EIO would.
+
+	// For tests: the commits made; how often to flush (sessionFlush);
+	// a func called at the end of each commit's transaction, whose error
+	// fails the commit as ENOSPC or EIO would.
+	commits    int
+	flushEvery time.Duration
 	failCommit func(*bolt.Tx) error
 
 	kick chan struct{}
@@ -116,9 +126,10 @@ type sessionOptions struct {
 func openSessionStore(path string, srv *mqtt.Server, o sessionOptions, log *slog.Logger) (*sessionStore, error) {
 	s := &sessionStore{
 		log: log, srv: srv, now: o.Now, expiry: o.Expiry, maxQueued: o.MaxQueued,
-		pending: map[string]sessionWrite{}, drops: map[string]bool{},
+		pending: map[string]sessionWrite{}, drops: map[string]bool{}, disk: map[string]map[string]bool{},
 		seqs: map[string]map[uint16]uint64{}, away: map[string]int64{},
 		kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
+		flushEvery: sessionFlush,
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -140,6 +151,9 @@ func (s *sessionStore) load(tx *bolt.Tx) error {
 	s.loaded = sessionData{}
 	clear(s.away)
 	clear(s.seqs)
+	clear(s.disk)
+	clear(s.pending)
+	clear(s.drops)
 	now := s.now().Unix()
 	expired := 0
 	err := tx.Bucket(sessionClients).ForEach(func(k, v []byte) error {
@@ -159,6 +173,7 @@ func (s *sessionStore) load(tx *bolt.Tx) error {
 			return nil
 		}
 		s.away[r.Client.ID] = until
+		s.onDisk(r.Client.ID, "c"+r.Client.ID)
 		s.loaded.clients = append(s.loaded.clients, r.Client)
 		return nil
 	})
@@ -173,6 +188,7 @@ func (s *sessionStore) load(tx *bolt.Tx) error {
 			return nil
 		}
 		if _, ok := s.away[sub.Client]; ok {
+			s.onDisk(sub.Client, "s"+string(k))
 			s.loaded.subs = append(s.loaded.subs, sub)
 		} else {
 			s.drops[sub.Client] = true
@@ -198,6 +214,7 @@ func (s *sessionStore) load(tx *bolt.Tx) error {
 		seq := binary.BigEndian.Uint64(k[len(k)-8:])
 		s.seq = max(s.seq, seq)
 		s.seqFor(m.Client)[m.PacketID] = seq
+		s.onDisk(m.Client, "i"+string(k))
 		s.loaded.inflight = append(s.loaded.inflight, m)
 		return nil
 	})
@@ -395,7 +412,7 @@ func (s *sessionStore) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
 	defer s.mu.Unlock()
 	for _, f := range pk.Filters {
 		k := subKey(cl.ID, f.Filter)
-		s.pending["s"+string(k)] = sessionWrite{bucket: sessionSubs, key: k, client: cl.ID}
+		s.del("s"+string(k), sessionWrite{bucket: sessionSubs, key: k, client: cl.ID})
 	}
 	s.wake()
 }
@@ -423,7 +440,7 @@ func (s *sessionStore) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
 	}
 	delete(seqs, pk.PacketID)
 	k := inflightKey(cl.ID, seq)
-	s.pending["i"+string(k)] = sessionWrite{bucket: sessionInflight, key: k, client: cl.ID}
+	s.del("i"+string(k), sessionWrite{bucket: sessionInflight, key: k, client: cl.ID})
 	s.wake()
 }
 
@@ -485,7 +502,30 @@ func (s *sessionStore) drop(id string) {
 		}
 	}
 	delete(s.seqs, id)
-	s.drops[id] = true
+	if len(s.disk[id]) > 0 {
+		s.drops[id] = true
+	}
+}
+
+// del deletes the record w names, pending under key k: a commit if it
+// may be in the file, else only the write not made yet.
+func (s *sessionStore) del(k string, w sessionWrite) {
+	if s.disk[w.client][k] {
+		s.pending[k] = w
+	} else {
+		delete(s.pending, k)
+	}
+}
+
+// onDisk notes that client id's record pending under key k is, or may
+// be, in the file.
+func (s *sessionStore) onDisk(id, k string) {
+	m, ok := s.disk[id]
+	if !ok {
+		m = map[string]bool{}
+		s.disk[id] = m
+	}
+	m[k] = true
 }
 
 func (s *sessionStore) seqFor(id string) map[uint16]uint64 {
@@ -602,7 +642,10 @@ func (s *sessionStore) writer() {
 			return
 		case <-s.kick:
 			if due == nil {
-				due = time.After(sessionFlush)
+				s.mu.Lock()
+				every := s.flushEvery
+				s.mu.Unlock()
+				due = time.After(every)
 			}
 		case <-due:
 			due = nil
@@ -628,6 +671,11 @@ func (s *sessionStore) flush() error {
 	}
 	s.pending, s.drops = map[string]sessionWrite{}, map[string]bool{}
 	s.flushing = true
+	for k, w := range pending {
+		if w.value != nil {
+			s.onDisk(w.client, k) // from now on it may be
+		}
+	}
 	s.mu.Unlock()
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		for id := range drops {
@@ -670,6 +718,20 @@ func (s *sessionStore) flush() error {
 	defer s.mu.Unlock()
 	s.flushing = false
 	if err == nil {
+		s.commits++
+		for id := range drops {
+			delete(s.disk, id)
+		}
+		for k, w := range pending { // applied after the drops
+			if w.value != nil {
+				s.onDisk(w.client, k)
+			} else if m := s.disk[w.client]; m != nil {
+				delete(m, k)
+				if len(m) == 0 {
+					delete(s.disk, w.client)
+				}
+			}
+		}
 		if s.failed > 0 {
 			s.log.Info("persistent sessions saved again", "failed_commits", s.failed)
 			s.failed = 0

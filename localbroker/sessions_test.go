@@ -120,6 +120,20 @@ func (sb *sessionBroker) gone(id string) {
 	sb.t.Fatalf("the broker did not see %s leave", id)
 }
 
+// left waits until the broker has seen client id with a clean session
+// leave.
+func (sb *sessionBroker) left(id string) {
+	sb.t.Helper()
+	deadline := time.Now().Add(sessionDeadline)
+	for time.Now().Before(deadline) {
+		if _, ok := sb.srv.Clients.Get(id); !ok {
+			return
+		}
+		time.Sleep(5 * time.Millisecond) // polling the broker's state, with a deadline
+	}
+	sb.t.Fatalf("the broker did not see %s leave", id)
+}
+
 // saved waits until the session store has committed every change.
 func (sb *sessionBroker) saved() {
 	sb.t.Helper()
@@ -563,4 +577,50 @@ func TestSessionFailedCommitRetried(t *testing.T) {
 		t.Error("session present: got false, want true")
 	}
 	sessionExpect(t, got, sessionPayloads(1, 3)...)
+}
+
+// Clean sessions coming and going, and QoS 1 messages acknowledged within
+// the second, leave the sessions file alone: no commit (an SD card's
+// wear).
+func TestSessionNoCommitWithoutChange(t *testing.T) {
+	sb := newSessionBroker(t, Options{})
+	commits := func() int {
+		sb.sessions.mu.Lock()
+		defer sb.sessions.mu.Unlock()
+		return sb.sessions.commits
+	}
+	sb.sessions.mu.Lock()
+	sb.sessions.flushEvery = time.Hour // the test flushes, once all is acknowledged
+	sb.sessions.mu.Unlock()
+	got := make(chan paho.Message, 100)
+	live, _ := sessionConnect311(t, sessionOpts311(sb.addr, "live", false, got))
+	defer live.Disconnect(0)
+	live.Subscribe("site/#", 1, nil).WaitTimeout(sessionDeadline)
+	before := commits()
+	sb.sessions.flush()
+	if commits() != before+1 {
+		t.Fatal("a persistent session's subscription not committed")
+	}
+	before++
+
+	got5 := make(chan *paho5.Publish, 100)
+	for i := range 5 {
+		c, _ := sessionConnect311(t, sessionOpts311(sb.addr, fmt.Sprint("clean-", i), true, got))
+		c.Subscribe("other/#", 1, nil).WaitTimeout(sessionDeadline)
+		c.Disconnect(0)
+		c5, _ := sessionConnect5(t, sb.addr, fmt.Sprint("clean5-", i), true, 0, got5)
+		c5.Disconnect(&paho5.Disconnect{})
+	}
+	sessionPublish311(t, sb.addr, "site/a", sessionPayloads(1, 20)...) // by a clean client
+	sessionExpect(t, got, sessionPayloads(1, 20)...)
+	sb.queued("live", 0)
+	for i := range 5 {
+		for _, id := range []string{fmt.Sprint("clean-", i), fmt.Sprint("clean5-", i), "publisher"} {
+			sb.left(id)
+		}
+	}
+	sb.sessions.flush()
+	if n := commits() - before; n != 0 {
+		t.Errorf("commits: got %d, want 0", n)
+	}
 }

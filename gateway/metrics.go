@@ -9,10 +9,13 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"runtime"
 	"sort"
 	"strings"
 	"time"
+
+	"golang.org/x/time/rate"
 
 	"github.com/fieldgate/fieldgate/sensors"
 )
@@ -20,10 +23,11 @@ import (
 // metrics serves Prometheus metrics on /metrics and the uplink's health on
 // /healthz, on a loopback address.
 type metrics struct {
-	g   *Gateway
-	srv *http.Server
-	ln  net.Listener
-	now func() time.Time
+	g       *Gateway
+	srv     *http.Server
+	ln      net.Listener
+	now     func() time.Time
+	reloads *rate.Limiter // POST /reload: a few at once, then one a second
 }
 
 // flowStall is how long the uplink may be connected with messages waiting
@@ -41,8 +45,32 @@ func newMetrics(g *Gateway, addr string) (*metrics, error) {
 	mux.HandleFunc("/healthz", m.serveHealth)
 	mux.HandleFunc("/status", m.serveStatus)
 	mux.HandleFunc("/reload", m.serveReload)
-	m.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	host, _ := os.Hostname()
+	m.srv = &http.Server{Handler: hostCheck(mux, host), ReadHeaderTimeout: 5 * time.Second}
+	m.reloads = rate.NewLimiter(1, 5)
 	return m, nil
+}
+
+// hostCheck refuses a request whose Host is a name other than localhost
+// or the device's own (421): a web page whose domain an attacker makes
+// resolve to 127.0.0.1 (DNS rebinding) is same-origin for the browser,
+// but its requests carry that domain. IP addresses are fine: scrape the
+// device by its address.
+func hostCheck(next http.Handler, hostname string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := r.Host
+		if host, _, err := net.SplitHostPort(h); err == nil {
+			h = host
+		}
+		h = strings.TrimSuffix(strings.Trim(h, "[]"), ".")
+		switch {
+		case net.ParseIP(h) != nil, strings.EqualFold(h, "localhost"),
+			hostname != "" && (strings.EqualFold(h, hostname) || strings.EqualFold(h, hostname+".local")):
+			next.ServeHTTP(w, r)
+		default:
+			http.Error(w, "metrics: unknown host "+r.Host+" (use the device's address)", http.StatusMisdirectedRequest)
+		}
+	})
 }
 
 func (m *metrics) addr() string { return m.ln.Addr().String() }
@@ -88,6 +116,10 @@ func (m *metrics) serveReload(w http.ResponseWriter, r *http.Request) {
 	}
 	if r.Header.Get(ReloadHeader) == "" {
 		http.Error(w, "reload: the "+ReloadHeader+" header is missing", http.StatusForbidden)
+		return
+	}
+	if m.reloads != nil && !m.reloads.Allow() {
+		http.Error(w, "reload: too many, try again in a second", http.StatusTooManyRequests)
 		return
 	}
 	res, err := m.g.ReloadReport()

@@ -184,10 +184,7 @@ func (b *Bridge) SetRoutes(rs []Route) error {
 	}
 	old := b.routes.Swap(&routes)
 	if !slices.Equal(inFilters(*old), inFilters(routes)) {
-		select {
-		case b.resub <- struct{}{}:
-		default:
-		}
+		b.signal(b.resub)
 	}
 	return nil
 }
@@ -555,8 +552,16 @@ func (b *Bridge) connect(ctx context.Context, c *conn) error {
 		if r.Direction&In == 0 {
 			continue
 		}
-		if err := wait(ctx, c.client.Subscribe(r.RemoteFilter(), r.QoS, b.inbound(r))); err != nil {
+		tok := c.client.Subscribe(r.RemoteFilter(), r.QoS, b.inbound(r))
+		if err := wait(ctx, tok); err != nil {
 			return fmt.Errorf("subscribe %s: %w", r.RemoteFilter(), err)
+		}
+		// A refusal is a SUBACK code, not an error, for paho: said here,
+		// once a connection, and the uplink stays up for what goes out.
+		// (Mosquitto 2.0 grants such a subscription and applies its ACL to
+		// each delivery instead; EMQX, HiveMQ and AWS IoT Core refuse it.)
+		if st, ok := tok.(*paho.SubscribeToken); ok && st.Result()[r.RemoteFilter()] == 0x80 {
+			b.log.Error("the central broker refused the subscription of an in route (check its ACL): nothing comes in on it", "filter", r.RemoteFilter())
 		}
 	}
 	if b.o.StatusTopic != "" {
@@ -658,10 +663,10 @@ func (b *Bridge) drain(ctx context.Context, c *conn) (*conn, error) {
 				nc.client.Disconnect(0)
 				switch why {
 				case "reload":
-					b.log.Error("new TLS material refused by the central broker; keeping the current connection", "err", err)
+					b.log.Error("new TLS material refused by the central broker; the uplink goes on with the current material", "err", err)
 					b.update(func(st *Status) { st.ReloadError = err.Error() })
 				case "routes":
-					b.log.Error("a connection with the new routes' subscriptions failed; keeping the current connection", "err", err)
+					b.log.Error("a connection with the new routes' subscriptions failed; the uplink goes on with the current ones", "err", err)
 				}
 				better <- nil
 				return
@@ -760,6 +765,14 @@ func (b *Bridge) drain(ctx context.Context, c *conn) (*conn, error) {
 			if nc != nil {
 				b.log.Info("uplink moving to a new connection", "from", c.address(), "to", nc.address())
 				b.settle(window[:handed])
+				// New material or routes that came during the probe are
+				// taken on the next turn, not dropped.
+				if reloadPending {
+					b.signal(b.reload)
+				}
+				if resubPending {
+					b.signal(b.resub)
+				}
 				return nc, nil
 			}
 			if reloadPending {
@@ -810,8 +823,13 @@ func (b *Bridge) SetTLS(cfg *tls.Config) {
 	b.mu.Lock()
 	b.tls = cfg
 	b.mu.Unlock()
+	b.signal(b.reload)
+}
+
+// signal wakes whoever waits on ch, once.
+func (b *Bridge) signal(ch chan struct{}) {
 	select {
-	case b.reload <- struct{}{}:
+	case ch <- struct{}{}:
 	default:
 	}
 }

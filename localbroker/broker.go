@@ -154,7 +154,7 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 		Logger: slog.New(mochiFilter{log.Handler()}),
 	})
 	b := &Broker{srv: srv, log: log, tracked: map[string]*trackedListener{}}
-	gate := &gateHook{log: log, forward: o.Forward, authz: o.Authorizer, srv: srv, marker: newMarker(), waiters: map[*mqtt.Client]chan deferred{},
+	gate := &gateHook{log: log, forward: o.Forward, authz: o.Authorizer, srv: srv, marker: newMarker(), waiters: map[*mqtt.Client]chan deferred{}, aside: map[*mqtt.Client]packets.Packet{},
 		refusals: &refusalLog{now: time.Now}, tls: map[string]*tlsListener{},
 		failures:     &authFailures{max: lim.MaxAuthFailures, now: time.Now},
 		maxKeepalive: uint16(min(lim.MaxKeepalive/time.Second, 65535)),
@@ -374,6 +374,9 @@ type gateHook struct {
 
 	mu      sync.Mutex
 	waiters map[*mqtt.Client]chan deferred // per client, in order of arrival
+
+	asideMu sync.Mutex
+	aside   map[*mqtt.Client]packets.Packet // see packetids.go
 }
 
 // deferred is a publish whose acknowledgement waits for storage.
@@ -391,7 +394,7 @@ func newMarker() packets.UserProperty {
 func (h *gateHook) ID() string { return "fieldgate-gate" }
 
 func (h *gateHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish, mqtt.OnSubscribe, mqtt.OnWill, mqtt.OnWillSent, mqtt.OnDisconnect, mqtt.OnPacketEncode}, []byte{b})
+	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish, mqtt.OnSubscribe, mqtt.OnWill, mqtt.OnWillSent, mqtt.OnDisconnect, mqtt.OnPacketEncode, mqtt.OnPacketRead, mqtt.OnPacketProcessed}, []byte{b})
 }
 
 // OnPacketEncode completes the CONNACK mochi sends.
@@ -665,8 +668,12 @@ func (h *gateHook) wait(cl *mqtt.Client, ch chan deferred) {
 		}
 		pk := d.pk
 		pk.Properties.User = append(append([]packets.UserProperty(nil), pk.Properties.User...), h.marker)
+		out, aside := setAside(cl, pk) // see packetids.go
 		if err := h.srv.InjectPacket(cl, pk); err != nil && !cl.Closed() {
 			h.log.Warn("stored publish: acknowledgement failed", "client_id", cl.ID, "err", err)
+		}
+		if aside {
+			putBack(cl, out)
 		}
 	}
 }

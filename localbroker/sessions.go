@@ -68,6 +68,11 @@ type sessionStore struct {
 	flushEvery time.Duration
 	failCommit func(*bolt.Tx) error
 
+	// expiring is held by expireAway while it ends a session, and taken
+	// by every connect before mochi looks its client id up (see
+	// expireAway).
+	expiring sync.Mutex
+
 	kick chan struct{}
 	stop chan struct{}
 	done chan struct{}
@@ -280,7 +285,16 @@ func (s *sessionStore) StoredInflightMessages() ([]storage.Message, error) {
 // the old connection is closed yet: a device whose link died usually
 // comes back before the broker has noticed, so it often is not.
 func (s *sessionStore) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
-	if cl.Net.Inline || pk.Connect.Clean {
+	if cl.Net.Inline {
+		return
+	}
+	// Back: expireAway no longer ends the session, or has ended it.
+	s.expiring.Lock()
+	s.mu.Lock()
+	delete(s.away, cl.ID)
+	s.mu.Unlock()
+	s.expiring.Unlock()
+	if pk.Connect.Clean {
 		return
 	}
 	old, ok := s.srv.Clients.Get(cl.ID)
@@ -365,7 +379,7 @@ func (s *sessionStore) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) 
 }
 
 func (s *sessionStore) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
-	if cl.Net.Conn == nil || errors.Is(cl.StopCause(), packets.ErrSessionTakenOver) {
+	if cl.Net.Conn == nil || cl.IsTakenOver() || errors.Is(cl.StopCause(), packets.ErrSessionTakenOver) {
 		return // a restored session, the inline client, or a client id taken over
 	}
 	s.mu.Lock()
@@ -457,6 +471,20 @@ func (s *sessionStore) OnClientExpired(cl *mqtt.Client) {
 // expireAway ends the sessions whose client has been away longer than
 // their expiry. mochi does it too, but counts from the restart for a
 // session restored at start, and does not know persistent_client_expiration.
+//
+// A client that comes back while its session is being ended must not be
+// ended with it: Clients.Delete(id) would take the new connection out of
+// mochi's list (it would get no message) and drop would delete the
+// session it has just stored. So each session is ended holding
+// s.expiring, after checking again that its client is still away, and a
+// connect takes s.expiring in OnSessionEstablish, which mochi calls before
+// it looks the client id up (inheritClientSession) and adds the new
+// client: a client that comes back either took itself off s.away first
+// and is left alone, or waits, then finds no session and starts a clean
+// one. s.mu cannot be held instead: UnsubscribeClient and ClearInflights
+// call the hook's OnUnsubscribed and OnQosDropped, which take it. No test
+// makes the interleaving happen on purpose (it would need the connect to
+// stop between mochi's calls).
 func (s *sessionStore) expireAway(now time.Time) {
 	s.mu.Lock()
 	var ids []string
@@ -467,22 +495,37 @@ func (s *sessionStore) expireAway(now time.Time) {
 	}
 	s.mu.Unlock()
 	for _, id := range ids {
-		cl, ok := s.srv.Clients.Get(id)
-		if ok && !cl.Closed() {
-			continue // back: OnSessionEstablished has taken it off the list
+		if s.expireOne(id, now) {
+			s.log.Info("persistent session expired: its client stayed away", "client_id", id)
 		}
-		if ok {
-			s.srv.UnsubscribeClient(cl)
-			cl.ClearInflights()
-			s.srv.Clients.Delete(id)
-		}
-		s.mu.Lock()
-		delete(s.away, id)
-		s.drop(id)
-		s.wake()
-		s.mu.Unlock()
-		s.log.Info("persistent session expired: its client stayed away", "client_id", id)
 	}
+}
+
+// expireOne ends client id's session if it is still away and expired.
+func (s *sessionStore) expireOne(id string, now time.Time) bool {
+	s.expiring.Lock()
+	defer s.expiring.Unlock()
+	s.mu.Lock()
+	until, away := s.away[id]
+	s.mu.Unlock()
+	if !away || until > now.Unix() {
+		return false // back since
+	}
+	cl, ok := s.srv.Clients.Get(id)
+	if ok && !cl.Closed() {
+		return false
+	}
+	if ok {
+		s.srv.UnsubscribeClient(cl)
+		cl.ClearInflights()
+		s.srv.Clients.Delete(id)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.away, id)
+	s.drop(id)
+	s.wake()
+	return true
 }
 
 // The following hold s.mu.

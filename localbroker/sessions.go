@@ -321,9 +321,10 @@ func (s *sessionStore) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	s.mu.Unlock()
 	// mochi sorts on uint16(Created): give the messages consecutive
 	// seconds ending just before now, so that they sort in order and
-	// before what is queued from now on. (Created is also what mochi's
-	// 24-hour bound on a queued message counts from: it restarts here,
-	// as the client is back to take them.)
+	// before what is queued from now on. (mochi's maximum message
+	// expiry counts from Created too: it restarts here; the broker sets
+	// that maximum out of reach. An MQTT 5 message's own expiry is
+	// kept in Expiry, which this leaves alone.)
 	now := time.Now().Unix()
 	base := now - int64(len(pks))
 	if uint16(base) > uint16(now) { // the low 16 bits wrap in between

@@ -154,7 +154,7 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 		Logger: slog.New(mochiFilter{log.Handler()}),
 	})
 	b := &Broker{srv: srv, log: log, tracked: map[string]*trackedListener{}}
-	gate := &gateHook{log: log, forward: o.Forward, authz: o.Authorizer, srv: srv, marker: newMarker(), waiters: map[*mqtt.Client]chan deferred{}, aside: map[*mqtt.Client]packets.Packet{},
+	gate := &gateHook{log: log, forward: o.Forward, authz: o.Authorizer, srv: srv, marker: newMarker(), waiters: map[*mqtt.Client]chan deferred{}, aside: map[asideKey]packets.Packet{},
 		refusals: &refusalLog{now: time.Now}, tls: map[string]*tlsListener{},
 		failures:     &authFailures{max: lim.MaxAuthFailures, now: time.Now},
 		maxKeepalive: uint16(min(lim.MaxKeepalive/time.Second, 65535)),
@@ -181,6 +181,7 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 			b.Close()
 			return nil, err
 		}
+		ss.aside = gate.isAside
 		b.sessions = ss
 		if err := srv.AddHook(ss, nil); err != nil {
 			b.Close()
@@ -376,7 +377,7 @@ type gateHook struct {
 	waiters map[*mqtt.Client]chan deferred // per client, in order of arrival
 
 	asideMu sync.Mutex
-	aside   map[*mqtt.Client]packets.Packet // see packetids.go
+	aside   map[asideKey]packets.Packet // see packetids.go
 }
 
 // deferred is a publish whose acknowledgement waits for storage.
@@ -668,13 +669,11 @@ func (h *gateHook) wait(cl *mqtt.Client, ch chan deferred) {
 		}
 		pk := d.pk
 		pk.Properties.User = append(append([]packets.UserProperty(nil), pk.Properties.User...), h.marker)
-		out, aside := setAside(cl, pk) // see packetids.go
+		h.setAside(cl, pk) // see packetids.go
 		if err := h.srv.InjectPacket(cl, pk); err != nil && !cl.Closed() {
 			h.log.Warn("stored publish: acknowledgement failed", "client_id", cl.ID, "err", err)
 		}
-		if aside {
-			putBack(cl, out)
-		}
+		h.putBack(cl, pk.PacketID)
 	}
 }
 

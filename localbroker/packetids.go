@@ -15,26 +15,51 @@ import (
 // (QoS 2 from the client needs the slot for its own state and is left to
 // mochi.)
 
+type asideKey struct {
+	cl *mqtt.Client
+	id uint16
+}
+
 // setAside takes the broker's unacknowledged message with the id of the
-// client's QoS 1 publish pk out of the client's map, if there is one.
-func setAside(cl *mqtt.Client, pk packets.Packet) (packets.Packet, bool) {
+// client's QoS 1 publish pk out of the client's map, if there is one, and
+// notes it until putBack.
+func (h *gateHook) setAside(cl *mqtt.Client, pk packets.Packet) {
 	if pk.FixedHeader.Type != packets.Publish || pk.FixedHeader.Qos != 1 || cl.Net.Inline {
-		return packets.Packet{}, false
+		return
 	}
 	out, ok := cl.State.Inflight.Get(pk.PacketID)
 	if !ok || out.FixedHeader.Type != packets.Publish {
-		return packets.Packet{}, false
+		return
 	}
 	cl.State.Inflight.Delete(pk.PacketID)
-	return out, true
+	h.asideMu.Lock()
+	h.aside[asideKey{cl, pk.PacketID}] = out
+	h.asideMu.Unlock()
 }
 
-// putBack returns a message setAside took, unless the slot was taken
-// meanwhile.
-func putBack(cl *mqtt.Client, out packets.Packet) {
-	if _, taken := cl.State.Inflight.Get(out.PacketID); !taken {
+// putBack returns the message set aside for cl's packet id, unless the
+// slot was taken meanwhile.
+func (h *gateHook) putBack(cl *mqtt.Client, id uint16) {
+	h.asideMu.Lock()
+	out, ok := h.aside[asideKey{cl, id}]
+	delete(h.aside, asideKey{cl, id})
+	h.asideMu.Unlock()
+	if !ok {
+		return
+	}
+	if _, taken := cl.State.Inflight.Get(id); !taken {
 		cl.State.Inflight.Set(out)
 	}
+}
+
+// isAside tells whether the broker's message with id is set aside for cl:
+// the session store then leaves its record alone, as the acknowledgement
+// mochi makes and completes under that id is the client's publish's.
+func (h *gateHook) isAside(cl *mqtt.Client, id uint16) bool {
+	h.asideMu.Lock()
+	defer h.asideMu.Unlock()
+	_, ok := h.aside[asideKey{cl, id}]
+	return ok
 }
 
 // OnPacketRead sets aside the broker's message that a QoS 1 publish from
@@ -43,27 +68,14 @@ func putBack(cl *mqtt.Client, out packets.Packet) {
 func (h *gateHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	// mochi skips OnPacketProcessed for a publish that fails validation:
 	// nothing is set aside for one.
-	if pk.FixedHeader.Type == packets.Publish && pk.PublishValidate(h.srv.Options.Capabilities.TopicAliasMaximum) != packets.CodeSuccess {
-		return pk, nil
-	}
-	if out, ok := setAside(cl, pk); ok {
-		h.asideMu.Lock()
-		h.aside[cl] = out
-		h.asideMu.Unlock()
+	if pk.FixedHeader.Type == packets.Publish && pk.PublishValidate(h.srv.Options.Capabilities.TopicAliasMaximum) == packets.CodeSuccess {
+		h.setAside(cl, pk)
 	}
 	return pk, nil
 }
 
 func (h *gateHook) OnPacketProcessed(cl *mqtt.Client, pk packets.Packet, err error) {
-	h.asideMu.Lock()
-	out, ok := h.aside[cl]
-	if ok && out.PacketID == pk.PacketID {
-		delete(h.aside, cl)
-	} else {
-		ok = false // another packet (an injected one): not this one's
-	}
-	h.asideMu.Unlock()
-	if ok {
-		putBack(cl, out)
+	if pk.FixedHeader.Type == packets.Publish {
+		h.putBack(cl, pk.PacketID)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"sort"
 	"testing"
 	"time"
@@ -16,24 +17,30 @@ import (
 // still gets every one of them again when it comes back: mochi deleted
 // the broker's message with that id.
 func TestClientPacketIDsDoNotDeleteBrokerMessages(t *testing.T) {
+	stored := func(Message) (<-chan error, error) {
+		done := make(chan error, 1)
+		done <- nil
+		return done, nil
+	}
 	for _, tc := range []struct {
 		name    string
 		forward func(Message) (<-chan error, error)
+		restart bool // with a session store, the broker restarted before the device is back
 	}{
-		{"not forwarded", nil},
-		{"forwarded (acknowledged once stored)", func(Message) (<-chan error, error) {
-			done := make(chan error, 1)
-			done <- nil
-			return done, nil
-		}},
+		{"not forwarded", nil, false},
+		{"forwarded (acknowledged once stored)", stored, false},
+		{"stored session, across a restart", stored, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			b, err := New(&Options{Listeners: []Listener{{Address: "127.0.0.1:0"}}, Security: Security{AllowAnonymous: true}, Forward: tc.forward},
-				slog.New(slog.NewTextHandler(io.Discard, nil)))
+			opts := &Options{Listeners: []Listener{{Address: "127.0.0.1:0"}}, Security: Security{AllowAnonymous: true}, Forward: tc.forward}
+			if tc.restart {
+				opts.SessionFile = filepath.Join(t.TempDir(), "sessions.db")
+			}
+			b, err := New(opts, slog.New(slog.NewTextHandler(io.Discard, nil)))
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer b.Close()
+			defer func() { b.Close() }()
 			dial := func() net.Conn {
 				c, err := net.Dial("tcp", b.Addrs()[0])
 				if err != nil {
@@ -80,6 +87,15 @@ func TestClientPacketIDsDoNotDeleteBrokerMessages(t *testing.T) {
 				t.Fatalf("got %v, want the PUBACK of the telemetry", ack)
 			}
 			c.Close()
+			if tc.restart {
+				if err := b.Close(); err != nil {
+					t.Fatal(err)
+				}
+				opts.Listeners = []Listener{{Address: b.Addrs()[0]}}
+				if b, err = New(opts, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
+					t.Fatal(err)
+				}
+			}
 
 			c = dial()
 			defer c.Close()

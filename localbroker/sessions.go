@@ -38,6 +38,11 @@ import (
 // and puts that order back before mochi resends them.
 type sessionStore struct {
 	mqtt.HookBase
+	// aside tells whether the broker's message with a packet id is set
+	// aside while a QoS 1 publish of the client with that id is processed
+	// (packetids.go): mochi's acknowledgement of that publish, made and
+	// completed under the same id, is not the stored message's. Nil: none.
+	aside     func(cl *mqtt.Client, id uint16) bool
 	db        *bolt.DB
 	log       *slog.Logger
 	srv       *mqtt.Server
@@ -433,7 +438,7 @@ func (s *sessionStore) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
 }
 
 func (s *sessionStore) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, _ int) {
-	if !persistent(cl) {
+	if !persistent(cl) || s.aside != nil && s.aside(cl, pk.PacketID) {
 		return
 	}
 	s.mu.Lock()
@@ -443,7 +448,7 @@ func (s *sessionStore) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64,
 }
 
 func (s *sessionStore) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
-	if !persistent(cl) {
+	if !persistent(cl) || s.aside != nil && s.aside(cl, pk.PacketID) {
 		return
 	}
 	s.mu.Lock()

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -40,7 +41,7 @@ func cmdReload(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "fieldgate reload: %s has no [metrics] address: the running gateway cannot be asked; send it SIGHUP (systemctl reload fieldgate)\n", *path)
 		return 1
 	}
-	req, err := http.NewRequest(http.MethodPost, "http://"+cfg.Metrics.Address+"/reload", nil)
+	req, err := http.NewRequest(http.MethodPost, "http://"+loopbackAddr(cfg.Metrics.Address)+"/reload", nil)
 	if err != nil {
 		fmt.Fprintf(stderr, "fieldgate reload: %v\n", err)
 		return 1
@@ -67,4 +68,18 @@ func cmdReload(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "needs a restart (systemctl restart fieldgate): %s\n", strings.Join(a.NeedRestart, ", "))
 	}
 	return 0
+}
+
+// loopbackAddr is addr with an unspecified host (0.0.0.0, ::, none) made
+// 127.0.0.1: the gateway answers /reload only from loopback, and a request
+// to the device's own LAN address comes from that address.
+func loopbackAddr(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		return net.JoinHostPort("127.0.0.1", port)
+	}
+	return addr
 }

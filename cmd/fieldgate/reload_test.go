@@ -73,3 +73,14 @@ address = "127.0.0.1:%d"
 	os.WriteFile(passwd, []byte("plc:"+hash+"\n"), 0o600)
 	reload(0)
 }
+
+func TestLoopbackAddr(t *testing.T) {
+	for in, want := range map[string]string{
+		"0.0.0.0:9411": "127.0.0.1:9411", "[::]:9411": "127.0.0.1:9411", ":9411": "127.0.0.1:9411",
+		"127.0.0.1:9411": "127.0.0.1:9411", "192.0.2.7:9411": "192.0.2.7:9411", "localhost:9411": "localhost:9411",
+	} {
+		if got := loopbackAddr(in); got != want {
+			t.Errorf("loopbackAddr(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -206,19 +206,12 @@ func TestUnusableIdentityDegrades(t *testing.T) {
 		t.Errorf("/healthz after the reload: %d %q", code, body)
 	}
 
-	// A key others can read is still refused at start.
+	// A key others can read is still refused at start (New itself, not
+	// only LoadConfig, which refuses it before).
 	os.Chmod(keyPath, 0o644)
-	if _, err := New(mustLoadNoCheck(t, cfg), testLogger(t)); err == nil || !errors.Is(err, provisioning.ErrInsecure) {
+	if _, err := New(cfg, testLogger(t)); err == nil || !errors.Is(err, provisioning.ErrInsecure) {
 		t.Errorf("a 0644 key: %v, want a refusal", err)
 	}
-}
-
-// mustLoadNoCheck is cfg as loaded, for New, without LoadConfig's checks
-// (which would refuse the loose key before New sees it).
-func mustLoadNoCheck(t *testing.T, cfg *Config) *Config {
-	t.Helper()
-	c := *cfg
-	return &c
 }
 
 // An identity that was unusable at start is tried again by itself: a TPM

@@ -40,12 +40,12 @@ func openPKCS11(uri string, opt Options) (Store, error) {
 	}
 	ctx, err := crypto11.Configure(&crypto11.Config{Path: u.ModulePath, TokenLabel: u.Token, TokenSerial: u.Serial, Pin: u.Pin})
 	if err != nil {
-		return nil, fmt.Errorf("provisioning: %s: %w", redactPin(uri), err)
+		return nil, fmt.Errorf("provisioning: %s: %w", RedactURI(uri), err)
 	}
 	return &pkcs11Store{uri: uri, u: u, ctx: ctx, marker: filepath.Join(opt.StateDir, "pkcs11-object"), owner: opt.Owner}, nil
 }
 
-func (s *pkcs11Store) String() string { return redactPin(s.uri) }
+func (s *pkcs11Store) String() string { return RedactURI(s.uri) }
 func (s *pkcs11Store) Close() error   { return s.ctx.Close() }
 
 // label returns the object label of slot.

@@ -113,5 +113,3 @@ func RedactURI(uri string) string {
 	}
 	return path + "?" + strings.Join(parts, "&")
 }
-
-func redactPin(uri string) string { return RedactURI(uri) }

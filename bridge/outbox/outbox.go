@@ -14,7 +14,9 @@
 package outbox
 
 import (
+	"crypto/rand"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -124,8 +126,10 @@ type Outbox struct {
 	sendMu sync.RWMutex  // held for reading while sending on ops; Close takes it to close ops
 	done   chan struct{} // closed when the committer has stopped
 
+	id string // random, made with the file: tells this outbox from an earlier one
+
 	mu      sync.Mutex
-	seq     uint64 // last assigned
+	seq     uint64 // last assigned; kept in the file, so it never goes back
 	routes  map[string]*routeState
 	st      Stats // counters; Messages/Bytes/Oldest/Routes are derived
 	changed chan struct{}
@@ -152,12 +156,21 @@ type op struct {
 	policy Policy
 	done   chan error // for appends; nil for acks
 	ack    []uint64   // seqs to delete
+	thru   uint64     // delete every message of route up to this seq
 	route  string
 	purge  bool     // delete route, or every route when route is ""
 	purged chan int // how many messages the purge deleted
 }
 
 var bucketPrefix = []byte("route:")
+
+// The meta bucket holds the outbox's id and the last sequence number
+// assigned, which must survive the outbox running empty.
+var (
+	metaBucket = []byte("meta")
+	metaID     = []byte("id")
+	metaSeq    = []byte("seq")
+)
 
 // Open opens or creates the outbox at path. A file that bbolt cannot read
 // is moved aside to path.corrupt-<time> and a new one is started: a corrupt
@@ -289,7 +302,57 @@ func (ob *Outbox) open() (db *bolt.DB, err error) {
 			return nil
 		})
 	})
-	return db, err
+	if err != nil {
+		return db, err
+	}
+	return db, ob.loadMeta(db)
+}
+
+// loadMeta reads the outbox's id and last sequence number, and gives a
+// new file an id.
+func (ob *Outbox) loadMeta(db *bolt.DB) error {
+	read := func(tx *bolt.Tx) error {
+		b := tx.Bucket(metaBucket)
+		if b == nil {
+			return nil
+		}
+		if v := b.Get(metaSeq); v != nil {
+			if len(v) != 8 {
+				return fmt.Errorf("%w: meta: bad sequence number %x", errCorrupt, v)
+			}
+			ob.seq = max(ob.seq, binary.BigEndian.Uint64(v))
+		}
+		ob.id = string(b.Get(metaID))
+		return nil
+	}
+	if ob.o.ReadOnly {
+		return db.View(read)
+	}
+	return db.Update(func(tx *bolt.Tx) error {
+		if err := read(tx); err != nil || ob.id != "" {
+			return err
+		}
+		var id [16]byte
+		rand.Read(id[:])
+		ob.id = hex.EncodeToString(id[:])
+		b, err := tx.CreateBucketIfNotExists(metaBucket)
+		if err != nil {
+			return err
+		}
+		return b.Put(metaID, []byte(ob.id))
+	})
+}
+
+// ID is a random identifier made when the outbox file was made. A new file
+// (one started after a corrupt one was moved aside, say) has another, so
+// sequence numbers recorded elsewhere can be told apart.
+func (ob *Outbox) ID() string { return ob.id }
+
+// LastSeq is the last sequence number assigned.
+func (ob *Outbox) LastSeq() uint64 {
+	ob.mu.Lock()
+	defer ob.mu.Unlock()
+	return ob.seq
 }
 
 // Append queues m (its Route, Topic, Payload, QoS and Retain) for the next
@@ -345,6 +408,21 @@ func (ob *Outbox) Ack(route string, seqs ...uint64) {
 		return
 	}
 	ob.ops <- op{ack: seqs, route: route}
+}
+
+// AckThrough deletes every message of route with a sequence number up to
+// seq: the central broker is known to hold them. The deletion is written
+// with the next commit.
+func (ob *Outbox) AckThrough(route string, seq uint64) {
+	if seq == 0 {
+		return
+	}
+	ob.sendMu.RLock()
+	defer ob.sendMu.RUnlock()
+	if ob.isClosed() {
+		return
+	}
+	ob.ops <- op{thru: seq, route: route}
 }
 
 // fullLocked is full for what is on disk and what is waiting for a commit.
@@ -522,6 +600,7 @@ func (ob *Outbox) commit(batch []op) (retry []op) {
 	var acked uint64
 	dropped := map[string]uint64{}
 	var appended, pendingB int64
+	var lastSeq uint64
 	now := ob.o.Now()
 	start := time.Now()
 
@@ -545,6 +624,20 @@ func (ob *Outbox) commit(batch []op) (retry []op) {
 			}
 			dropped[ReasonPurged] += uint64(n)
 			o.purged <- n
+		}
+		for _, o := range batch {
+			if o.thru == 0 {
+				continue
+			}
+			rs := routes[o.route]
+			if rs == nil {
+				continue
+			}
+			n, err := deleteOldest(tx, o.route, rs, func(m *Message) bool { return m.Seq <= o.thru })
+			if err != nil {
+				return err
+			}
+			acked += n
 		}
 		for _, o := range batch {
 			if o.ack == nil {
@@ -621,6 +714,16 @@ func (ob *Outbox) commit(batch []op) (retry []op) {
 			rs.count++
 			rs.bytes += sz
 			appended++
+			lastSeq = max(lastSeq, m.Seq)
+		}
+		if lastSeq > 0 {
+			b, err := tx.CreateBucketIfNotExists(metaBucket)
+			if err != nil {
+				return err
+			}
+			if err := b.Put(metaSeq, binary.BigEndian.AppendUint64(nil, lastSeq)); err != nil {
+				return err
+			}
 		}
 		for _, rs := range routes {
 			if rs.count == 0 {
@@ -660,7 +763,7 @@ func (ob *Outbox) commit(batch []op) (retry []op) {
 		if o.done != nil {
 			o.done <- err
 		}
-		if err != nil && o.ack != nil {
+		if err != nil && (o.ack != nil || o.thru != 0) {
 			retry = append(retry, o)
 		}
 	}

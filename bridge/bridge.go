@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/url"
@@ -57,6 +58,23 @@ type Options struct {
 	// so that a consumer can drop the duplicates at-least-once delivery
 	// makes. The uplink is MQTT 3.1.1, which has no user properties.
 	SequenceField string
+
+	// CheckpointTopic, if set, is where the bridge keeps, retained on the
+	// central broker, how far each route has been sent: every MaxInflight
+	// messages it publishes there the outbox's ID and, per route, the
+	// sequence number of the last message sent before it. A broker that
+	// holds the checkpoint has handled every message sent before it on
+	// that connection (MQTT §4.6: a connection's packets are handled in
+	// order). After a restart the bridge reads it back before it sends,
+	// and skips what the central broker already has, so a crash resends
+	// at most MaxInflight messages rather than all whose deletion was not
+	// yet on disk. The bridge needs to publish to it and to
+	// CheckpointTopic+"/fence", and to subscribe to CheckpointTopic+"/#".
+	CheckpointTopic string
+	// CheckpointWait bounds how long reading the checkpoint back waits
+	// for the fence: a central broker whose ACL drops it silently
+	// (Mosquitto's way) costs this much, once per start. Default 5s.
+	CheckpointWait time.Duration
 
 	// FailbackInterval is how often, while connected to another address
 	// than the first, the bridge tries the addresses before it, and moves
@@ -107,6 +125,14 @@ type Bridge struct {
 	resub   chan struct{} // SetRoutes changed what comes in
 	routes  atomic.Pointer[[]Route]
 	beat    atomic.Int64 // Unix nanoseconds of the Run loop's last turn
+
+	// delivered is, per route, the last sequence number the central
+	// broker is known to hold, every earlier one of the route with it:
+	// from its acknowledgements and the checkpoint read at start. A new
+	// connection sends from there, not from what the outbox has on disk,
+	// whose deletions lag a commit behind. Used by Run's goroutine only.
+	delivered map[string]uint64
+	cpRead    bool // the checkpoint was read back (or need not be)
 }
 
 // Heartbeat is when the bridge's loop last turned: it does at least every
@@ -139,6 +165,9 @@ func New(o Options, log *slog.Logger) (*Bridge, error) {
 	if o.ReconnectMax < o.ReconnectMin {
 		o.ReconnectMax = max(2*time.Minute, o.ReconnectMin)
 	}
+	if o.CheckpointWait <= 0 {
+		o.CheckpointWait = 5 * time.Second
+	}
 	if o.DrainTimeout <= 0 {
 		o.DrainTimeout = 2 * time.Second
 	}
@@ -149,7 +178,8 @@ func New(o Options, log *slog.Logger) (*Bridge, error) {
 	if o.FailbackInterval == 0 {
 		o.FailbackInterval = 5 * time.Minute
 	}
-	b := &Bridge{o: o, log: log, ob: o.Outbox, changed: make(chan struct{}), tls: o.TLS, reload: make(chan struct{}, 1), resub: make(chan struct{}, 1)}
+	b := &Bridge{o: o, log: log, ob: o.Outbox, changed: make(chan struct{}), tls: o.TLS, reload: make(chan struct{}, 1), resub: make(chan struct{}, 1),
+		delivered: map[string]uint64{}}
 	b.routes.Store(&routes)
 	return b, nil
 }
@@ -331,6 +361,14 @@ func (b *Bridge) Run(ctx context.Context) error {
 			st.Connected, st.Address, st.LastError = true, addr, ""
 		})
 		b.log.Info("uplink connected", "address", addr, "client_id", b.o.ClientID, "queued", b.ob.Stats().Messages)
+		if !b.cpRead {
+			if err := b.readCheckpoint(ctx, c); err != nil {
+				b.update(func(st *Status) { st.Connected, st.LastError = false, err.Error() })
+				b.log.Warn("uplink lost while reading the checkpoint back", "err", err)
+				go c.client.Disconnect(0)
+				continue
+			}
+		}
 
 		next, err = b.drain(ctx, c)
 		if next != nil { // moving to a better address, or to new TLS material
@@ -395,7 +433,10 @@ func (b *Bridge) newConn(addrs []string) *conn {
 		// link must meet; and how long paho's Publish may block when
 		// called as the connection dies (see conn.publisher).
 		SetWriteTimeout(30 * time.Second).
-		SetOrderMatters(false).
+		// In order: what comes in on a route is published locally in the
+		// order it came, and the checkpoint read at start can tell when
+		// the retained one has been seen (see readCheckpoint).
+		SetOrderMatters(true).
 		SetCustomOpenConnectionFn(c.dial).
 		SetConnectionLostHandler(func(_ paho.Client, err error) {
 			select {
@@ -625,12 +666,15 @@ func (b *Bridge) drain(ctx context.Context, c *conn) (*conn, error) {
 	if b.o.MaxRate > 0 {
 		limiter = rate.NewLimiter(rate.Limit(b.o.MaxRate), max(1, int(b.o.MaxRate/10)))
 	}
-	toPaho := make(chan outbox.Message, b.o.MaxInflight)
-	tokens := make(chan paho.Token, b.o.MaxInflight)
+	// One more than the window: a checkpoint may come on top of it.
+	toPaho := make(chan outbox.Message, b.o.MaxInflight+1)
+	tokens := make(chan paho.Token, b.o.MaxInflight+1)
 	go c.publisher(toPaho, tokens)
 	defer close(toPaho)
 
-	cursor := map[string]uint64{}          // last seq read on this connection, per route
+	cursor := maps.Clone(b.delivered)      // last seq read on this connection, per route
+	sent := map[string]uint64{}            // last seq handed to paho on this connection, per route
+	sinceCP := 0                           // messages handed since the last checkpoint
 	ahead := map[string][]outbox.Message{} // read and not yet sent, per route
 	var window []inflight                  // in the order handed to paho
 	handed := 0                            // how many of window have their token
@@ -643,7 +687,13 @@ func (b *Bridge) drain(ctx context.Context, c *conn) (*conn, error) {
 	probing, reloadPending, resubPending := false, false, false
 
 	lost := func(err error) (*conn, error) {
-		if n := handed; n > 0 {
+		n := 0
+		for _, w := range window[:handed] {
+			if w.route != "" { // not a checkpoint
+				n++
+			}
+		}
+		if n > 0 {
 			b.update(func(st *Status) { st.Resent += uint64(n) })
 		}
 		// A new connection with the same client id makes the broker drop
@@ -718,6 +768,14 @@ func (b *Bridge) drain(ctx context.Context, c *conn) (*conn, error) {
 					ahead[r] = ms
 					cursor[r] = ms[len(ms)-1].Seq
 				}
+				if b.o.CheckpointTopic != "" && sinceCP >= b.o.MaxInflight {
+					if limiter != nil && limiter.Wait(ctx) != nil {
+						break
+					}
+					toPaho <- b.checkpoint(sent)
+					window = append(window, inflight{}) // route "": a checkpoint
+					sinceCP = 0
+				}
 				m := ahead[r][0]
 				ahead[r] = ahead[r][1:]
 				if limiter != nil && limiter.Wait(ctx) != nil {
@@ -728,6 +786,8 @@ func (b *Bridge) drain(ctx context.Context, c *conn) (*conn, error) {
 				}
 				toPaho <- m
 				window = append(window, inflight{route: r, seq: m.Seq})
+				sent[r] = m.Seq
+				sinceCP++
 				progress = true
 			}
 			next = (next + 1) % len(routes)
@@ -797,9 +857,13 @@ func (b *Bridge) drain(ctx context.Context, c *conn) (*conn, error) {
 				if err := w.tok.Error(); err != nil {
 					return lost(err)
 				}
-				acks[w.route] = append(acks[w.route], w.seq)
 				window = window[1:]
 				handed--
+				if w.route == "" { // a checkpoint
+					continue
+				}
+				acks[w.route] = append(acks[w.route], w.seq)
+				b.delivered[w.route] = w.seq
 				n++
 			}
 			for r, seqs := range acks {
@@ -855,7 +919,11 @@ func (b *Bridge) settle(window []inflight) {
 		if !isDone(w.tok) || w.tok.Error() != nil {
 			break
 		}
+		if w.route == "" { // a checkpoint
+			continue
+		}
 		b.ob.Ack(w.route, w.seq)
+		b.delivered[w.route] = w.seq
 		n++
 	}
 	b.update(func(st *Status) { st.Sent += uint64(n) })

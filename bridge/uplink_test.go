@@ -4,7 +4,10 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"fmt"
+	"log/slog"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -16,6 +19,8 @@ import (
 	"github.com/fieldgate/fieldgate/bridge/mosquittotest"
 	"github.com/fieldgate/fieldgate/bridge/outbox"
 	"github.com/fieldgate/fieldgate/provisioning/pkitest"
+
+	"github.com/fieldgate/fieldgate/internal/testlog"
 )
 
 // rig is a bridge in front of a real Mosquitto, through a proxy the test
@@ -30,14 +35,38 @@ type rig struct {
 	arrived  chan paho.Message
 	ob       *outbox.Outbox
 	b        *Bridge
-	observer int // observers connected so far, for unique client ids
+	observer int         // observers connected so far, for unique client ids
+	obsCl    paho.Client // the current observer, which may also publish
+	conf     string      // more mosquitto.conf
 }
+
+// The rig's routes: forward sends even indices on the first, odd ones on
+// the second. Message i has outbox sequence number i+1.
+var rigRoutes = []Route{
+	{Local: "sensors/#", Direction: Out, Prefix: "devices/EGW-RIG/", QoS: 1},
+	{Local: "meters/#", Direction: Out, Prefix: "devices/EGW-RIG/", QoS: 1},
+}
+
+// rigTopics maps the rig's route IDs to the central broker's topics.
+var rigTopics = map[string]string{
+	rigRoutes[0].defaultID(): "devices/EGW-RIG/sensors/t",
+	rigRoutes[1].defaultID(): "devices/EGW-RIG/meters/m",
+}
+
+const rigCheckpoint = "devices/EGW-RIG/checkpoint"
 
 const centralExtra = "max_queued_messages 0\nmax_inflight_messages 0\n" // the observer must not lose anything
 
 func newRig(t *testing.T, maxInflight int) *rig {
 	t.Helper()
-	r := &rig{t: t, ca: pkitest.NewCA(t, "Central CA"), port: mosquittotest.FreePort(t), arrived: make(chan paho.Message, 200000)}
+	return newRigWith(t, maxInflight, "", nil, discard())
+}
+
+// newRigWith is newRig with more Mosquitto configuration, a function that
+// may change the bridge's options, and the bridge's log.
+func newRigWith(t *testing.T, maxInflight int, centralConf string, opt func(*Options), log *slog.Logger) *rig {
+	t.Helper()
+	r := &rig{t: t, ca: pkitest.NewCA(t, "Central CA"), port: mosquittotest.FreePort(t), arrived: make(chan paho.Message, 200000), conf: centralConf}
 	r.srv = r.ca.Server(t, "central")
 	r.obs = r.ca.Client(t, "observer")
 	dev := r.ca.Client(t, "EGW-RIG")
@@ -50,21 +79,22 @@ func newRig(t *testing.T, maxInflight int) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.b, err = New(Options{
-		Addresses: []string{"ssl://" + r.proxy.Addr},
-		TLS:       clientTLS(t, r.ca, dev),
-		ClientID:  "EGW-RIG",
-		Outbox:    r.ob,
-		Routes: []Route{
-			{Local: "sensors/#", Direction: Out, Prefix: "devices/EGW-RIG/", QoS: 1},
-			{Local: "meters/#", Direction: Out, Prefix: "devices/EGW-RIG/", QoS: 1},
-		},
-		MaxInflight:  maxInflight,
-		KeepAlive:    time.Second,
-		ReconnectMin: 10 * time.Millisecond,
-		ReconnectMax: 50 * time.Millisecond,
-	}, discard())
-	if err != nil {
+	o := Options{
+		Addresses:       []string{"ssl://" + r.proxy.Addr},
+		TLS:             clientTLS(t, r.ca, dev),
+		ClientID:        "EGW-RIG",
+		Outbox:          r.ob,
+		Routes:          rigRoutes,
+		CheckpointTopic: rigCheckpoint,
+		MaxInflight:     maxInflight,
+		KeepAlive:       time.Second,
+		ReconnectMin:    10 * time.Millisecond,
+		ReconnectMax:    50 * time.Millisecond,
+	}
+	if opt != nil {
+		opt(&o)
+	}
+	if r.b, err = New(o, log); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -89,10 +119,10 @@ func clientTLS(t testing.TB, ca *pkitest.CA, dev pkitest.Pair) *tls.Config {
 
 func (r *rig) startCentral() {
 	r.central = mosquittotest.Start(r.t, mosquittotest.Options{
-		CAFile: r.ca.CertFile, CertFile: r.srv.CertFile, KeyFile: r.srv.KeyFile, Port: r.port, Extra: centralExtra,
+		CAFile: r.ca.CertFile, CertFile: r.srv.CertFile, KeyFile: r.srv.KeyFile, Port: r.port, Extra: centralExtra + r.conf,
 	})
 	r.observer++
-	r.central.Subscribe(r.t, fmt.Sprintf("observer-%d", r.observer), r.obs.CertFile, r.obs.KeyFile, r.ca.CertFile, "devices/#", r.arrived)
+	r.obsCl = r.central.Subscribe(r.t, fmt.Sprintf("observer-%d", r.observer), r.obs.CertFile, r.obs.KeyFile, r.ca.CertFile, "devices/#", r.arrived)
 }
 
 // forward stores n messages, alternating between the two routes, each
@@ -118,18 +148,24 @@ func (r *rig) forward(from, n int) {
 	}
 }
 
-// tally checks what arrived: in order per route, each index once at least.
+// tally checks what arrived: in order per route, each index once at least,
+// and every checkpoint after all that it names.
 type tally struct {
-	seen  map[int]bool
-	last  map[string]int
-	dups  int
-	total int
+	seen        map[int]bool
+	last        map[string]int
+	dups        int
+	total       int
+	checkpoints []Checkpoint
 }
 
 func newTally() *tally { return &tally{seen: map[int]bool{}, last: map[string]int{}} }
 
 func (ta *tally) add(t *testing.T, m paho.Message) {
-	if m.Topic() == "devices/EGW-RIG/status" {
+	switch m.Topic() {
+	case "devices/EGW-RIG/status", rigCheckpoint + "/fence":
+		return
+	case rigCheckpoint:
+		ta.checkpoint(t, m)
 		return
 	}
 	i, err := strconv.Atoi(string(m.Payload()))
@@ -146,6 +182,26 @@ func (ta *tally) add(t *testing.T, m paho.Message) {
 		t.Errorf("%s: %d arrived after %d: out of order", m.Topic(), i, last)
 	}
 	ta.last[m.Topic()] = i
+}
+
+// checkpoint checks that the central broker had, when it took the
+// checkpoint, every message of each route up to the one it names: the
+// observer sees them in the order Mosquitto handled them.
+func (ta *tally) checkpoint(t *testing.T, m paho.Message) {
+	var cp Checkpoint
+	if err := json.Unmarshal(m.Payload(), &cp); err != nil {
+		t.Fatalf("checkpoint %q: %v", m.Payload(), err)
+	}
+	for id, seq := range cp.Routes {
+		topic, ok := rigTopics[id]
+		if !ok {
+			t.Fatalf("checkpoint %s: no route %q", m.Payload(), id)
+		}
+		if last, ok := ta.last[topic]; !ok || last < int(seq)-1 {
+			t.Errorf("checkpoint %s names message %d of %s, but only up to %d arrived before it: the checkpoint would skip messages the central broker never had", m.Payload(), seq-1, topic, last)
+		}
+	}
+	ta.checkpoints = append(ta.checkpoints, cp)
 }
 
 // until reads arrivals until every index below n has arrived.
@@ -437,5 +493,106 @@ func TestLiveNotStarved(t *testing.T) {
 		case <-ctx.Done():
 			t.Fatal("the live message never arrived")
 		}
+	}
+}
+
+// TestCheckpoint: after a restart the bridge reads the retained checkpoint
+// back and skips what it says the central broker holds; a checkpoint of
+// another outbox file, or naming messages this outbox never had, is
+// ignored; with none there, everything is sent.
+func TestCheckpoint(t *testing.T) {
+	const n = 400 // 200 per route; message i has sequence number i+1
+	for _, tc := range []struct {
+		name string
+		cp   func(r *rig) string // "" for none
+		skip int                 // of the sensors route, from its head
+	}{
+		{"none", func(*rig) string { return "" }, 0},
+		{"ours", func(r *rig) string {
+			// Message 98, the 50th of the sensors route, has seq 99.
+			return fmt.Sprintf(`{"outbox":%q,"routes":{%q:99}}`, r.ob.ID(), rigRoutes[0].defaultID())
+		}, 50},
+		{"another outbox", func(*rig) string {
+			return fmt.Sprintf(`{"outbox":"0123456789abcdef0123456789abcdef","routes":{%q:99}}`, rigRoutes[0].defaultID())
+		}, 0},
+		{"beyond this outbox", func(r *rig) string {
+			return fmt.Sprintf(`{"outbox":%q,"routes":{%q:99,%q:%d}}`, r.ob.ID(), rigRoutes[0].defaultID(), rigRoutes[1].defaultID(), n+7)
+		}, 0},
+		{"not JSON", func(*rig) string { return "42" }, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRig(t, 32)
+			r.forward(0, n)
+			if p := tc.cp(r); p != "" {
+				if tok := r.obsCl.Publish(rigCheckpoint, 1, true, p); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+					t.Fatalf("publish the checkpoint: %v", tok.Error())
+				}
+				<-r.arrived // the observer's copy of it
+			}
+			r.proxy.Unblock()
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			if st, err := r.b.Wait(ctx, func(s Status) bool { return s.Queued == 0 }); err != nil {
+				t.Fatalf("outbox not emptied: %+v", st)
+			}
+			// Everything sent was acknowledged, so has reached the
+			// observer's queue: read until the last of each route.
+			ta := newTally()
+			for ta.last["devices/EGW-RIG/sensors/t"] != n-2 || ta.last["devices/EGW-RIG/meters/m"] != n-1 {
+				select {
+				case m := <-r.arrived:
+					ta.add(t, m)
+				case <-ctx.Done():
+					t.Fatalf("the last messages never arrived: %+v", ta.last)
+				}
+			}
+			for i := range n {
+				skipped := i%2 == 0 && i/2 < tc.skip
+				if ta.seen[i] == skipped {
+					t.Errorf("message %d: arrived %v, want %v", i, ta.seen[i], !skipped)
+				}
+			}
+			if ta.dups != 0 {
+				t.Errorf("%d duplicates", ta.dups)
+			}
+			// The bridge kept a checkpoint of its own on the way: the
+			// last one names messages sent on this connection.
+			if len(ta.checkpoints) == 0 {
+				t.Fatal("the bridge published no checkpoint")
+			}
+			last := ta.checkpoints[len(ta.checkpoints)-1]
+			if last.Outbox != r.ob.ID() || last.Routes[rigRoutes[0].defaultID()] <= 99 || last.Routes[rigRoutes[1].defaultID()] == 0 {
+				t.Errorf("the bridge's last checkpoint %+v: want outbox %s and both routes past the start", last, r.ob.ID())
+			}
+			t.Logf("%d messages arrived, %d checkpoints seen", len(ta.seen), len(ta.checkpoints))
+		})
+	}
+}
+
+// TestCheckpointNotReadable: a central broker whose ACL lets the device
+// publish but not read its checkpoint (Mosquitto grants the subscription
+// and drops the deliveries) costs the wait for the fence, once; then the
+// outbox is sent from its head, all of it.
+func TestCheckpointNotReadable(t *testing.T) {
+	acl := filepath.Join(t.TempDir(), "acl")
+	if err := os.WriteFile(acl, []byte("pattern write devices/%u/#\nuser observer\ntopic readwrite #\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var logged testlog.Buffer
+	r := newRigWith(t, 32, "acl_file "+acl+"\n", func(o *Options) { o.CheckpointWait = 100 * time.Millisecond },
+		slog.New(slog.NewTextHandler(&logged, nil)))
+	const n = 200
+	r.forward(0, n)
+	r.proxy.Unblock()
+	ta := newTally()
+	r.until(ta, n, time.Minute)
+	if ta.dups != 0 {
+		t.Errorf("%d duplicates", ta.dups)
+	}
+	if len(ta.checkpoints) == 0 {
+		t.Error("no checkpoint published: the ACL lets the device write it")
+	}
+	if !strings.Contains(logged.String(), "fence did not come back") {
+		t.Errorf("the missing fence was not logged:\n%s", logged.String())
 	}
 }

@@ -140,6 +140,7 @@ type BridgeConfig struct {
 	MaxInflight      int           `toml:"max_inflight"`
 	MaxRate          float64       `toml:"max_rate"`
 	StatusTopic      *string       `toml:"status_topic"`
+	CheckpointTopic  *string       `toml:"checkpoint_topic"`
 	SequenceField    string        `toml:"sequence_field"`
 	Outbox           OutboxConfig  `toml:"outbox"`
 	Routes           []RouteConfig `toml:"route"`
@@ -305,6 +306,7 @@ const (
 	DefaultSensorInterval = 10 * time.Second
 	DefaultRemotePrefix   = "devices/%d/"
 	DefaultStatusTopic    = "devices/%d/status"
+	DefaultCheckpoint     = "devices/%d/checkpoint"
 )
 
 // ConfigError is one problem in a configuration file. It prints as
@@ -660,6 +662,12 @@ func (c *Config) validate() error {
 			b.StatusTopic = &t
 		} else if strings.ContainsAny(*b.StatusTopic, "+#") {
 			c.errorf(&errs, "bridge.status_topic", "%q: no wildcards in a topic", *b.StatusTopic)
+		}
+		if b.CheckpointTopic == nil {
+			t := DefaultCheckpoint
+			b.CheckpointTopic = &t
+		} else if strings.ContainsAny(*b.CheckpointTopic, "+#") {
+			c.errorf(&errs, "bridge.checkpoint_topic", "%q: no wildcards in a topic", *b.CheckpointTopic)
 		}
 		ob := &b.Outbox
 		c.durationDefault(&errs, "bridge.outbox.commit_interval", &ob.CommitInterval, 50*time.Millisecond, time.Millisecond)

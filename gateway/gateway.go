@@ -114,6 +114,7 @@ func New(cfg *Config, log *slog.Logger) (g *Gateway, err error) {
 			Outbox:           g.outbox,
 			Deliver:          g.deliver,
 			StatusTopic:      bridge.ExpandPrefix(*bc.StatusTopic, cfg.Device.ID),
+			CheckpointTopic:  bridge.ExpandPrefix(*bc.CheckpointTopic, cfg.Device.ID),
 			SequenceField:    bc.SequenceField,
 			FailbackInterval: bc.FailbackInterval.Duration,
 			MaxInflight:      bc.MaxInflight,

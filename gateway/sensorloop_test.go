@@ -1,14 +1,12 @@
 package gateway
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +14,8 @@ import (
 
 	"github.com/fieldgate/fieldgate/localbroker"
 	"github.com/fieldgate/fieldgate/sensors"
+
+	"github.com/fieldgate/fieldgate/internal/testlog"
 )
 
 func TestSensorLoopKeysDefaults(t *testing.T) {
@@ -33,24 +33,6 @@ func TestSensorLoopKeysDefaults(t *testing.T) {
 		fmt.Sprint(s.Deadband) != "map[humidity:0 temperature:0.2]" || s.MaxSilence.Duration != 15*time.Minute {
 		t.Errorf("set: got %+v", s)
 	}
-}
-
-// syncBuffer is a log destination tests read while the gateway writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // A chip on a bus that is not there is absent: that is published once,
@@ -86,7 +68,7 @@ qos = 0
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs syncBuffer
+	var logs testlog.Buffer
 	g := startGatewayLog(t, cfg, slog.New(slog.NewTextHandler(&logs, nil)))
 
 	// Wait, on the readings of sim, until room has been retried a few

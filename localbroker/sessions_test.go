@@ -17,6 +17,8 @@ import (
 	paho5 "github.com/eclipse/paho.golang/paho"
 	paho "github.com/eclipse/paho.mqtt.golang"
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/fieldgate/fieldgate/internal/testlog"
 )
 
 // sessionDeadline bounds every wait in these tests; nothing waits for it
@@ -30,30 +32,13 @@ type sessionBroker struct {
 	dir  string
 	addr string
 	opts Options
-	log  *sessionLog
+	log  *testlog.Buffer
 	*Broker
-}
-
-type sessionLog struct {
-	mu sync.Mutex
-	bytes.Buffer
-}
-
-func (b *sessionLog) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.Buffer.Write(p)
-}
-
-func (b *sessionLog) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.Buffer.String()
 }
 
 func newSessionBroker(t *testing.T, o Options) *sessionBroker {
 	t.Helper()
-	sb := &sessionBroker{t: t, dir: t.TempDir(), addr: "127.0.0.1:0", opts: o, log: &sessionLog{}}
+	sb := &sessionBroker{t: t, dir: t.TempDir(), addr: "127.0.0.1:0", opts: o, log: &testlog.Buffer{}}
 	sb.start()
 	t.Cleanup(func() {
 		if sb.Broker != nil {
@@ -455,7 +440,7 @@ func TestSessionCorruptFile(t *testing.T) {
 	if err := os.WriteFile(file, bytes.Repeat([]byte("not a database "), 1000), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	log := &sessionLog{}
+	log := &testlog.Buffer{}
 	b, err := New(&Options{Listeners: []Listener{{Address: "127.0.0.1:0"}}, Security: Security{AllowAnonymous: true}, SessionFile: file},
 		slog.New(slog.NewTextHandler(log, nil)))
 	if err != nil {

@@ -21,6 +21,8 @@ import (
 	"github.com/fieldgate/fieldgate/bridge/mosquittotest"
 	"github.com/fieldgate/fieldgate/gateway"
 	"github.com/fieldgate/fieldgate/provisioning/tpmtest"
+
+	"github.com/fieldgate/fieldgate/internal/testlog"
 )
 
 // TestFactoryFlow is a device's life with each key store: the key made on
@@ -286,7 +288,8 @@ crl_file = %q
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := newLockedBuffer()
+	logs := &testlog.Buffer{}
+	written := logs.Written()
 	g, err := gateway.New(cfg, slog.New(slog.NewTextHandler(logs, nil)))
 	if err != nil {
 		t.Fatal(err)
@@ -311,34 +314,9 @@ crl_file = %q
 	deadline := time.After(10 * time.Second)
 	for l := logs.String(); !strings.Contains(l, "revoked") || !strings.Contains(l, "127.0.0.1"); l = logs.String() {
 		select {
-		case <-logs.written:
+		case <-written:
 		case <-deadline:
 			t.Fatalf("the gateway did not log the revoked certificate's refusal:\n%s", l)
 		}
 	}
-}
-
-// lockedBuffer is a log destination safe for the broker's goroutines.
-type lockedBuffer struct {
-	mu      sync.Mutex
-	b       bytes.Buffer
-	written chan struct{} // a write happened since the last receive
-}
-
-func newLockedBuffer() *lockedBuffer { return &lockedBuffer{written: make(chan struct{}, 1)} }
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	select {
-	case l.written <- struct{}{}:
-	default:
-	}
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

@@ -161,6 +161,9 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 		rates:        &publishRates{limit: rate.Limit(lim.MaxPublishRate), by: map[string]*rate.Limiter{}}}
 	gate.sec.Store(&o.Security)
 	b.gate = gate
+	if err := srv.AddHook(&takeoverHook{srv: srv, takingOver: map[*mqtt.Client]bool{}}, nil); err != nil {
+		return nil, err
+	}
 	if err := srv.AddHook(gate, nil); err != nil {
 		return nil, fmt.Errorf("localbroker: %w", err)
 	}

@@ -124,9 +124,14 @@ type Outbox struct {
 
 	ops    chan op
 	sendMu sync.RWMutex  // held for reading while sending on ops; Close takes it to close ops
+	// appendMu makes numbering an append and queueing it one step, so
+	// that appends are committed in the order of their numbers: a reader
+	// that has read up to N never sees a message below N appear later.
+	appendMu sync.Mutex
 	done   chan struct{} // closed when the committer has stopped
 
-	id string // random, made with the file: tells this outbox from an earlier one
+	id      string // random, made with the file: tells this outbox from an earlier one
+	openSeq uint64 // the last sequence number assigned before Open
 
 	mu      sync.Mutex
 	seq     uint64 // last assigned; kept in the file, so it never goes back
@@ -226,12 +231,13 @@ func Open(path string, o *Options, log *slog.Logger) (*Outbox, error) {
 		log.Error("outbox file is corrupt: moved aside, starting a new one; the messages it held are not delivered",
 			"path", path, "moved_to", aside, "err", err)
 		ob.routes = map[string]*routeState{}
-		ob.seq = 0
+		ob.seq, ob.id = 0, ""
 		if db, err = ob.open(); err != nil {
 			return nil, fmt.Errorf("outbox: open %s: %w", path, err)
 		}
 	}
 	ob.db = db
+	ob.openSeq = ob.seq
 	if opts.ReadOnly {
 		ob.closed = true // no committer: Append and Ack refuse
 		close(ob.done)
@@ -309,38 +315,47 @@ func (ob *Outbox) open() (db *bolt.DB, err error) {
 }
 
 // loadMeta reads the outbox's id and last sequence number, and gives a
-// new file an id.
+// new file an id. A damaged meta record costs at most the checkpoint (see
+// ID), never the messages: it is logged and replaced.
 func (ob *Outbox) loadMeta(db *bolt.DB) error {
+	ob.id = ""
 	read := func(tx *bolt.Tx) error {
 		b := tx.Bucket(metaBucket)
 		if b == nil {
 			return nil
 		}
-		if v := b.Get(metaSeq); v != nil {
-			if len(v) != 8 {
-				return fmt.Errorf("%w: meta: bad sequence number %x", errCorrupt, v)
-			}
+		if v := b.Get(metaSeq); len(v) == 8 {
 			ob.seq = max(ob.seq, binary.BigEndian.Uint64(v))
+		} else if v != nil {
+			ob.log.Warn("outbox: the last sequence number in the file is damaged: going on from the highest held", "path", ob.path, "record", fmt.Sprintf("%x", v))
 		}
-		ob.id = string(b.Get(metaID))
+		if v := b.Get(metaID); len(v) == 32 {
+			ob.id = string(v)
+		}
 		return nil
 	}
 	if ob.o.ReadOnly {
 		return db.View(read)
 	}
-	return db.Update(func(tx *bolt.Tx) error {
-		if err := read(tx); err != nil || ob.id != "" {
-			return err
-		}
-		var id [16]byte
-		rand.Read(id[:])
-		ob.id = hex.EncodeToString(id[:])
+	if err := db.View(read); err != nil || ob.id != "" {
+		return err
+	}
+	var id [16]byte
+	rand.Read(id[:])
+	ob.id = hex.EncodeToString(id[:])
+	err := db.Update(func(tx *bolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(metaBucket)
 		if err != nil {
 			return err
 		}
 		return b.Put(metaID, []byte(ob.id))
 	})
+	if err != nil {
+		// A full disk, say: the id holds until the gateway stops, and the
+		// next start makes another, which ignores this run's checkpoints.
+		ob.log.Warn("outbox: cannot write the file's id: checkpoints of this run will not be recognised after a restart", "path", ob.path, "err", err)
+	}
+	return nil
 }
 
 // ID is a random identifier made when the outbox file was made. A new file
@@ -355,11 +370,20 @@ func (ob *Outbox) LastSeq() uint64 {
 	return ob.seq
 }
 
+// OpenSeq is the last sequence number assigned before the outbox was
+// opened: what an earlier run can have sent.
+func (ob *Outbox) OpenSeq() uint64 { return ob.openSeq }
+
 // Append queues m (its Route, Topic, Payload, QoS and Retain) for the next
 // commit and returns a channel that yields nil once m is on disk, or the
 // error that kept it off. Under Reject, a full outbox fails at once with
 // ErrFull.
 func (ob *Outbox) Append(m Message, p Policy) (<-chan error, error) {
+	done := make(chan error, 1)
+	ob.sendMu.RLock()
+	defer ob.sendMu.RUnlock()
+	ob.appendMu.Lock()
+	defer ob.appendMu.Unlock()
 	ob.mu.Lock()
 	if ob.closed {
 		ob.mu.Unlock()
@@ -380,12 +404,6 @@ func (ob *Outbox) Append(m Message, p Policy) (<-chan error, error) {
 	ob.pending++
 	ob.pendB += size(&m)
 	ob.mu.Unlock()
-	done := make(chan error, 1)
-	ob.sendMu.RLock()
-	defer ob.sendMu.RUnlock()
-	if ob.isClosed() {
-		return nil, ErrClosed
-	}
 	ob.ops <- op{append: &m, policy: p, done: done}
 	return done, nil
 }
@@ -720,6 +738,9 @@ func (ob *Outbox) commit(batch []op) (retry []op) {
 			b, err := tx.CreateBucketIfNotExists(metaBucket)
 			if err != nil {
 				return err
+			}
+			if v := b.Get(metaSeq); len(v) == 8 {
+				lastSeq = max(lastSeq, binary.BigEndian.Uint64(v))
 			}
 			if err := b.Put(metaSeq, binary.BigEndian.AppendUint64(nil, lastSeq)); err != nil {
 				return err

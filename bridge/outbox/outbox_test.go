@@ -426,6 +426,9 @@ func TestSequenceSurvivesEmptyOutbox(t *testing.T) {
 		t.Errorf("LastSeq after reopen = %d, want 3", ob.LastSeq())
 	}
 	mustAppend(t, ob, "a", "a/3", DropOldest)
+	if ob.OpenSeq() != 3 || ob.LastSeq() != 4 {
+		t.Errorf("OpenSeq, LastSeq = %d, %d after one append; want 3, 4", ob.OpenSeq(), ob.LastSeq())
+	}
 	if ms, _ := ob.Read("a", 0, 10); fmt.Sprint(topics(ms)) != "[4:a/3]" {
 		t.Errorf("the first message after an empty restart: got %v, want [4:a/3]", topics(ms))
 	}
@@ -454,5 +457,53 @@ func TestAckThrough(t *testing.T) {
 	}
 	if st := ob.Stats(); st.Acked != 3 || st.Messages != 5 || st.Routes["a"] != 1 {
 		t.Errorf("stats: got %+v, want 3 acked, 5 held, a:1", st)
+	}
+}
+
+// Appends from many publishers at once are committed in the order of
+// their sequence numbers: a reader that follows the outbox by sequence
+// number, as the uplink does, skips none of them.
+func TestConcurrentAppendsInOrder(t *testing.T) {
+	ob := open(t, "", &Options{CommitInterval: 100 * time.Microsecond, MaxBatch: 3})
+	const writers, each = 16, 500
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Go(func() {
+			for i := range each {
+				if _, err := ob.Append(Message{Route: "r", Topic: fmt.Sprintf("w%d/%d", w, i), QoS: 1}, DropOldest); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	read := map[uint64]bool{}
+	var cursor uint64
+	for len(read) < writers*each {
+		changed := ob.Changed()
+		ms, err := ob.Read("r", cursor, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range ms {
+			read[m.Seq] = true
+			cursor = m.Seq
+		}
+		if len(ms) == 0 {
+			if st := ob.Stats(); st.Messages == writers*each && cursor == ob.LastSeq() {
+				break
+			}
+			<-changed
+		}
+	}
+	wg.Wait()
+	missed := 0
+	for s := uint64(1); s <= ob.LastSeq(); s++ {
+		if !read[s] {
+			missed++
+		}
+	}
+	if missed > 0 {
+		t.Errorf("a reader following the sequence numbers missed %d of %d messages: committed below what it had read", missed, writers*each)
 	}
 }

@@ -132,7 +132,10 @@ type Bridge struct {
 	// connection sends from there, not from what the outbox has on disk,
 	// whose deletions lag a commit behind. Used by Run's goroutine only.
 	delivered map[string]uint64
-	cpRead    bool // the checkpoint was read back (or need not be)
+	cpRead    bool         // the checkpoint was read back (or need not be)
+	cpSuspect int          // connections in a row lost with checkpoints sent and none acknowledged
+	cpOff     bool         // checkpoints turned off for this run (see checkpointVerdict)
+	forged    atomic.Int64 // Unix nanoseconds of the last log of a local publish onto the checkpoint
 }
 
 // Heartbeat is when the bridge's loop last turned: it does at least every
@@ -246,9 +249,19 @@ func (b *Bridge) Forward(topic string, payload []byte, qos byte, retain bool) (<
 			b.update(func(st *Status) { st.DroppedQoS0++ })
 			return nil, nil
 		}
+		remote := r.RemoteTopic(topic)
+		if b.isCheckpoint(remote) {
+			// A site device must not overwrite (or forge) the bridge's
+			// checkpoint through a wide route.
+			if now := time.Now(); now.UnixNano()-b.forged.Load() > int64(time.Minute) {
+				b.forged.Store(now.UnixNano())
+				b.log.Warn("a local publish maps onto the bridge's checkpoint topic: not forwarded", "topic", topic, "remote", remote)
+			}
+			return nil, nil
+		}
 		// The route's QoS is the uplink's: a reading published at QoS 0
 		// on the local broker still travels upstream at least once.
-		done, err := b.ob.Append(outbox.Message{Route: r.ID, Topic: r.RemoteTopic(topic), Payload: payload, QoS: r.QoS, Retain: retain}, r.Policy)
+		done, err := b.ob.Append(outbox.Message{Route: r.ID, Topic: remote, Payload: payload, QoS: r.QoS, Retain: retain}, r.Policy)
 		if errors.Is(err, outbox.ErrFull) {
 			return nil, fmt.Errorf("%w: %w", ErrQueueFull, err)
 		}
@@ -337,23 +350,11 @@ func (b *Bridge) Run(ctx context.Context) error {
 				lastLogged = err.Error()
 			}
 			ceil, delay = backoff(ceil, b.o.ReconnectMin, b.o.ReconnectMax)
-			wake := time.After(delay)
-		wait:
-			for {
-				select {
-				case <-beat.C:
-					b.tick()
-				case <-wake:
-					break wait
-				case <-b.reload: // new TLS material: try it now
-					break wait
-				case <-ctx.Done():
-					break wait
-				}
-			}
+			b.pause(ctx, beat, delay)
 			continue
 		}
-		ceil, lastLogged = 0, ""
+		lastLogged = ""
+		connectedAt := time.Now()
 		addr := c.address()
 		b.update(func(st *Status) {
 			st.Attempts++
@@ -362,15 +363,11 @@ func (b *Bridge) Run(ctx context.Context) error {
 		})
 		b.log.Info("uplink connected", "address", addr, "client_id", b.o.ClientID, "queued", b.ob.Stats().Messages)
 		if !b.cpRead {
-			if err := b.readCheckpoint(ctx, c); err != nil {
-				b.update(func(st *Status) { st.Connected, st.LastError = false, err.Error() })
-				b.log.Warn("uplink lost while reading the checkpoint back", "err", err)
-				go c.client.Disconnect(0)
-				continue
-			}
+			err = b.readCheckpoint(ctx, c)
 		}
-
-		next, err = b.drain(ctx, c)
+		if err == nil {
+			next, err = b.drain(ctx, c)
+		}
 		if next != nil { // moving to a better address, or to new TLS material
 			c.client.Disconnect(250)
 			continue
@@ -384,6 +381,15 @@ func (b *Bridge) Run(ctx context.Context) error {
 		if err != nil {
 			b.log.Warn("uplink lost", "err", err)
 			go c.client.Disconnect(0) // may wait on paho's clean-up; nothing waits for it
+			// A connection that held a minute starts the backoff again; one
+			// lost sooner (a broker that takes connections and drops them)
+			// does not. Either way the pause is jittered, so a site's
+			// gateways do not come back in step after the broker restarts.
+			if time.Since(connectedAt) >= time.Minute {
+				ceil = 0
+			}
+			ceil, delay = backoff(max(ceil, b.o.ReconnectMin), b.o.ReconnectMin, b.o.ReconnectMax)
+			b.pause(ctx, beat, delay)
 			continue
 		}
 		if b.o.StatusTopic != "" { // a clean shutdown sends no will
@@ -391,6 +397,24 @@ func (b *Bridge) Run(ctx context.Context) error {
 		}
 		c.client.Disconnect(250)
 		return nil
+	}
+}
+
+// pause waits for delay, or until new TLS material comes (to be tried at
+// once) or ctx ends, keeping the heartbeat.
+func (b *Bridge) pause(ctx context.Context, beat *time.Ticker, delay time.Duration) {
+	wake := time.After(delay)
+	for {
+		select {
+		case <-beat.C:
+			b.tick()
+		case <-wake:
+			return
+		case <-b.reload:
+			return
+		case <-ctx.Done():
+			return
+		}
 	}
 }
 
@@ -625,7 +649,7 @@ func wait(ctx context.Context, tok paho.Token) error {
 func (b *Bridge) inbound(r *Route) paho.MessageHandler {
 	return func(_ paho.Client, m paho.Message) {
 		local, ok := r.LocalTopic(m.Topic())
-		if !ok {
+		if !ok || b.isCheckpoint(m.Topic()) {
 			return
 		}
 		if err := b.o.Deliver(local, m.Payload(), min(m.Qos(), r.QoS), m.Retained()); err != nil {
@@ -652,7 +676,13 @@ func (c *conn) publisher(in <-chan outbox.Message, out chan<- paho.Token) {
 		if c.dead() {
 			return
 		}
-		out <- c.client.Publish(m.Topic, m.QoS, m.Retain, m.Payload)
+		tok := c.client.Publish(m.Topic, m.QoS, m.Retain, m.Payload)
+		out <- tok
+		if isDone(tok) && tok.Error() != nil {
+			// It did not go out (paho's write timeout): nothing after it
+			// may, or a checkpoint could name it.
+			return
+		}
 	}
 }
 
@@ -672,9 +702,12 @@ func (b *Bridge) drain(ctx context.Context, c *conn) (*conn, error) {
 	go c.publisher(toPaho, tokens)
 	defer close(toPaho)
 
-	cursor := maps.Clone(b.delivered)      // last seq read on this connection, per route
-	sent := map[string]uint64{}            // last seq handed to paho on this connection, per route
-	sinceCP := 0                           // messages handed since the last checkpoint
+	cursor := maps.Clone(b.delivered) // last seq read on this connection, per route
+	sent := map[string]uint64{}       // last seq handed to paho on this connection, per route
+	// Messages handed since the last checkpoint: a new connection starts
+	// with one, which names what was acknowledged before it.
+	sinceCP := b.o.MaxInflight
+	cpSent, cpAcked := 0, 0                // checkpoints on this connection
 	ahead := map[string][]outbox.Message{} // read and not yet sent, per route
 	var window []inflight                  // in the order handed to paho
 	handed := 0                            // how many of window have their token
@@ -687,6 +720,7 @@ func (b *Bridge) drain(ctx context.Context, c *conn) (*conn, error) {
 	probing, reloadPending, resubPending := false, false, false
 
 	lost := func(err error) (*conn, error) {
+		b.checkpointVerdict(cpSent, cpAcked)
 		n := 0
 		for _, w := range window[:handed] {
 			if w.route != "" { // not a checkpoint
@@ -768,13 +802,14 @@ func (b *Bridge) drain(ctx context.Context, c *conn) (*conn, error) {
 					ahead[r] = ms
 					cursor[r] = ms[len(ms)-1].Seq
 				}
-				if b.o.CheckpointTopic != "" && sinceCP >= b.o.MaxInflight {
+				if b.o.CheckpointTopic != "" && !b.cpOff && sinceCP >= b.o.MaxInflight {
 					if limiter != nil && limiter.Wait(ctx) != nil {
 						break
 					}
 					toPaho <- b.checkpoint(sent)
 					window = append(window, inflight{}) // route "": a checkpoint
 					sinceCP = 0
+					cpSent++
 				}
 				m := ahead[r][0]
 				ahead[r] = ahead[r][1:]
@@ -860,6 +895,7 @@ func (b *Bridge) drain(ctx context.Context, c *conn) (*conn, error) {
 				window = window[1:]
 				handed--
 				if w.route == "" { // a checkpoint
+					cpAcked++
 					continue
 				}
 				acks[w.route] = append(acks[w.route], w.seq)

@@ -4,7 +4,8 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
-	"fmt"
+	"strings"
+	"sync"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
@@ -35,6 +36,34 @@ func (b *Bridge) checkpoint(sent map[string]uint64) outbox.Message {
 	return outbox.Message{Topic: b.o.CheckpointTopic, Payload: payload, QoS: 1, Retain: true}
 }
 
+// isCheckpoint tells whether a central broker topic is the checkpoint or
+// under it (the fence).
+func (b *Bridge) isCheckpoint(topic string) bool {
+	cp := b.o.CheckpointTopic
+	return cp != "" && (topic == cp || strings.HasPrefix(topic, cp+"/"))
+}
+
+// checkpointVerdict is told, when a connection is lost, how many
+// checkpoints it sent and how many the central broker acknowledged. A
+// broker that drops the connection on a publish it does not allow (AWS
+// IoT Core, HiveMQ, EMQX so set) would otherwise end every connection a
+// window after it began: after three such connections in a row the
+// checkpoints are turned off until the gateway restarts.
+func (b *Bridge) checkpointVerdict(sent, acked int) {
+	switch {
+	case acked > 0 || sent == 0:
+		if acked > 0 {
+			b.cpSuspect = 0
+		}
+	case !b.cpOff:
+		b.cpSuspect++
+		if b.cpSuspect >= 3 {
+			b.cpOff = true
+			b.log.Error("the central broker drops the connection after each checkpoint (check its ACL, or set bridge.checkpoint_topic = \"\"): checkpoints are off until the gateway restarts, and a crash may resend a commit interval's worth of messages", "topic", b.o.CheckpointTopic)
+		}
+	}
+}
+
 // readCheckpoint reads the retained checkpoint back from the central
 // broker, once per start of the bridge, and skips what it says the central
 // broker holds. To know that no checkpoint is there (rather than not here
@@ -51,49 +80,61 @@ func (b *Bridge) readCheckpoint(ctx context.Context, c *conn) error {
 		return nil
 	}
 	filter, fenceTopic, nonce := b.o.CheckpointTopic+"/#", b.o.CheckpointTopic+"/fence", rand.Text()
-	var found []byte
+	found := make(chan []byte, 1)
 	fenced := make(chan struct{})
+	var fenceOnce sync.Once
 	tok := c.client.Subscribe(filter, 1, func(_ paho.Client, m paho.Message) {
 		switch {
 		case m.Topic() == b.o.CheckpointTopic && m.Retained():
-			found = m.Payload()
-		case m.Topic() == fenceTopic && string(m.Payload()) == nonce:
 			select {
-			case <-fenced:
+			case found <- m.Payload():
 			default:
-				close(fenced)
 			}
+		case m.Topic() == fenceTopic && string(m.Payload()) == nonce:
+			fenceOnce.Do(func() { close(fenced) })
 		}
 	})
+	// Whatever happens from here, the checkpoint is read once a start: a
+	// broker that drops the connection on the subscription or the fence
+	// must not keep the uplink from draining.
+	b.cpRead = true
+	lost := func(what string, err error) error {
+		b.cpSuspect++
+		b.log.Error("the connection was lost while the checkpoint was read back: going on without it (a central broker that drops a client for a topic it may not use: check its ACL, or set bridge.checkpoint_topic = \"\")", "step", what, "err", err)
+		return err
+	}
 	if err := waitConn(ctx, c, tok); err != nil {
-		return fmt.Errorf("subscribe %s: %w", filter, err)
+		return lost("subscribe "+filter, err)
 	}
 	defer c.client.Unsubscribe(filter) // not waited for: a late checkpoint changes nothing
 	if st, ok := tok.(*paho.SubscribeToken); ok && st.Result()[filter] == 0x80 {
 		b.log.Warn("the central broker refused the subscription to the checkpoint (check its ACL): after a crash, what was in flight and what was acknowledged during the last commit interval is sent again", "filter", filter)
-		b.cpRead = true
 		return nil
 	}
 	if err := waitConn(ctx, c, c.client.Publish(fenceTopic, 1, false, nonce)); err != nil {
-		return fmt.Errorf("publish %s: %w", fenceTopic, err)
+		return lost("publish "+fenceTopic, err)
 	}
 	select {
 	case <-fenced:
 	case <-time.After(b.o.CheckpointWait):
-		b.log.Warn("the checkpoint's fence did not come back from the central broker (check its ACL): going on without the checkpoint", "topic", fenceTopic, "waited", b.o.CheckpointWait)
-		b.cpRead = true
+		select {
+		case p := <-found: // it came; only its absence needed the fence
+			b.applyCheckpoint(p)
+		default:
+			b.log.Warn("the checkpoint's fence did not come back from the central broker (check its ACL): going on without the checkpoint", "topic", fenceTopic, "waited", b.o.CheckpointWait)
+		}
 		return nil
 	case err := <-c.lost:
-		return err
+		return lost("fence", err)
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	b.cpRead = true
-	if found == nil {
+	select {
+	case p := <-found:
+		b.applyCheckpoint(p)
+	default:
 		b.log.Info("no checkpoint on the central broker: the outbox is sent from its head", "topic", b.o.CheckpointTopic)
-		return nil
 	}
-	b.applyCheckpoint(found)
 	return nil
 }
 
@@ -110,10 +151,10 @@ func (b *Bridge) applyCheckpoint(payload []byte) {
 		b.log.Info("the checkpoint on the central broker is of another outbox file: ignored", "topic", b.o.CheckpointTopic, "its_outbox", cp.Outbox, "outbox", b.ob.ID())
 		return
 	}
-	last := b.ob.LastSeq()
+	last := b.ob.OpenSeq() // what an earlier run can have sent
 	for r, s := range cp.Routes {
 		if s > last {
-			b.log.Warn("the checkpoint on the central broker names messages this outbox never had (an outbox file restored from a copy?): ignored", "route", r, "checkpoint_seq", s, "last_seq", last)
+			b.log.Warn("the checkpoint on the central broker names messages this outbox never had (an outbox file restored from a copy?): ignored", "route", r, "checkpoint_seq", s, "last_seq_at_start", last)
 			return
 		}
 	}

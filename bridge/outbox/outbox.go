@@ -123,12 +123,12 @@ type Outbox struct {
 	path string
 
 	ops    chan op
-	sendMu sync.RWMutex  // held for reading while sending on ops; Close takes it to close ops
+	sendMu sync.RWMutex // held for reading while sending on ops; Close takes it to close ops
 	// appendMu makes numbering an append and queueing it one step, so
 	// that appends are committed in the order of their numbers: a reader
 	// that has read up to N never sees a message below N appear later.
 	appendMu sync.Mutex
-	done   chan struct{} // closed when the committer has stopped
+	done     chan struct{} // closed when the committer has stopped
 
 	id      string // random, made with the file: tells this outbox from an earlier one
 	openSeq uint64 // the last sequence number assigned before Open
@@ -369,6 +369,9 @@ func (ob *Outbox) LastSeq() uint64 {
 	defer ob.mu.Unlock()
 	return ob.seq
 }
+
+// Path is the outbox file's.
+func (ob *Outbox) Path() string { return ob.path }
 
 // OpenSeq is the last sequence number assigned before the outbox was
 // opened: what an earlier run can have sent.

@@ -115,6 +115,9 @@ type Broker struct {
 // about 68 years.
 const noMessageExpiry = math.MaxInt32
 
+// clientReadBuffer is the size of each client's read buffer.
+const clientReadBuffer = 512
+
 // uplinkClientID is the inline client that PublishLocal publishes as. Its
 // messages are never forwarded, so a route in both directions cannot loop.
 const uplinkClientID = "fieldgate-uplink"
@@ -147,6 +150,12 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 	srv := mqtt.New(&mqtt.Options{
 		Capabilities: caps,
 		InlineClient: true,
+		// Each client's read buffer, held while it is connected (mochi's
+		// default is 2 KiB). A packet larger than it is read straight
+		// into the packet; on TLS the connection holds the decrypted
+		// record already, so the buffer only saves small copies; on plain
+		// TCP it batches small packets per read call.
+		ClientNetReadBufferSize: clientReadBuffer,
 		// mochi logs every hook and listener it adds (Info), every client
 		// that goes away (Warn, with no message) and every publish our
 		// hook refuses (Error, with the whole packet): the gateway logs

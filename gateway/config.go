@@ -103,6 +103,10 @@ type BrokerConfig struct {
 	// sessions that set no expiry of their own (3.1.1, or MQTT 5 asking
 	// for none) once the client has been away this long; 0: never.
 	PersistentClientExpiration Duration `toml:"persistent_client_expiration"`
+	// WatchFiles reloads, as SIGHUP does, when one of the files a reload
+	// reads changes, looked at every WatchInterval (default 2s).
+	WatchFiles    bool     `toml:"watch_files"`
+	WatchInterval Duration `toml:"watch_interval"`
 }
 
 // ListenerConfig is one [[broker.listener]].
@@ -623,6 +627,7 @@ func (c *Config) validate() error {
 			c.errorf(&errs, "broker."+l.key, "must be between %v and %v, got %v", l.least, l.most, l.v)
 		}
 	}
+	c.durationDefault(&errs, "broker.watch_interval", &c.Broker.WatchInterval, 2*time.Second, 100*time.Millisecond)
 
 	if b := c.Bridge; b != nil {
 		if len(b.Address) == 0 {

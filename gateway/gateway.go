@@ -33,6 +33,7 @@ var Version = "dev"
 // Gateway is a configured Fieldgate, ready to Run.
 type Gateway struct {
 	cfg        *Config
+	watchBase  map[string]stamp // the watched files as New found them (broker.watch_files)
 	log        *slog.Logger
 	started    time.Time
 	certMu     sync.Mutex
@@ -62,6 +63,9 @@ type Gateway struct {
 // runs until Run.
 func New(cfg *Config, log *slog.Logger) (g *Gateway, err error) {
 	g = &Gateway{cfg: cfg, log: log, started: time.Now(), notify: newNotifier()}
+	if cfg.Broker.WatchFiles {
+		g.watchBase = stamps(watchedFiles(cfg)) // before New reads them
+	}
 	made := g // a failing return sets g to nil before this runs
 	defer func() {
 		if err != nil {
@@ -306,6 +310,9 @@ func (g *Gateway) Run(ctx context.Context) error {
 	watchdogDone.Go(func() { g.runWatchdog(watchdogCtx, notify) })
 	watchdogDone.Go(func() { g.remindRenewal(watchdogCtx) })
 	watchdogDone.Go(func() { g.retryIdentity(watchdogCtx) })
+	if g.cfg.Broker.WatchFiles {
+		watchdogDone.Go(func() { g.watchFiles(watchdogCtx, g.cfg.Broker.WatchInterval.Duration, g.watchBase) })
+	}
 	notify.send("READY=1")
 
 	<-ctx.Done()
@@ -563,7 +570,7 @@ func brokerRestartChanges(old, cfg *BrokerConfig) []string {
 	a, b := reflect.ValueOf(*old), reflect.ValueOf(*cfg)
 	for i := range a.NumField() {
 		f := a.Type().Field(i)
-		if (strings.HasPrefix(f.Name, "Max") || f.Name == "PersistentClientExpiration") && !reflect.DeepEqual(a.Field(i).Interface(), b.Field(i).Interface()) {
+		if (strings.HasPrefix(f.Name, "Max") || strings.HasPrefix(f.Name, "Watch") || f.Name == "PersistentClientExpiration") && !reflect.DeepEqual(a.Field(i).Interface(), b.Field(i).Interface()) {
 			keys = append(keys, "broker."+f.Tag.Get("toml"))
 		}
 	}

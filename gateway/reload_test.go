@@ -23,18 +23,7 @@ func TestReloadSecurityFiles(t *testing.T) {
 	ca := pkitest.NewCA(t, "Central CA")
 	cfg := siteConfig(t, "ssl://localhost:"+strconv.Itoa(mosquittotest.FreePort(t)), ca, 0)
 	g := startGateway(t, cfg)
-	login := func(user string) error {
-		cl := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + g.BrokerAddrs()[0]).SetClientID(user + "-r").
-			SetUsername(user).SetPassword("pw").SetAutoReconnect(false).SetConnectRetry(false))
-		tok := cl.Connect()
-		if !tok.WaitTimeout(10 * time.Second) {
-			return errors.New("timeout")
-		}
-		if tok.Error() == nil {
-			cl.Disconnect(0)
-		}
-		return tok.Error()
-	}
+	login := func(user string) error { return loginAs(t, g, user) }
 	if err := login("newcomer"); err == nil {
 		t.Fatal("newcomer logged in before being added")
 	}
@@ -142,4 +131,20 @@ func TestMissingChipDoesNotStopGateway(t *testing.T) {
 	if h := g.sensorLoop().Status()["room"]; !strings.Contains(h.Error, "/dev/i2c-99") {
 		t.Errorf("health %+v does not name the bus", h)
 	}
+}
+
+// loginAs connects to the gateway's first listener as user, password
+// "pw", and disconnects.
+func loginAs(t *testing.T, g *Gateway, user string) error {
+	t.Helper()
+	cl := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + g.BrokerAddrs()[0]).SetClientID(user + "-r").
+		SetUsername(user).SetPassword("pw").SetAutoReconnect(false).SetConnectRetry(false))
+	tok := cl.Connect()
+	if !tok.WaitTimeout(10 * time.Second) {
+		return errors.New("timeout")
+	}
+	if tok.Error() == nil {
+		cl.Disconnect(0)
+	}
+	return tok.Error()
 }

@@ -170,7 +170,7 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 		rates:        &publishRates{limit: rate.Limit(lim.MaxPublishRate), by: map[string]*rate.Limiter{}}}
 	gate.sec.Store(&o.Security)
 	b.gate = gate
-	if err := srv.AddHook(&takeoverHook{srv: srv, takingOver: map[*mqtt.Client]bool{}}, nil); err != nil {
+	if err := srv.AddHook(&takeoverHook{srv: srv, takingOver: map[*mqtt.Client]bool{}, restore: gate.restoreAside}, nil); err != nil {
 		return nil, err
 	}
 	if err := srv.AddHook(gate, nil); err != nil {
@@ -681,17 +681,18 @@ func (h *gateHook) wait(cl *mqtt.Client, ch chan deferred) {
 		}
 		pk := d.pk
 		pk.Properties.User = append(append([]packets.UserProperty(nil), pk.Properties.User...), h.marker)
-		h.setAside(cl, pk) // see packetids.go
+		h.makeRoom(cl, pk) // see packetids.go
 		if err := h.srv.InjectPacket(cl, pk); err != nil && !cl.Closed() {
 			h.log.Warn("stored publish: acknowledgement failed", "client_id", cl.ID, "err", err)
 		}
-		h.putBack(cl, pk.PacketID)
+		h.settle(cl, pk.PacketID)
 	}
 }
 
 // OnDisconnect ends the client's waiter once what it holds is done.
 func (h *gateHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	h.rates.forget(cl.ID)
+	h.restoreAside(cl)
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if ch, ok := h.waiters[cl]; ok {

@@ -1,6 +1,7 @@
 package localbroker
 
 import (
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/eclipse/paho.golang/packets"
 	pahopk "github.com/eclipse/paho.mqtt.golang/packets"
 )
 
@@ -113,5 +115,87 @@ func TestClientPacketIDsDoNotDeleteBrokerMessages(t *testing.T) {
 				t.Errorf("resent %v, want %v", again, ids)
 			}
 		})
+	}
+}
+
+// qos2Rig is an MQTT 5 device with a persistent session that has one
+// unacknowledged message from the broker, whose packet id it returns.
+func qos2Rig(t *testing.T) (*Broker, *raw5, func() *raw5, uint16) {
+	b := interopBroker(t, Limits{})
+	dial := func() *raw5 {
+		r := dial5(t, b)
+		r.connect(connectPacket5("device", false, 0, &packets.Properties{SessionExpiryInterval: u32(300)}))
+		return r
+	}
+	r := dial()
+	r.subscribe(1, "cmd/#", 1)
+	if err := b.Publish(Message{Topic: "cmd/a", Payload: []byte("a"), QoS: 1}); err != nil {
+		t.Fatal(err)
+	}
+	p := r.expect(packets.PUBLISH).Content.(*packets.Publish) // not acknowledged
+	if p.Topic != "cmd/a" {
+		t.Fatalf("got %s, want cmd/a", p.Topic)
+	}
+	return b, r, dial, p.PacketID
+}
+
+// nextPublish returns the topic of the next PUBLISH r gets, after b
+// publishes a sentinel on cmd/z: cmd/z itself if nothing was resent.
+func nextPublish(t *testing.T, b *Broker, r *raw5) string {
+	t.Helper()
+	if err := b.Publish(Message{Topic: "cmd/z", Payload: []byte("z"), QoS: 1}); err != nil {
+		t.Fatal(err)
+	}
+	return r.expect(packets.PUBLISH).Content.(*packets.Publish).Topic
+}
+
+// A device's QoS 2 publish with the id of the broker's unacknowledged
+// message to it, and its acknowledgement of that message in the middle of
+// its own flow: both flows complete, each once.
+func TestQoS2PublishSharesBrokersPacketID(t *testing.T) {
+	b, r, dial, id := qos2Rig(t)
+	r.publish(id, "tele/x", 2, "21.5", nil)
+	if rec := r.expect(packets.PUBREC).Content.(*packets.Pubrec); rec.PacketID != id || rec.ReasonCode >= 0x80 {
+		t.Fatalf("PUBREC %d %#x, want %d success", rec.PacketID, rec.ReasonCode, id)
+	}
+	r.send(&packets.Puback{PacketID: id, Properties: &packets.Properties{}}) // of cmd/a
+	r.send(&packets.Pubrel{PacketID: id, Properties: &packets.Properties{}})
+	if comp := r.expect(packets.PUBCOMP).Content.(*packets.Pubcomp); comp.PacketID != id || comp.ReasonCode != 0 {
+		t.Errorf("PUBCOMP %d %#x, want %d success: the acknowledgement of the broker's message ended the device's QoS 2 flow", comp.PacketID, comp.ReasonCode, id)
+	}
+	r.Close()
+	if got := nextPublish(t, b, dial()); got != "cmd/z" {
+		t.Errorf("after coming back the device got %s first, want nothing sent again (cmd/a was acknowledged)", got)
+	}
+}
+
+// A device that leaves in the middle of its QoS 2 publish with the id of
+// the broker's unacknowledged message gets that message again.
+func TestQoS2PublishKeepsBrokersMessage(t *testing.T) {
+	for _, complete := range []bool{false, true} {
+		t.Run(fmt.Sprint("PUBREL sent: ", complete), func(t *testing.T) {
+			b, r, dial, id := qos2Rig(t)
+			r.publish(id, "tele/x", 2, "21.5", nil)
+			r.expect(packets.PUBREC)
+			if complete {
+				r.send(&packets.Pubrel{PacketID: id, Properties: &packets.Properties{}})
+				r.expect(packets.PUBCOMP)
+			}
+			r.Close()
+			if got := nextPublish(t, b, dial()); got != "cmd/a" {
+				t.Errorf("after coming back the device got %s first, want cmd/a sent again: the device's QoS 2 publish deleted it", got)
+			}
+		})
+	}
+}
+
+// A SUBSCRIBE with the id of the broker's unacknowledged message is
+// granted, not refused as "packet identifier in use".
+func TestSubscribeSharesBrokersPacketID(t *testing.T) {
+	_, r, _, id := qos2Rig(t)
+	r.subscribe(id, "other/#", 1) // fails the test on a refusal
+	r.send(&packets.Unsubscribe{PacketID: id, Topics: []string{"other/#"}, Properties: &packets.Properties{}})
+	if ua := r.expect(packets.UNSUBACK).Content.(*packets.Unsuback); len(ua.Reasons) != 1 || ua.Reasons[0] >= 0x80 {
+		t.Errorf("UNSUBACK %v, want success", ua.Reasons)
 	}
 }

@@ -34,6 +34,11 @@ type takeoverHook struct {
 
 	mu         sync.Mutex
 	takingOver map[*mqtt.Client]bool // open connections a new one is taking over
+
+	// restore puts back a client's inflight entries set aside (see
+	// packetids.go), before mochi copies them to the connection that
+	// takes the session over.
+	restore func(*mqtt.Client)
 }
 
 const takeoverWait = 2 * time.Second
@@ -50,6 +55,9 @@ func (h *takeoverHook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 	old, ok := h.srv.Clients.Get(cl.ID)
 	if !ok || old == cl {
 		return
+	}
+	if h.restore != nil {
+		h.restore(old)
 	}
 	h.mu.Lock()
 	if !old.Closed() {

@@ -234,6 +234,7 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 		return nil, fmt.Errorf("localbroker: %w", err)
 	}
 	b.uplink = srv.NewClient(nil, mqtt.LocalListener, uplinkClientID, true)
+	gate.uplink = b.uplink
 	return b, nil
 }
 
@@ -390,6 +391,8 @@ type gateHook struct {
 
 	asideMu sync.Mutex
 	aside   map[asideKey]packets.Packet // see packetids.go
+	slots   sync.Map                    // *mqtt.Client → *slot; see packetids.go
+	uplink  *mqtt.Client                // the inline client PublishLocal uses
 }
 
 // deferred is a publish whose acknowledgement waits for storage.
@@ -599,7 +602,9 @@ func (h *gateHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet
 		default:
 			// A network client: mochi drops this copy now and the waiter
 			// injects it again, tagged, once it is on disk. The client's
-			// next packets are read meanwhile.
+			// next packets are read meanwhile. mochi does nothing more
+			// with this one's id: the slot is free for the waiter.
+			h.release(cl)
 			h.deferAck(cl, deferred{pk: pk, stored: stored})
 			return pk, packets.ErrRejectPacket
 		}
@@ -681,23 +686,42 @@ func (h *gateHook) wait(cl *mqtt.Client, ch chan deferred) {
 		}
 		pk := d.pk
 		pk.Properties.User = append(append([]packets.UserProperty(nil), pk.Properties.User...), h.marker)
-		h.makeRoom(cl, pk) // see packetids.go
-		if err := h.srv.InjectPacket(cl, pk); err != nil && !cl.Closed() {
-			h.log.Warn("stored publish: acknowledgement failed", "client_id", cl.ID, "err", err)
-		}
+		s := h.slotOf(cl) // see packetids.go
+		s.mu.Lock()
+		h.makeRoom(cl, pk)
+		err := h.srv.InjectPacket(cl, pk)
 		h.settle(cl, pk.PacketID)
+		s.mu.Unlock()
+		if err != nil {
+			// mochi delivers a QoS 1 or 2 publish only once its
+			// acknowledgement is written: the client has gone, but its
+			// message is stored and acknowledged for all we know, and
+			// the site's subscribers get it as the central broker does.
+			if !cl.Closed() {
+				h.log.Warn("stored publish: acknowledgement failed", "client_id", cl.ID, "err", err)
+			}
+			local := d.pk
+			local.FixedHeader.Dup = false
+			if err := h.srv.InjectPacket(h.uplink, local); err != nil {
+				h.log.Warn("stored publish of a client that left: not delivered locally", "client_id", cl.ID, "topic", local.TopicName, "err", err)
+			}
+		}
 	}
+	h.dropSlot(cl)
 }
 
 // OnDisconnect ends the client's waiter once what it holds is done.
 func (h *gateHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	h.rates.forget(cl.ID)
+	h.release(cl) // the read loop is over
 	h.restoreAside(cl)
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if ch, ok := h.waiters[cl]; ok {
-		close(ch)
+		close(ch) // the waiter drops the slot when it is done
 		delete(h.waiters, cl)
+	} else {
+		h.dropSlot(cl)
 	}
 }
 

@@ -1,6 +1,9 @@
 package localbroker
 
 import (
+	"sync"
+	"sync/atomic"
+
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
@@ -19,6 +22,10 @@ import (
 //     would end the client's QoS 2 flow with that id instead;
 //   - a SUBSCRIBE or UNSUBSCRIBE with an id the broker's message uses is
 //     refused (0x91, packet identifier in use).
+//
+// Two goroutines process a client's packets: its reader, and the waiter
+// that acknowledges its publishes once they are stored (broker.go). Each
+// holds the client's slot lock from making room to settling.
 //
 // So each client packet finds under its id the entry of its own flow:
 // the other flow's entry is set aside while it is processed, or, while
@@ -90,6 +97,7 @@ func (h *gateHook) settle(cl *mqtt.Client, id uint16) {
 	key := asideKey{cl, id}
 	h.asideMu.Lock()
 	defer h.asideMu.Unlock()
+	dropLeftover(cl, id)
 	as, ok := h.aside[key]
 	if !ok {
 		return
@@ -101,20 +109,31 @@ func (h *gateHook) settle(cl *mqtt.Client, id uint16) {
 	h.giveBack(cl, as)
 }
 
+// dropLeftover deletes the acknowledgement mochi left under id when it
+// could not write it (the client had gone): mochi deletes a PUBACK or
+// PUBCOMP it sent once it is written, and one left behind would be sent
+// again to the next connection of the session, and taken for the end of
+// whatever flow then holds the id.
+func dropLeftover(cl *mqtt.Client, id uint16) {
+	if res, ok := cl.State.Inflight.Get(id); ok && (res.FixedHeader.Type == packets.Puback || res.FixedHeader.Type == packets.Pubcomp) {
+		cl.State.Inflight.Delete(id)
+	}
+}
+
 // restoreAside puts back what is set aside for cl, which is leaving or
-// being taken over, but for what a packet being processed (whose
-// acknowledgement holds the slot for a moment) set aside: settle does that.
+// being taken over, once no packet of it is being processed.
 func (h *gateHook) restoreAside(cl *mqtt.Client) {
+	s := h.slotOf(cl)
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	h.asideMu.Lock()
 	defer h.asideMu.Unlock()
 	for key, as := range h.aside {
 		if key.cl != cl {
 			continue
 		}
-		if res, ok := cl.State.Inflight.Get(key.id); ok && (res.FixedHeader.Type == packets.Puback || res.FixedHeader.Type == packets.Pubcomp) {
-			continue
-		}
 		delete(h.aside, key)
+		dropLeftover(cl, key.id)
 		h.giveBack(cl, as)
 	}
 }
@@ -138,6 +157,38 @@ func (h *gateHook) giveBack(cl *mqtt.Client, as packets.Packet) {
 	}
 }
 
+// slot serializes the processing of a client's packets that concern its
+// packet ids. reader is set while the reader goroutine holds mu, for the
+// packet id id; only that goroutine (which also runs OnDisconnect) reads
+// or writes id.
+type slot struct {
+	mu     sync.Mutex
+	reader atomic.Bool
+	id     uint16
+}
+
+func (h *gateHook) slotOf(cl *mqtt.Client) *slot {
+	if s, ok := h.slots.Load(cl); ok {
+		return s.(*slot)
+	}
+	s, _ := h.slots.LoadOrStore(cl, &slot{})
+	return s.(*slot)
+}
+
+func (h *gateHook) dropSlot(cl *mqtt.Client) { h.slots.Delete(cl) }
+
+// release settles and unlocks the slot if the reader holds it. Only the
+// reader goroutine calls it.
+func (h *gateHook) release(cl *mqtt.Client) {
+	s := h.slotOf(cl)
+	if !s.reader.Load() {
+		return
+	}
+	s.reader.Store(false)
+	h.settle(cl, s.id)
+	s.mu.Unlock()
+}
+
 // isAside tells whether the broker's message with id is set aside for cl:
 // the session store then leaves its record alone, as what mochi reports
 // under that id meanwhile is of the client's flow.
@@ -148,20 +199,41 @@ func (h *gateHook) isAside(cl *mqtt.Client, id uint16) bool {
 	return ok && brokers(as)
 }
 
-// OnPacketRead makes room for the packet's flow; OnPacketProcessed
-// settles. Packets from one client are read and processed one at a time.
+// OnPacketRead takes the client's slot and makes room for the packet's
+// flow; OnPacketProcessed settles and lets go. A packet that mochi will
+// not process (it fails validation) is left alone.
 func (h *gateHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	// mochi skips OnPacketProcessed for a publish that fails validation:
-	// nothing is set aside for one.
-	if pk.FixedHeader.Type != packets.Publish || pk.PublishValidate(h.srv.Options.Capabilities.TopicAliasMaximum) == packets.CodeSuccess {
-		h.makeRoom(cl, pk)
+	if cl.Net.Inline {
+		return pk, nil
 	}
+	switch pk.FixedHeader.Type {
+	case packets.Publish:
+		if pk.FixedHeader.Qos == 0 || pk.PublishValidate(h.srv.Options.Capabilities.TopicAliasMaximum) != packets.CodeSuccess {
+			return pk, nil
+		}
+	case packets.Subscribe:
+		if pk.SubscribeValidate() != packets.CodeSuccess {
+			return pk, nil
+		}
+	case packets.Unsubscribe:
+		if pk.UnsubscribeValidate() != packets.CodeSuccess {
+			return pk, nil
+		}
+	case packets.Pubrel, packets.Puback, packets.Pubrec, packets.Pubcomp:
+	default:
+		return pk, nil
+	}
+	h.release(cl) // a packet before that never reached OnPacketProcessed
+	s := h.slotOf(cl)
+	s.mu.Lock()
+	s.reader.Store(true)
+	s.id = pk.PacketID
+	h.makeRoom(cl, pk)
 	return pk, nil
 }
 
 func (h *gateHook) OnPacketProcessed(cl *mqtt.Client, pk packets.Packet, err error) {
-	switch pk.FixedHeader.Type {
-	case packets.Publish, packets.Pubrel, packets.Puback, packets.Pubrec, packets.Pubcomp, packets.Subscribe, packets.Unsubscribe:
-		h.settle(cl, pk.PacketID)
+	if !cl.Net.Inline {
+		h.release(cl) // a packet the waiter injects: it settles itself
 	}
 }

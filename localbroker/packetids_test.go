@@ -199,3 +199,163 @@ func TestSubscribeSharesBrokersPacketID(t *testing.T) {
 		t.Errorf("UNSUBACK %v, want success", ua.Reasons)
 	}
 }
+
+// rawDevice is an MQTT 3.1.1 device "device" with a persistent session,
+// subscribed to cmd/#.
+func rawDevice(t *testing.T, b *Broker, subscribe bool) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", b.Addrs()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(wait))
+	cp := pahopk.NewControlPacket(pahopk.Connect).(*pahopk.ConnectPacket)
+	cp.ProtocolName, cp.ProtocolVersion, cp.ClientIdentifier, cp.Keepalive, cp.CleanSession = "MQTT", 4, "device", 60, false
+	if err := cp.Write(c); err != nil {
+		t.Fatal(err)
+	}
+	if ack, err := pahopk.ReadPacket(c); err != nil || ack.(*pahopk.ConnackPacket).ReturnCode != 0 {
+		t.Fatalf("connect: %v %v", ack, err)
+	}
+	if subscribe {
+		sp := pahopk.NewControlPacket(pahopk.Subscribe).(*pahopk.SubscribePacket)
+		sp.MessageID, sp.Topics, sp.Qoss = 1, []string{"cmd/#"}, []byte{1}
+		sp.Write(c)
+		if _, err := pahopk.ReadPacket(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return c
+}
+
+func rawPublish(t *testing.T, c net.Conn, topic string, id uint16) {
+	t.Helper()
+	pp := pahopk.NewControlPacket(pahopk.Publish).(*pahopk.PublishPacket)
+	pp.TopicName, pp.Qos, pp.MessageID, pp.Payload = topic, 1, id, []byte("21.5")
+	if err := pp.Write(c); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A device's stored publish with the id of the broker's message to it,
+// acknowledged (once on disk) after the device has gone: the broker's
+// message is sent again when the device is back, before and after a
+// restart, and the site's subscribers get the stored publish.
+func TestStoredPublishAfterLeaveKeepsBrokersMessage(t *testing.T) {
+	release := make(chan error, 1)
+	fwd := func(m Message) (<-chan error, error) {
+		if m.Topic != "tele/x" {
+			return nil, nil
+		}
+		return release, nil
+	}
+	opts := &Options{Listeners: []Listener{{Address: "127.0.0.1:0"}}, Security: Security{AllowAnonymous: true}, Forward: fwd,
+		SessionFile: filepath.Join(t.TempDir(), "sessions.db")}
+	b, err := New(opts, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { b.Close() }()
+	local := make(chan Message, 1)
+	b.Subscribe("tele/#", 1, func(m Message) { local <- m })
+
+	c := rawDevice(t, b, true)
+	b.Publish(Message{Topic: "cmd/a", Payload: []byte("a"), QoS: 1})
+	pk, err := pahopk.ReadPacket(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := pk.(*pahopk.PublishPacket).MessageID // not acknowledged
+	rawPublish(t, c, "tele/x", id)
+	// The broker has read it when it answers a PINGREQ sent after it.
+	pahopk.NewControlPacket(pahopk.Pingreq).Write(c)
+	if p, err := pahopk.ReadPacket(c); err != nil {
+		t.Fatal(err)
+	} else if _, ok := p.(*pahopk.PingrespPacket); !ok {
+		t.Fatalf("got %v, want PINGRESP (the publish waits for storage)", p)
+	}
+	c.Close()
+	deadline := time.Now().Add(wait)
+	for cl, ok := b.srv.Clients.Get("device"); !ok || !cl.Closed(); cl, ok = b.srv.Clients.Get("device") {
+		if time.Now().After(deadline) {
+			t.Fatal("the broker did not see the device leave")
+		}
+		time.Sleep(time.Millisecond) // polling the broker's state, with a deadline
+	}
+	release <- nil // stored now: the waiter acknowledges it
+	select {
+	case m := <-local:
+		if m.Topic != "tele/x" {
+			t.Fatalf("local subscriber got %s", m.Topic)
+		}
+	case <-time.After(wait):
+		t.Fatal("the stored publish of a device that left never reached the site's subscriber")
+	}
+	for restart := range 2 {
+		if restart == 1 {
+			b.Close()
+			opts.Listeners = []Listener{{Address: b.Addrs()[0]}}
+			if b, err = New(opts, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c = rawDevice(t, b, false)
+		p, err := pahopk.ReadPacket(c)
+		if pp, ok := p.(*pahopk.PublishPacket); err != nil || !ok || pp.TopicName != "cmd/a" {
+			t.Fatalf("coming back (restart %v): got %v %v, want cmd/a again", restart == 1, p, err)
+		}
+		c.Close()
+	}
+}
+
+// The waiter acknowledging a device's stored publish with id N while the
+// device's reader processes its PUBACK of the broker's message N: both
+// end, and nothing is left in the session.
+func TestStoredPublishRacesPuback(t *testing.T) {
+	release := make(chan chan error, 1)
+	fwd := func(m Message) (<-chan error, error) {
+		if m.Topic != "tele/x" {
+			return nil, nil
+		}
+		ch := make(chan error, 1)
+		release <- ch
+		return ch, nil
+	}
+	b, err := New(&Options{Listeners: []Listener{{Address: "127.0.0.1:0"}}, Security: Security{AllowAnonymous: true}, Forward: fwd},
+		slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	c := rawDevice(t, b, true)
+	for i := range 300 {
+		c.SetDeadline(time.Now().Add(wait))
+		b.Publish(Message{Topic: "cmd/a", Payload: []byte("a"), QoS: 1})
+		pk, err := pahopk.ReadPacket(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := pk.(*pahopk.PublishPacket).MessageID
+		rawPublish(t, c, "tele/x", id)
+		(<-release) <- nil // the waiter goes
+		pa := pahopk.NewControlPacket(pahopk.Puback).(*pahopk.PubackPacket)
+		pa.MessageID = id
+		pa.Write(c) // and the reader, at once
+		pahopk.NewControlPacket(pahopk.Pingreq).Write(c)
+		for got := 0; got < 2; got++ { // the PUBACK of tele/x and the PINGRESP, in either order
+			if _, err := pahopk.ReadPacket(c); err != nil {
+				t.Fatalf("round %d: %v", i, err)
+			}
+		}
+		cl, _ := b.srv.Clients.Get("device")
+		deadline := time.Now().Add(wait)
+		for cl.State.Inflight.Len() > 0 { // the waiter may be settling still
+			if time.Now().After(deadline) {
+				left, _ := cl.State.Inflight.Get(id)
+				t.Fatalf("round %d: packet type %d left under id %d", i, left.FixedHeader.Type, id)
+			}
+			time.Sleep(time.Millisecond) // polling the broker's state, with a deadline
+		}
+	}
+}

@@ -43,22 +43,7 @@ func TestClientPacketIDsDoNotDeleteBrokerMessages(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer func() { b.Close() }()
-			dial := func() net.Conn {
-				c, err := net.Dial("tcp", b.Addrs()[0])
-				if err != nil {
-					t.Fatal(err)
-				}
-				c.SetDeadline(time.Now().Add(10 * time.Second))
-				cp := pahopk.NewControlPacket(pahopk.Connect).(*pahopk.ConnectPacket)
-				cp.ProtocolName, cp.ProtocolVersion, cp.ClientIdentifier, cp.Keepalive, cp.CleanSession = "MQTT", 4, "device", 60, false
-				if err := cp.Write(c); err != nil {
-					t.Fatal(err)
-				}
-				if ack, err := pahopk.ReadPacket(c); err != nil || ack.(*pahopk.ConnackPacket).ReturnCode != 0 {
-					t.Fatalf("connect: %v %v", ack, err)
-				}
-				return c
-			}
+			dial := func() net.Conn { return rawDevice(t, b, false) }
 			c := dial()
 			sp := pahopk.NewControlPacket(pahopk.Subscribe).(*pahopk.SubscribePacket)
 			sp.MessageID, sp.Topics, sp.Qoss = 1, []string{"cmd/#"}, []byte{1}

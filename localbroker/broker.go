@@ -447,6 +447,16 @@ func (h *gateHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Pa
 // OnConnect bounds the keepalive and logs a client id taken over by a new
 // connection.
 func (h *gateHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	if cl.ID == mqtt.InlineClientId || cl.ID == uplinkClientID {
+		// The gateway's own clients, inside the broker: a device taking
+		// one of these ids over would stop the sensors' publishes or
+		// what comes in from the central broker.
+		if remote := remoteAddr(cl); h.refusals.allow(remote, "reserved client id") {
+			h.log.Warn("client refused: the client id is the gateway's own", "client_id", cl.ID, "remote", remote)
+		}
+		h.srv.SendConnack(cl, packets.ErrClientIdentifierNotValid, false, nil)
+		return packets.ErrClientIdentifierNotValid
+	}
 	if old, ok := h.srv.Clients.Get(cl.ID); ok && !old.Closed() {
 		if remote := remoteAddr(cl); h.refusals.allow(remote, "takeover "+cl.ID) {
 			h.log.Info("client id taken over: the older connection is closed", "client_id", cl.ID, "old_remote", remoteAddr(old), "new_remote", remote)

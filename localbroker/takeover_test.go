@@ -3,6 +3,7 @@ package localbroker
 import (
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/eclipse/paho.golang/packets"
 )
@@ -27,5 +28,41 @@ func TestQuickReconnectKeepsDeliveries(t *testing.T) {
 		}
 		r.send(&packets.Disconnect{Properties: &packets.Properties{}})
 		r.Close()
+	}
+}
+
+// A device cannot take over the gateway's own clients inside the broker
+// (the one the sensors publish with, the one the uplink delivers with):
+// its CONNECT is refused as an invalid client id, and the gateway's
+// publishes still reach the site's subscribers.
+func TestReservedClientIDs(t *testing.T) {
+	b := interopBroker(t, Limits{})
+	got := make(chan Message, 10)
+	if err := b.Subscribe("site/#", 1, func(m Message) { got <- m }); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"inline", "fieldgate-uplink"} {
+		r := dial5(t, b)
+		r.send(connectPacket5(id, true, 0, nil))
+		if ca := r.expect(packets.CONNACK).Content.(*packets.Connack); ca.ReasonCode != 0x85 {
+			t.Errorf("client id %q: CONNACK %#x, want 0x85 (client identifier not valid)", id, ca.ReasonCode)
+		}
+		r.Close()
+	}
+	if err := b.Publish(Message{Topic: "site/a", Payload: []byte("sensor"), QoS: 1}); err != nil {
+		t.Fatalf("the sensors' client: %v", err)
+	}
+	if err := b.PublishLocal(Message{Topic: "site/b", Payload: []byte("uplink"), QoS: 1}); err != nil {
+		t.Fatalf("the uplink's client: %v", err)
+	}
+	for _, want := range []string{"site/a", "site/b"} {
+		select {
+		case m := <-got:
+			if m.Topic != want {
+				t.Errorf("got %s, want %s", m.Topic, want)
+			}
+		case <-time.After(wait):
+			t.Fatalf("%s never arrived", want)
+		}
 	}
 }

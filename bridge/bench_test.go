@@ -97,7 +97,7 @@ func BenchmarkDrain50k(b *testing.B) {
 			srv, obs, dev := ca.Server(b, "central"), ca.Client(b, "observer"), ca.Client(b, "EGW-BENCH")
 			central := mosquittotest.Start(b, mosquittotest.Options{CAFile: ca.CertFile, CertFile: srv.CertFile, KeyFile: srv.KeyFile, Extra: centralExtra})
 			arrived := make(chan paho.Message, n+100)
-			central.Subscribe(b, "observer", obs.CertFile, obs.KeyFile, ca.CertFile, "devices/#", arrived)
+			central.SubscribeQoS(b, "observer", obs.CertFile, obs.KeyFile, ca.CertFile, "devices/#", 0, arrived)
 			proxy := mosquittotest.NewProxy(b, central.Addr)
 			proxy.Block()
 			br, ob := benchBridge(b, ca, dev, proxy.Addr)
@@ -129,7 +129,7 @@ func BenchmarkDrain50k(b *testing.B) {
 			publishQoS1(b, edge.Addr, n)
 			central := mosquittotest.Start(b, mosquittotest.Options{CAFile: ca.CertFile, CertFile: srv.CertFile, KeyFile: srv.KeyFile, Port: centralPort, Extra: centralExtra})
 			arrived := make(chan paho.Message, n+100)
-			central.Subscribe(b, "observer", obs.CertFile, obs.KeyFile, ca.CertFile, "devices/#", arrived)
+			central.SubscribeQoS(b, "observer", obs.CertFile, obs.KeyFile, ca.CertFile, "devices/#", 0, arrived)
 			reportDrain(b, arrived, n, "")
 		}
 	})

@@ -15,6 +15,14 @@ import (
 // subscription is acknowledged.
 func (b *Broker) Subscribe(t testing.TB, clientID, certFile, keyFile, caFile, filter string, out chan<- paho.Message) paho.Client {
 	t.Helper()
+	return b.SubscribeQoS(t, clientID, certFile, keyFile, caFile, filter, 1, out)
+}
+
+// SubscribeQoS is Subscribe at the given QoS. A benchmark's observer takes
+// QoS 0 so that the central broker's own acknowledgements to it are not
+// what limits the rate measured; the benchmark still counts every message.
+func (b *Broker) SubscribeQoS(t testing.TB, clientID, certFile, keyFile, caFile, filter string, qos byte, out chan<- paho.Message) paho.Client {
+	t.Helper()
 	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
 		t.Fatal(err)
@@ -32,7 +40,7 @@ func (b *Broker) Subscribe(t testing.TB, clientID, certFile, keyFile, caFile, fi
 	if tok := cl.Connect(); !tok.WaitTimeout(15*time.Second) || tok.Error() != nil {
 		t.Fatalf("%s: connect: %v", clientID, tok.Error())
 	}
-	if tok := cl.Subscribe(filter, 1, func(_ paho.Client, m paho.Message) { out <- m }); !tok.WaitTimeout(15*time.Second) || tok.Error() != nil {
+	if tok := cl.Subscribe(filter, qos, func(_ paho.Client, m paho.Message) { out <- m }); !tok.WaitTimeout(15*time.Second) || tok.Error() != nil {
 		t.Fatalf("%s: subscribe: %v", clientID, tok.Error())
 	}
 	t.Cleanup(func() { cl.Disconnect(0) })

@@ -112,7 +112,7 @@ func (e *edge) startCentral(b *testing.B) chan paho.Message {
 	srv, obs := e.ca.Server(b, "central"), e.ca.Client(b, "observer")
 	c := mosquittotest.Start(b, mosquittotest.Options{CAFile: e.ca.CertFile, CertFile: srv.CertFile, KeyFile: srv.KeyFile, Port: e.central, Extra: "max_queued_messages 0\n"})
 	arrived := make(chan paho.Message, 1<<21)
-	c.Subscribe(b, "observer", obs.CertFile, obs.KeyFile, e.ca.CertFile, e.prefix+"#", arrived)
+	c.SubscribeQoS(b, "observer", obs.CertFile, obs.KeyFile, e.ca.CertFile, e.prefix+"#", 0, arrived)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if _, err := c.WaitLog(ctx, "u'"+e.dev.Cert.Subject.CommonName+"'"); err != nil {

@@ -208,6 +208,16 @@ func (h *gateHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 	}
 	switch pk.FixedHeader.Type {
 	case packets.Publish:
+		if pk.TopicName == "" && pk.Properties.TopicAliasFlag && pk.Properties.TopicAlias > 0 &&
+			pk.Properties.TopicAlias <= h.srv.Options.Capabilities.TopicAliasMaximum &&
+			cl.State.TopicAliases.Inbound.Set(pk.Properties.TopicAlias, "") == "" {
+			// An alias the client never set on this connection: MQTT 5
+			// wants the connection ended with a protocol error
+			// [MQTT-3.3.4-7]; mochi would take it for the empty topic,
+			// acknowledge and deliver to no one.
+			h.srv.DisconnectClient(cl, packets.ErrProtocolViolation)
+			return pk, packets.ErrProtocolViolation
+		}
 		if pk.FixedHeader.Qos == 0 || pk.PublishValidate(h.srv.Options.Capabilities.TopicAliasMaximum) != packets.CodeSuccess {
 			return pk, nil
 		}

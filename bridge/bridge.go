@@ -708,6 +708,7 @@ func (b *Bridge) drain(ctx context.Context, c *conn) (*conn, error) {
 	// with one, which names what was acknowledged before it.
 	sinceCP := b.o.MaxInflight
 	cpSent, cpAcked := 0, 0                // checkpoints on this connection
+	var cpLast time.Time                   // when the last one was handed to paho
 	ahead := map[string][]outbox.Message{} // read and not yet sent, per route
 	var window []inflight                  // in the order handed to paho
 	handed := 0                            // how many of window have their token
@@ -720,7 +721,7 @@ func (b *Bridge) drain(ctx context.Context, c *conn) (*conn, error) {
 	probing, reloadPending, resubPending := false, false, false
 
 	lost := func(err error) (*conn, error) {
-		b.checkpointVerdict(cpSent, cpAcked)
+		b.checkpointVerdict(cpSent, cpAcked, time.Since(cpLast) < checkpointBlame)
 		n := 0
 		for _, w := range window[:handed] {
 			if w.route != "" { // not a checkpoint
@@ -810,6 +811,7 @@ func (b *Bridge) drain(ctx context.Context, c *conn) (*conn, error) {
 					window = append(window, inflight{}) // route "": a checkpoint
 					sinceCP = 0
 					cpSent++
+					cpLast = time.Now()
 				}
 				m := ahead[r][0]
 				ahead[r] = ahead[r][1:]

@@ -43,15 +43,21 @@ func (b *Bridge) isCheckpoint(topic string) bool {
 	return cp != "" && (topic == cp || strings.HasPrefix(topic, cp+"/"))
 }
 
+// checkpointBlame is how soon after a checkpoint a lost connection is
+// laid at its door.
+const checkpointBlame = 5 * time.Second
+
 // checkpointVerdict is told, when a connection is lost, how many
-// checkpoints it sent and how many the central broker acknowledged. A
-// broker that drops the connection on a publish it does not allow (AWS
-// IoT Core, HiveMQ, EMQX so set) would otherwise end every connection a
-// window after it began: after three such connections in a row the
-// checkpoints are turned off until the gateway restarts.
-func (b *Bridge) checkpointVerdict(sent, acked int) {
+// checkpoints it sent, how many the central broker acknowledged, and
+// whether the last was sent just before. A broker that drops the
+// connection on a publish it does not allow (AWS IoT Core, HiveMQ, EMQX
+// so set) would otherwise end every connection a window after it began:
+// after three connections in a row lost so, the checkpoints are turned off
+// until the gateway restarts. (A flaky link may pass for such a broker;
+// that costs only the bound on duplicates.)
+func (b *Bridge) checkpointVerdict(sent, acked int, recent bool) {
 	switch {
-	case acked > 0 || sent == 0:
+	case acked > 0 || sent == 0 || !recent:
 		if acked > 0 {
 			b.cpSuspect = 0
 		}

@@ -88,6 +88,15 @@ func (g *Gateway) watchFiles(ctx context.Context, every time.Duration, applied m
 		g.reloadMu.Lock()
 		files = watchedFiles(g.cfg) // the new configuration may name others
 		g.reloadMu.Unlock()
-		applied, pending = stamps(files), nil
+		// What the reload saw is what settled; a file changed while it
+		// ran is a change still to take.
+		applied, pending = map[string]stamp{}, nil
+		for _, f := range files {
+			if s, ok := now[f]; ok {
+				applied[f] = s
+			} else {
+				applied[f] = stamps([]string{f})[f]
+			}
+		}
 	}
 }

@@ -115,17 +115,20 @@ func (h *gateHook) settle(cl *mqtt.Client, id uint16) {
 // again to the next connection of the session, and taken for the end of
 // whatever flow then holds the id.
 func dropLeftover(cl *mqtt.Client, id uint16) {
-	if res, ok := cl.State.Inflight.Get(id); ok && (res.FixedHeader.Type == packets.Puback || res.FixedHeader.Type == packets.Pubcomp) {
-		cl.State.Inflight.Delete(id)
+	if res, ok := cl.State.Inflight.Get(id); ok && transientAck(res) {
+		cl.State.Inflight.Delete(id) // the session store never keeps one
 	}
 }
 
 // restoreAside puts back what is set aside for cl, which is leaving or
 // being taken over, once no packet of it is being processed.
 func (h *gateHook) restoreAside(cl *mqtt.Client) {
-	s := h.slotOf(cl)
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	// A client without a slot (gone, or a session restored from disk)
+	// has no packet being processed; one is not made for it.
+	if s, ok := h.slots.Load(cl); ok {
+		s.(*slot).mu.Lock()
+		defer s.(*slot).mu.Unlock()
+	}
 	h.asideMu.Lock()
 	defer h.asideMu.Unlock()
 	for key, as := range h.aside {
@@ -216,7 +219,7 @@ func (h *gateHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 			// [MQTT-3.3.4-7]; mochi would take it for the empty topic,
 			// acknowledge and deliver to no one.
 			h.srv.DisconnectClient(cl, packets.ErrProtocolViolation)
-			return pk, packets.ErrProtocolViolation
+			return pk, packets.ErrRejectPacket // mochi goes on with any other error
 		}
 		if pk.FixedHeader.Qos == 0 || pk.PublishValidate(h.srv.Options.Capabilities.TopicAliasMaximum) != packets.CodeSuccess {
 			return pk, nil

@@ -344,3 +344,90 @@ func TestStoredPublishRacesPuback(t *testing.T) {
 		}
 	}
 }
+
+// A PUBLISH with an empty topic and an alias the client never set ends
+// the connection (0x82) and goes nowhere: not forwarded, not delivered.
+func TestUnknownTopicAliasNotForwarded(t *testing.T) {
+	forwarded := make(chan Message, 10)
+	b, err := New(&Options{Listeners: []Listener{{Address: "127.0.0.1:0"}}, Security: Security{AllowAnonymous: true},
+		Forward: func(m Message) (<-chan error, error) { forwarded <- m; return nil, nil }}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := dial5(t, b)
+	r.connect(&packets.Connect{ProtocolName: "MQTT", ProtocolVersion: 5, ClientID: "aliaser", CleanStart: true, Properties: &packets.Properties{}})
+	a := uint16(3)
+	r.publish(1, "", 1, "who knows where", &packets.Properties{TopicAlias: &a})
+	if p := r.expect(packets.DISCONNECT); p.Content.(*packets.Disconnect).ReasonCode != 0x82 {
+		t.Errorf("DISCONNECT %#x, want 0x82", p.Content.(*packets.Disconnect).ReasonCode)
+	}
+	b.Close() // waits for the client's goroutine to end
+	select {
+	case m := <-forwarded:
+		t.Errorf("forwarded %q (%q), want nothing", m.Topic, m.Payload)
+	default:
+	}
+}
+
+// A stored retained publish whose commit completes after the broker has
+// closed (the outbox is closed after the broker) is not a panic.
+func TestStoredRetainedAfterClose(t *testing.T) {
+	stored := make(chan error, 1)
+	forwarding := make(chan struct{})
+	b, err := New(&Options{Listeners: []Listener{{Address: "127.0.0.1:0"}}, Security: Security{AllowAnonymous: true},
+		RetainedFile: filepath.Join(t.TempDir(), "broker.db"),
+		Forward:      func(Message) (<-chan error, error) { close(forwarding); return stored, nil }}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := rawDevice(t, b, false)
+	pp := pahopk.NewControlPacket(pahopk.Publish).(*pahopk.PublishPacket)
+	pp.TopicName, pp.Qos, pp.Retain, pp.MessageID, pp.Payload = "site/setting", 1, true, 7, []byte("on")
+	if err := pp.Write(c); err != nil {
+		t.Fatal(err)
+	}
+	<-forwarding
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	stored <- nil // the outbox's last commit
+	// The waiter lets go of the client's slot when it is done.
+	deadline := time.Now().Add(wait)
+	for {
+		n := 0
+		b.gate.slots.Range(func(any, any) bool { n++; return true })
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the waiter did not finish: %d slots held", n)
+		}
+		time.Sleep(time.Millisecond) // polling the broker's state, with a deadline
+	}
+}
+
+// A device that comes back again and again with its persistent session
+// leaves nothing behind per connection.
+func TestReconnectsLeaveNoSlots(t *testing.T) {
+	b, err := New(&Options{Listeners: []Listener{{Address: "127.0.0.1:0"}}, Security: Security{AllowAnonymous: true}}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	for range 20 {
+		c := rawDevice(t, b, true) // its SUBSCRIBE takes the slot
+		c.Close()
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		n := 0
+		b.gate.slots.Range(func(any, any) bool { n++; return true })
+		if cl, ok := b.srv.Clients.Get("device"); n == 0 && ok && cl.Closed() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d slots left after 20 connections of one device", n)
+		}
+		time.Sleep(time.Millisecond) // polling the broker's state, with a deadline
+	}
+}

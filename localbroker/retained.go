@@ -3,6 +3,7 @@ package localbroker
 import (
 	"encoding/json"
 	"log/slog"
+	"sync"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -21,6 +22,12 @@ type retainStore struct {
 	log  *slog.Logger
 	ops  chan retainOp
 	done chan struct{}
+
+	// The gateway's waiter may still deliver a stored publish, retained,
+	// after the broker closed (the outbox commits last): closed makes the
+	// hook drop it instead of sending on a closed channel.
+	mu     sync.RWMutex
+	closed bool
 }
 
 type retainOp struct {
@@ -51,7 +58,7 @@ func (s *retainStore) Provides(b byte) bool {
 
 func (s *retainStore) OnRetainMessage(cl *mqtt.Client, pk packets.Packet, r int64) {
 	if r == -1 {
-		s.ops <- retainOp{topic: pk.TopicName}
+		s.send(retainOp{topic: pk.TopicName})
 		return
 	}
 	m := storage.Message{
@@ -74,7 +81,17 @@ func (s *retainStore) OnRetainMessage(cl *mqtt.Client, pk packets.Packet, r int6
 	if err != nil {
 		return
 	}
-	s.ops <- retainOp{topic: pk.TopicName, value: v}
+	s.send(retainOp{topic: pk.TopicName, value: v})
+}
+
+func (s *retainStore) send(op retainOp) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		s.log.Warn("retained message after the broker closed: not saved", "topic", op.topic)
+		return
+	}
+	s.ops <- op
 }
 
 // StoredRetainedMessages gives mochi the retained messages at start.
@@ -140,10 +157,12 @@ func (s *retainStore) writer() {
 	}
 }
 
-// close saves what is pending and closes the file; mochi has stopped
-// calling the hook by then.
+// close saves what is pending and closes the file.
 func (s *retainStore) close() error {
+	s.mu.Lock()
+	s.closed = true
 	close(s.ops)
+	s.mu.Unlock()
 	<-s.done
 	return s.db.Close()
 }

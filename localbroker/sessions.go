@@ -213,8 +213,8 @@ func (s *sessionStore) load(tx *bolt.Tx) error {
 	err = tx.Bucket(sessionInflight).ForEach(func(k, v []byte) error {
 		var m storage.Message
 		err := m.UnmarshalBinary(v)
-		if _, ok := s.away[m.Client]; err != nil || !ok || queued[m.Client] >= s.maxQueued {
-			if err == nil && ok {
+		if _, ok := s.away[m.Client]; err != nil || !ok || queued[m.Client] >= s.maxQueued || transientAck(packets.Packet{FixedHeader: m.FixedHeader}) {
+			if err == nil && ok && !transientAck(packets.Packet{FixedHeader: m.FixedHeader}) {
 				over++
 			}
 			s.pending["i"+string(k)] = sessionWrite{bucket: sessionInflight, key: k}
@@ -633,6 +633,9 @@ func (s *sessionStore) putSub(id string, f packets.Subscription, qos byte) {
 // putInflight stores pk under the sequence number its packet id has, or a
 // new one: a message resent keeps its place.
 func (s *sessionStore) putInflight(id string, pk packets.Packet) {
+	if transientAck(pk) {
+		return
+	}
 	seqs := s.seqFor(id)
 	seq, ok := seqs[pk.PacketID]
 	if !ok {
@@ -811,4 +814,11 @@ func (s *sessionStore) close() error {
 	close(s.stop)
 	<-s.done
 	return s.db.Close()
+}
+
+// transientAck tells a PUBACK or PUBCOMP the broker sends: mochi holds one
+// only while writing it, so it is never a session's state (one left by a
+// failed write would end another flow when sent again).
+func transientAck(pk packets.Packet) bool {
+	return pk.FixedHeader.Type == packets.Puback || pk.FixedHeader.Type == packets.Pubcomp
 }

@@ -620,7 +620,13 @@ func (ob *Outbox) commit(batch []op) (retry []op) {
 	ob.mu.Unlock()
 	var acked uint64
 	dropped := map[string]uint64{}
-	var appended, pendingB int64
+	var appended int64
+	var pendingB int64 // of the batch's appends, as Append counted them
+	for _, o := range batch {
+		if o.append != nil {
+			pendingB += size(o.append)
+		}
+	}
 	var lastSeq uint64
 	now := ob.o.Now()
 	start := time.Now()
@@ -703,7 +709,6 @@ func (ob *Outbox) commit(batch []op) (retry []op) {
 			}
 			m := o.append
 			sz := size(m)
-			pendingB += sz
 			if o.policy == DropOldest {
 				for full(routes, ob.o, 0, sz) {
 					n, err := dropGlobalOldest(tx, routes)

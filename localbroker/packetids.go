@@ -183,7 +183,11 @@ func (h *gateHook) dropSlot(cl *mqtt.Client) { h.slots.Delete(cl) }
 // release settles and unlocks the slot if the reader holds it. Only the
 // reader goroutine calls it.
 func (h *gateHook) release(cl *mqtt.Client) {
-	s := h.slotOf(cl)
+	v, ok := h.slots.Load(cl) // no slot, nothing held: none is made for every packet
+	if !ok {
+		return
+	}
+	s := v.(*slot)
 	if !s.reader.Load() {
 		return
 	}

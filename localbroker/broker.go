@@ -12,7 +12,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
@@ -170,6 +169,14 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 		rates:        &publishRates{limit: rate.Limit(lim.MaxPublishRate), by: map[string]*rate.Limiter{}}}
 	gate.sec.Store(&o.Security)
 	b.gate = gate
+	// The inline client for what the gateway delivers itself, made before
+	// any client can connect.
+	b.uplink = srv.NewClient(nil, mqtt.LocalListener, uplinkClientID, true)
+	// mochi lets a message expire in a subscriber's queue only when its
+	// publisher spoke MQTT 5; a stored publish is delivered through this
+	// client.
+	b.uplink.Properties.ProtocolVersion = 5
+	gate.uplink = b.uplink
 	if err := srv.AddHook(&takeoverHook{srv: srv, takingOver: map[*mqtt.Client]bool{}, restore: gate.restoreAside}, nil); err != nil {
 		return nil, err
 	}
@@ -222,6 +229,7 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 			gate.tls[id] = tl
 			nl = tl
 		}
+		nl = corkListener{nl}
 		if err := srv.AddListener(listeners.NewNet(id, nl)); err != nil {
 			nl.Close()
 			b.Close()
@@ -233,8 +241,6 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 		b.Close()
 		return nil, fmt.Errorf("localbroker: %w", err)
 	}
-	b.uplink = srv.NewClient(nil, mqtt.LocalListener, uplinkClientID, true)
-	gate.uplink = b.uplink
 	return b, nil
 }
 
@@ -354,7 +360,7 @@ func (b *Broker) SetListenerTLS(i int, t *TLS) error {
 		return nil
 	}
 	for _, cl := range b.srv.Clients.GetAll() {
-		tc, isTLS := cl.Net.Conn.(*tls.Conn)
+		tc, isTLS := tlsConn(cl.Net.Conn)
 		if cl.Net.Listener != id || !isTLS {
 			continue
 		}
@@ -570,8 +576,10 @@ func (h *gateHook) aclAllows(cl *mqtt.Client, topic string, write bool) bool {
 }
 
 func (h *gateHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if n := len(pk.Properties.User); n > 0 && pk.Properties.User[n-1] == h.marker {
-		pk.Properties.User = pk.Properties.User[:n-1] // stored already: deliver and acknowledge
+	if n := len(pk.Properties.User); n > 1 && pk.Properties.User[n-1] == h.marker {
+		// Stored already (see tagStored): deliver, as from its publisher.
+		pk.Origin = pk.Properties.User[n-2].Val
+		pk.Properties.User = pk.Properties.User[:n-2]
 		return pk, nil
 	}
 	if !cl.Net.Inline && !h.rates.allow(cl.ID) {
@@ -639,7 +647,7 @@ func (h *gateHook) certIdentity(cl *mqtt.Client, o *TLS) (ok, decided bool) {
 		return false, false
 	}
 	var cert *x509.Certificate
-	if tc, isTLS := cl.Net.Conn.(*tls.Conn); isTLS {
+	if tc, isTLS := tlsConn(cl.Net.Conn); isTLS {
 		if cs := tc.ConnectionState(); len(cs.PeerCertificates) > 0 {
 			cert = cs.PeerCertificates[0]
 		}
@@ -681,9 +689,31 @@ func (h *gateHook) deferAck(cl *mqtt.Client, d deferred) {
 }
 
 // wait acknowledges a client's stored publishes in the order they came.
+// The acknowledgements of publishes stored together go out in one write
+// (see corkConn).
 func (h *gateHook) wait(cl *mqtt.Client, ch chan deferred) {
-	for d := range ch {
-		if err := <-d.stored; err != nil {
+	cc, _ := cl.Net.Conn.(*corkConn) // nil on a WebSocket listener
+	defer cc.uncork()
+	for {
+		var d deferred
+		var ok bool
+		select {
+		case d, ok = <-ch:
+		default:
+			cc.uncork() // nothing more to acknowledge for now
+			d, ok = <-ch
+		}
+		if !ok {
+			break
+		}
+		var err error
+		select {
+		case err = <-d.stored:
+		default:
+			cc.uncork()
+			err = <-d.stored
+		}
+		if err != nil {
 			h.log.Warn("publish not stored: not acknowledged", "client_id", cl.ID, "topic", d.pk.TopicName, "err", err)
 			if cl.Properties.ProtocolVersion == 5 {
 				cl.WritePacket(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: d.pk.PacketID, ReasonCode: packets.ErrUnspecifiedError.Code})
@@ -694,30 +724,79 @@ func (h *gateHook) wait(cl *mqtt.Client, ch chan deferred) {
 			}
 			continue
 		}
-		pk := d.pk
-		pk.Properties.User = append(append([]packets.UserProperty(nil), pk.Properties.User...), h.marker)
-		s := h.slotOf(cl) // see packetids.go
+		cc.cork()
+		if d.pk.FixedHeader.Qos == 1 {
+			h.ackStored(cl, d.pk)
+			continue
+		}
+		// QoS 2: mochi keeps the flow's state (PUBREC, then PUBREL and
+		// PUBCOMP) in the client's inflight map, which the reader uses
+		// too; see packetids.go.
+		cc.uncork()
+		pk := h.tagStored(cl.ID, d.pk)
+		s := h.slotOf(cl)
 		s.mu.Lock()
 		h.makeRoom(cl, pk)
-		err := h.srv.InjectPacket(cl, pk)
+		err = h.srv.InjectPacket(cl, pk)
 		h.settle(cl, pk.PacketID)
 		s.mu.Unlock()
-		if err != nil {
-			// mochi delivers a QoS 1 or 2 publish only once its
-			// acknowledgement is written: the client has gone, but its
-			// message is stored and acknowledged for all we know, and
-			// the site's subscribers get it as the central broker does.
-			if !cl.Closed() {
-				h.log.Warn("stored publish: acknowledgement failed", "client_id", cl.ID, "err", err)
-			}
-			local := d.pk
-			local.FixedHeader.Dup = false
-			if err := h.srv.InjectPacket(h.uplink, local); err != nil {
-				h.log.Warn("stored publish of a client that left: not delivered locally", "client_id", cl.ID, "topic", local.TopicName, "err", err)
-			}
+		if err == nil {
+			uncountInjected(h.srv)
+			continue
 		}
+		// mochi delivers a QoS 2 publish only once its PUBREC is written:
+		// the client has gone, but its message is stored and acknowledged
+		// for all we know, and the site's subscribers get it as the
+		// central broker does.
+		if !cl.Closed() {
+			h.log.Warn("stored publish: acknowledgement failed", "client_id", cl.ID, "err", err)
+		}
+		h.deliverStored(cl.ID, d.pk)
 	}
 	h.dropSlot(cl)
+}
+
+// ackStored acknowledges a stored QoS 1 publish and delivers it to the
+// site's subscribers. mochi has no state for it: the first pass returned
+// before mochi's inflight map and receive quota saw it.
+func (h *gateHook) ackStored(cl *mqtt.Client, pk packets.Packet) {
+	ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID}
+	if err := cl.WritePacket(ack); err != nil && !cl.Closed() {
+		h.log.Warn("stored publish: acknowledgement failed", "client_id", cl.ID, "err", err)
+	}
+	// Delivered whether or not the acknowledgement reached the client: it
+	// is stored, and forwarded.
+	h.deliverStored(cl.ID, pk)
+}
+
+// deliverStored hands a stored publish to the site's subscribers and the
+// retained store through the gateway's own inline client, which is never
+// forwarded, with its publisher's id as origin (a noLocal subscription of
+// the publisher is not sent it).
+func (h *gateHook) deliverStored(origin string, pk packets.Packet) {
+	pk = h.tagStored(origin, pk)
+	pk.FixedHeader.Dup = false
+	pk.Properties.TopicAliasFlag, pk.Properties.TopicAlias = false, 0 // resolved already, and the client's own
+	if err := h.srv.InjectPacket(h.uplink, pk); err != nil {
+		h.log.Warn("stored publish: not delivered locally", "client_id", origin, "topic", pk.TopicName, "err", err)
+		return
+	}
+	uncountInjected(h.srv)
+}
+
+// tagStored marks pk for OnPublish, which lets it through as stored
+// already and takes its origin from it.
+func (h *gateHook) tagStored(origin string, pk packets.Packet) packets.Packet {
+	u := make([]packets.UserProperty, 0, len(pk.Properties.User)+2)
+	pk.Properties.User = append(append(u, pk.Properties.User...), packets.UserProperty{Key: "fieldgate-origin", Val: origin}, h.marker)
+	return pk
+}
+
+// uncountInjected takes back what InjectPacket added to $SYS's received
+// counts for a publish counted when it was read.
+func uncountInjected(srv *mqtt.Server) {
+	atomic.AddInt64(&srv.Info.PacketsReceived, -1)
+	atomic.AddInt64(&srv.Info.MessagesReceived, -1)
 }
 
 // OnDisconnect ends the client's waiter once what it holds is done.

@@ -1268,3 +1268,38 @@ func TestInterop5SharedSubscriptions(t *testing.T) {
 		t.Errorf("a shared subscription's message arrived %d times, want once", got)
 	}
 }
+
+// interop5Storing is the MQTT 5 suite for TestInteropStoring.
+var interop5Storing = []struct {
+	name string
+	fn   func(*testing.T)
+}{
+	{"5Basic", TestInterop5Basic},
+	{"5RetainedMessage", TestInterop5RetainedMessage},
+	{"5WillMessage", TestInterop5WillMessage},
+	{"5ZeroLengthClientID", TestInterop5ZeroLengthClientID},
+	{"5OfflineMessageQueueing", TestInterop5OfflineMessageQueueing},
+	{"5OverlappingSubscriptions", TestInterop5OverlappingSubscriptions},
+	{"5Keepalive", TestInterop5Keepalive},
+	{"5RedeliveryOnReconnect", TestInterop5RedeliveryOnReconnect},
+	{"5SubscribeFailure", TestInterop5SubscribeFailure},
+	{"5DollarTopics", TestInterop5DollarTopics},
+	{"5Unsubscribe", TestInterop5Unsubscribe},
+	{"5SessionExpiry", TestInterop5SessionExpiry},
+	{"5SessionExpiryZero", TestInterop5SessionExpiryZero},
+	{"5UserProperties", TestInterop5UserProperties},
+	{"5PayloadFormat", TestInterop5PayloadFormat},
+	{"5PublicationExpiry", TestInterop5PublicationExpiry},
+	{"5SubscribeOptions", TestInterop5SubscribeOptions},
+	{"5AssignedClientID", TestInterop5AssignedClientID},
+	{"5SubscribeIdentifiers", TestInterop5SubscribeIdentifiers},
+	{"5RequestResponse", TestInterop5RequestResponse},
+	{"5ClientTopicAlias", TestInterop5ClientTopicAlias},
+	{"5ServerTopicAlias", TestInterop5ServerTopicAlias},
+	{"5MaximumPacketSize", TestInterop5MaximumPacketSize},
+	{"5ServerKeepAlive", TestInterop5ServerKeepAlive},
+	{"5FlowControl1", TestInterop5FlowControl1},
+	{"5FlowControl2", TestInterop5FlowControl2},
+	{"5WillDelay", TestInterop5WillDelay},
+	{"5SharedSubscriptions", TestInterop5SharedSubscriptions},
+}

@@ -18,11 +18,14 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	pahopk "github.com/eclipse/paho.mqtt.golang/packets"
+
+	"github.com/fieldgate/fieldgate/bridge/outbox"
 )
 
 // The suite's topics and filters (client_test.py's main).
@@ -76,18 +79,60 @@ func interopBroker(t *testing.T, lim Limits) *Broker {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := New(&Options{
+	o := &Options{
 		Listeners:    []Listener{{Address: "127.0.0.1:0"}},
 		Security:     Security{Passwords: pw, ACL: acl},
 		Limits:       lim,
 		RetainedFile: filepath.Join(dir, "broker.db"),
 		SessionFile:  filepath.Join(dir, "sessions.db"),
-	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	}
+	if strings.HasPrefix(t.Name(), "TestInteropStoring/") {
+		o.Forward = storingForward(t, filepath.Join(dir, "outbox.db"))
+	}
+	b, err := New(o, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.Close() })
 	return b
+}
+
+// storingForward stores every publish in a real outbox, as the gateway
+// does with what a route forwards: the broker then acknowledges a QoS 1
+// or 2 publish and delivers it only once it is on disk.
+func storingForward(t *testing.T, path string) func(Message) (<-chan error, error) {
+	ob, err := outbox.Open(path, &outbox.Options{CommitInterval: 5 * time.Millisecond}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ob.Close() })
+	return func(m Message) (<-chan error, error) {
+		return ob.Append(outbox.Message{Route: "all", Topic: m.Topic, Payload: m.Payload, QoS: m.QoS, Retain: m.Retain}, outbox.DropOldest)
+	}
+}
+
+// TestInteropStoring runs both interoperability suites against a broker
+// that stores every publish before it acknowledges and delivers it, as
+// the gateway's broker does for what a route forwards.
+func TestInteropStoring(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		fn   func(*testing.T)
+	}{
+		{"311Basic", TestInterop311Basic},
+		{"311RetainedMessages", TestInterop311RetainedMessages},
+		{"311WillMessage", TestInterop311WillMessage},
+		{"311OfflineMessageQueueing", TestInterop311OfflineMessageQueueing},
+		{"311OverlappingSubscriptions", TestInterop311OverlappingSubscriptions},
+		{"311RedeliveryOnReconnect", TestInterop311RedeliveryOnReconnect},
+		{"311DollarTopics", TestInterop311DollarTopics},
+		{"311Unsubscribe", TestInterop311Unsubscribe},
+	} {
+		t.Run(tc.name, tc.fn)
+	}
+	for _, tc := range interop5Storing {
+		t.Run(tc.name, tc.fn)
+	}
 }
 
 // received is a message as a test client saw it.

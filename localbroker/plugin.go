@@ -1,7 +1,6 @@
 package localbroker
 
 import (
-	"crypto/tls"
 	"crypto/x509"
 	"strings"
 
@@ -41,7 +40,7 @@ type ClientInfo struct {
 
 func clientInfo(cl *mqtt.Client) ClientInfo {
 	ci := ClientInfo{ID: cl.ID, Username: string(cl.Properties.Username), Remote: remoteAddr(cl), Listener: cl.Net.Listener, ProtocolVersion: cl.Properties.ProtocolVersion}
-	if tc, ok := cl.Net.Conn.(*tls.Conn); ok {
+	if tc, ok := tlsConn(cl.Net.Conn); ok {
 		if cs := tc.ConnectionState(); len(cs.PeerCertificates) > 0 {
 			ci.Certificate = cs.PeerCertificates[0]
 		}

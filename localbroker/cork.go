@@ -1,0 +1,136 @@
+package localbroker
+
+import (
+	"crypto/tls"
+	"net"
+	"sync"
+	"time"
+)
+
+// corkConn lets the waiter that acknowledges a client's stored publishes
+// hold its writes back while it works through what one commit stored, and
+// send them in one write: for a busy device, hundreds of PUBACKs in one
+// syscall (and one TLS record) instead of one each. Whatever else mochi
+// writes to the client meanwhile is held too, in order. Nothing is held
+// once the waiter has nothing ready.
+type corkConn struct {
+	net.Conn
+
+	mu     sync.Mutex // guards the fields below
+	corked bool
+	held   []byte
+	err    error // of a write of what was held; every later write fails with it
+	closed bool
+
+	// wmu orders the writes to Conn: taken before mu is let go, so that
+	// what was held goes out before anything written after it.
+	wmu sync.Mutex
+}
+
+// corkMax is the most that is held: a TLS record's payload.
+const corkMax = 16 << 10
+
+// corkListener hands out its connections as corkConns.
+type corkListener struct{ net.Listener }
+
+func (l corkListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &corkConn{Conn: c}, nil
+}
+
+func (c *corkConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	switch {
+	case c.err != nil:
+		err := c.err
+		c.mu.Unlock()
+		return 0, err
+	case c.corked && !c.closed:
+		c.held = append(c.held, p...)
+		if len(c.held) < corkMax {
+			c.mu.Unlock()
+			return len(p), nil
+		}
+		return len(p), c.flush() // lets go of mu
+	}
+	c.wmu.Lock()
+	c.mu.Unlock()
+	defer c.wmu.Unlock()
+	return c.Conn.Write(p)
+}
+
+// flush writes what is held. It is called with mu held, and lets go of it.
+func (c *corkConn) flush() error {
+	held := c.held
+	c.held = nil
+	if len(held) == 0 || c.err != nil {
+		err := c.err
+		c.mu.Unlock()
+		return err
+	}
+	c.wmu.Lock()
+	c.mu.Unlock()
+	_, err := c.Conn.Write(held)
+	c.wmu.Unlock()
+	if err != nil {
+		c.mu.Lock()
+		c.err = err
+		c.mu.Unlock()
+		c.Conn.Close() // the reader ends, and mochi with it
+	}
+	return err
+}
+
+// cork holds writes back until uncork. A nil c (a connection mochi made,
+// on a WebSocket listener) does nothing.
+func (c *corkConn) cork() {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	c.corked = true
+	c.mu.Unlock()
+}
+
+// uncork writes what is held, and writes go out as they come again.
+func (c *corkConn) uncork() {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	if !c.corked {
+		c.mu.Unlock()
+		return
+	}
+	c.corked = false
+	c.flush()
+}
+
+// Close sends what is held (mochi writes a DISCONNECT, then closes) unless
+// a write is stuck already, and closes.
+func (c *corkConn) Close() error {
+	c.mu.Lock()
+	held := c.held
+	c.held, c.closed = nil, true
+	if len(held) > 0 && c.err == nil && c.wmu.TryLock() {
+		c.mu.Unlock()
+		c.Conn.SetWriteDeadline(time.Now().Add(time.Second))
+		c.Conn.Write(held)
+		c.wmu.Unlock()
+	} else {
+		c.mu.Unlock()
+	}
+	return c.Conn.Close()
+}
+
+// tlsConn returns the TLS connection under a client's connection.
+func tlsConn(c net.Conn) (*tls.Conn, bool) {
+	if cc, ok := c.(*corkConn); ok {
+		c = cc.Conn
+	}
+	tc, ok := c.(*tls.Conn)
+	return tc, ok
+}

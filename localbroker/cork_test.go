@@ -1,0 +1,219 @@
+package localbroker
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	pahopk "github.com/eclipse/paho.mqtt.golang/packets"
+)
+
+// The PUBACKs of publishes stored together go out in one write, in order,
+// and the publishes are counted once in $SYS.
+func TestStoredAcksCoalesced(t *testing.T) {
+	const n = 100
+	stored := make(chan error) // closed: every publish is on disk at once
+	var forwarded atomic.Int32
+	all := make(chan struct{})
+	b, err := New(&Options{
+		Listeners: []Listener{{Address: "127.0.0.1:0"}},
+		Security:  Security{AllowAnonymous: true},
+		Forward: func(Message) (<-chan error, error) {
+			if forwarded.Add(1) == n {
+				close(all)
+			}
+			return stored, nil
+		},
+	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	received0 := atomic.LoadInt64(&b.srv.Info.MessagesReceived)
+
+	conn, err := net.Dial("tcp", b.Addrs()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(20 * time.Second))
+	cp := pahopk.NewControlPacket(pahopk.Connect).(*pahopk.ConnectPacket)
+	cp.ProtocolName, cp.ProtocolVersion, cp.ClientIdentifier, cp.CleanSession, cp.Keepalive = "MQTT", 4, "dev", true, 30
+	if err := cp.Write(conn); err != nil {
+		t.Fatal(err)
+	}
+	if ack, err := pahopk.ReadPacket(conn); err != nil || ack.(*pahopk.ConnackPacket).ReturnCode != 0 {
+		t.Fatalf("CONNACK: %v %v", ack, err)
+	}
+	var out bytes.Buffer
+	for i := 1; i <= n; i++ {
+		p := pahopk.NewControlPacket(pahopk.Publish).(*pahopk.PublishPacket)
+		p.TopicName, p.Qos, p.MessageID, p.Payload = "sensors/t", 1, uint16(i), []byte("x")
+		p.Write(&out)
+	}
+	if _, err := conn.Write(out.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-all:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("%d of %d publishes forwarded", forwarded.Load(), n)
+	}
+	close(stored)
+
+	buf := make([]byte, 64<<10)
+	got, err := conn.Read(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != 4*n {
+		t.Errorf("the first read after the commit has %d bytes, want the %d of %d PUBACKs", got, 4*n, n)
+	}
+	r := bytes.NewReader(buf[:got])
+	for i := 1; r.Len() > 0; i++ {
+		p, err := pahopk.ReadPacket(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a, ok := p.(*pahopk.PubackPacket); !ok || a.MessageID != uint16(i) {
+			t.Fatalf("packet %d is %v, want the PUBACK of %d", i, p, i)
+		}
+	}
+	if d := atomic.LoadInt64(&b.srv.Info.MessagesReceived) - received0; d != n {
+		t.Errorf("$SYS messages received went up by %d, want %d", d, n)
+	}
+}
+
+// recordingConn records its writes; a write fails once failAfter writes
+// were made, if failAfter > 0.
+type recordingConn struct {
+	net.Conn
+	mu        sync.Mutex
+	writes    [][]byte
+	failAfter int
+	closed    bool
+}
+
+var errWrite = errors.New("connection reset by peer")
+
+func (c *recordingConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return 0, net.ErrClosed
+	}
+	if c.failAfter > 0 && len(c.writes) >= c.failAfter {
+		return 0, errWrite
+	}
+	c.writes = append(c.writes, append([]byte(nil), p...))
+	return len(p), nil
+}
+
+func (c *recordingConn) SetWriteDeadline(time.Time) error { return nil }
+
+func (c *recordingConn) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closed = true
+	return nil
+}
+
+func (c *recordingConn) got() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var s []string
+	for _, w := range c.writes {
+		s = append(s, string(w))
+	}
+	return s
+}
+
+func TestCorkConn(t *testing.T) {
+	t.Run("held until uncork, in order", func(t *testing.T) {
+		rc := &recordingConn{}
+		c := &corkConn{Conn: rc}
+		c.Write([]byte("a"))
+		c.cork()
+		c.Write([]byte("b"))
+		c.Write([]byte("c"))
+		if got := rc.got(); len(got) != 1 {
+			t.Fatalf("writes while corked reached the connection: %q", got)
+		}
+		c.uncork()
+		c.Write([]byte("d"))
+		if got, want := rc.got(), []string{"a", "bc", "d"}; !equal(got, want) {
+			t.Errorf("writes %q, want %q", got, want)
+		}
+	})
+	t.Run("a full cork is written at once", func(t *testing.T) {
+		rc := &recordingConn{}
+		c := &corkConn{Conn: rc}
+		c.cork()
+		big := bytes.Repeat([]byte("x"), corkMax)
+		c.Write([]byte("a"))
+		c.Write(big)
+		if got := rc.got(); len(got) != 1 || len(got[0]) != corkMax+1 {
+			t.Fatalf("%d writes reached the connection, want one of %d bytes", len(got), corkMax+1)
+		}
+		c.Write([]byte("b"))
+		c.uncork()
+		if got := rc.got(); len(got) != 2 || got[1] != "b" {
+			t.Errorf("after uncork: %d writes, want the second to be %q", len(got), "b")
+		}
+	})
+	t.Run("close sends what is held", func(t *testing.T) {
+		rc := &recordingConn{}
+		c := &corkConn{Conn: rc}
+		c.cork()
+		c.Write([]byte("disconnect"))
+		c.Close()
+		if got := rc.got(); !equal(got, []string{"disconnect"}) || !rc.closed {
+			t.Errorf("writes %q closed %v, want the held bytes written, then closed", got, rc.closed)
+		}
+		c.cork()
+		if _, err := c.Write([]byte("late")); err == nil {
+			t.Error("a write after close was held")
+		}
+	})
+	t.Run("a failed write of what was held fails every later write", func(t *testing.T) {
+		rc := &recordingConn{failAfter: 1}
+		c := &corkConn{Conn: rc}
+		c.Write([]byte("a"))
+		c.cork()
+		c.Write([]byte("b"))
+		c.uncork()
+		if !rc.closed {
+			t.Error("the connection was not closed after its write failed")
+		}
+		if _, err := c.Write([]byte("c")); !errors.Is(err, errWrite) {
+			t.Errorf("write after the failure: %v, want %v", err, errWrite)
+		}
+		c.cork()
+		if _, err := c.Write([]byte("d")); !errors.Is(err, errWrite) {
+			t.Errorf("corked write after the failure: %v, want %v", err, errWrite)
+		}
+	})
+	t.Run("nil: a WebSocket connection", func(t *testing.T) {
+		var c *corkConn
+		c.cork()
+		c.uncork() // no panic
+	})
+}
+
+func equal(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}

@@ -59,6 +59,16 @@ const wait = 10 * time.Second
 // sessions in the state directory.
 func interopBroker(t *testing.T, lim Limits) *Broker {
 	t.Helper()
+	var fwd func(Message) (<-chan error, error)
+	if strings.HasPrefix(t.Name(), "TestInteropStoring/") {
+		fwd = storingForward(t, filepath.Join(t.TempDir(), "outbox.db"))
+	}
+	return interopBrokerForwarding(t, lim, fwd)
+}
+
+// interopBrokerForwarding is interopBroker handing publishes to fwd.
+func interopBrokerForwarding(t *testing.T, lim Limits, fwd func(Message) (<-chan error, error)) *Broker {
+	t.Helper()
 	dir := t.TempDir()
 	hash, err := HashPassword([]byte(interopPassword), 0)
 	if err != nil {
@@ -85,9 +95,7 @@ func interopBroker(t *testing.T, lim Limits) *Broker {
 		Limits:       lim,
 		RetainedFile: filepath.Join(dir, "broker.db"),
 		SessionFile:  filepath.Join(dir, "sessions.db"),
-	}
-	if strings.HasPrefix(t.Name(), "TestInteropStoring/") {
-		o.Forward = storingForward(t, filepath.Join(dir, "outbox.db"))
+		Forward:      fwd,
 	}
 	b, err := New(o, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {

@@ -1,6 +1,7 @@
 package localbroker
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/eclipse/paho.golang/packets"
+	paho5 "github.com/eclipse/paho.golang/paho"
 	pahopk "github.com/eclipse/paho.mqtt.golang/packets"
 )
 
@@ -429,5 +431,46 @@ func TestReconnectsLeaveNoSlots(t *testing.T) {
 			t.Fatalf("%d slots left after 20 connections of one device", n)
 		}
 		time.Sleep(time.Millisecond) // polling the broker's state, with a deadline
+	}
+}
+
+// A stored publish of a device that left before it was on disk is
+// delivered to the site's subscribers as from that device: its own
+// noLocal subscription does not get it back when it returns.
+func TestStoredPublishOfLeaverKeepsNoLocal(t *testing.T) {
+	release := make(chan error, 1)
+	forwarding := make(chan struct{})
+	b := interopBrokerForwarding(t, Limits{}, func(m Message) (<-chan error, error) {
+		if m.Topic != "tele/x" {
+			return nil, nil
+		}
+		close(forwarding)
+		return release, nil
+	})
+	persistent := &paho5.ConnectProperties{SessionExpiryInterval: u32(3600)}
+	dev := connect5(t, b, &paho5.Connect{ClientID: "dev", Properties: persistent})
+	dev.sub(t, nil, paho5.SubscribeOptions{Topic: "tele/#", QoS: 1, NoLocal: true})
+	other := connect5(t, b, &paho5.Connect{ClientID: "other", CleanStart: true})
+	other.sub(t, nil, paho5.SubscribeOptions{Topic: "tele/#", QoS: 1})
+
+	go dev.Publish(context.Background(), &paho5.Publish{Topic: "tele/x", QoS: 1, Payload: []byte("21.5")})
+	<-forwarding
+	dev.disconnect(t, &paho5.Disconnect{})
+	deadline := time.Now().Add(wait)
+	for cl, ok := b.srv.Clients.Get("dev"); !ok || !cl.Closed(); cl, ok = b.srv.Clients.Get("dev") {
+		if time.Now().After(deadline) {
+			t.Fatal("the broker did not see the device leave")
+		}
+		time.Sleep(time.Millisecond) // polling the broker's state, with a deadline
+	}
+	release <- nil // on disk now
+	if m := other.in.next(t); m.topic != "tele/x" {
+		t.Fatalf("the other subscriber got %s, want tele/x", m.topic)
+	}
+	other.pub(t, &paho5.Publish{Topic: "tele/end", QoS: 1, Payload: []byte(sentinel)})
+
+	dev = connect5(t, b, &paho5.Connect{ClientID: "dev", Properties: persistent})
+	if got := dev.in.upTo(t); len(got) > 0 {
+		t.Errorf("the device got %v back through its noLocal subscription", got)
 	}
 }

@@ -122,8 +122,8 @@ type Outbox struct {
 	log  *slog.Logger
 	path string
 
-	ops    chan op
-	sendMu sync.RWMutex // held for reading while sending on ops; Close takes it to close ops
+	q      *opQueue
+	sendMu sync.RWMutex // held for reading while pushing onto q; Close takes it to close q
 	// appendMu makes numbering an append and queueing it one step, so
 	// that appends are committed in the order of their numbers: a reader
 	// that has read up to N never sees a message below N appear later.
@@ -200,7 +200,7 @@ func Open(path string, o *Options, log *slog.Logger) (*Outbox, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	ob := &Outbox{o: opts, log: log, path: path, ops: make(chan op, 1024), done: make(chan struct{}), changed: make(chan struct{}),
+	ob := &Outbox{o: opts, log: log, path: path, q: newOpQueue(opts.MaxBatch), done: make(chan struct{}), changed: make(chan struct{}),
 		routes: map[string]*routeState{}, st: Stats{Dropped: map[string]uint64{}},
 		unlogged: map[string]uint64{}, lastLog: map[string]time.Time{}}
 	var db *bolt.DB
@@ -407,7 +407,7 @@ func (ob *Outbox) Append(m Message, p Policy) (<-chan error, error) {
 	ob.pending++
 	ob.pendB += size(&m)
 	ob.mu.Unlock()
-	ob.ops <- op{append: &m, policy: p, done: done}
+	ob.q.push(op{append: &m, policy: p, done: done})
 	return done, nil
 }
 
@@ -428,7 +428,7 @@ func (ob *Outbox) Ack(route string, seqs ...uint64) {
 	if ob.isClosed() {
 		return
 	}
-	ob.ops <- op{ack: seqs, route: route}
+	ob.q.push(op{ack: seqs, route: route})
 }
 
 // AckThrough deletes every message of route with a sequence number up to
@@ -443,7 +443,7 @@ func (ob *Outbox) AckThrough(route string, seq uint64) {
 	if ob.isClosed() {
 		return
 	}
-	ob.ops <- op{thru: seq, route: route}
+	ob.q.push(op{thru: seq, route: route})
 }
 
 // fullLocked is full for what is on disk and what is waiting for a commit.
@@ -462,14 +462,27 @@ func (ob *Outbox) Read(route string, after uint64, max int) ([]Message, error) {
 		}
 		c := b.Cursor()
 		k, v := c.Seek(key(after + 1))
+		var payloads []byte // one copy for the batch: v is only valid in the transaction
 		for ; k != nil && len(out) < max; k, v = c.Next() {
-			m, err := decode(k, v)
+			var prev string // the topic, mostly the same: not copied again
+			if len(out) > 0 {
+				prev = out[len(out)-1].Topic
+			}
+			m, err := decodeInto(k, v, prev)
 			if err != nil {
 				return err
 			}
 			m.Route = route
-			m.Payload = append([]byte(nil), m.Payload...) // v is only valid in the transaction
-			out = append(out, *m)
+			if len(payloads)+len(m.Payload) > cap(payloads) {
+				// Room for the rest of the batch if its payloads are
+				// the size of this one, up to 64 KiB.
+				n := min(len(m.Payload)*(max-len(out)), 64<<10)
+				payloads = make([]byte, 0, n+len(m.Payload))
+			}
+			start := len(payloads)
+			payloads = append(payloads, m.Payload...)
+			m.Payload = payloads[start:len(payloads):len(payloads)]
+			out = append(out, m)
 		}
 		return nil
 	})
@@ -504,7 +517,7 @@ func (ob *Outbox) Purge(route string) (int, error) {
 		ob.sendMu.RUnlock()
 		return 0, ErrClosed
 	}
-	ob.ops <- op{purge: true, route: route, purged: res, done: done}
+	ob.q.push(op{purge: true, route: route, purged: res, done: done})
 	ob.sendMu.RUnlock()
 	if err := <-done; err != nil {
 		return 0, err
@@ -557,7 +570,7 @@ func (ob *Outbox) Close() error {
 	ob.closed = true
 	ob.mu.Unlock()
 	ob.sendMu.Lock()
-	close(ob.ops)
+	ob.q.close()
 	ob.sendMu.Unlock()
 	<-ob.done
 	return ob.db.Close()
@@ -570,35 +583,106 @@ func (ob *Outbox) Close() error {
 // for the next turn.
 func (ob *Outbox) commitLoop() {
 	defer close(ob.done)
-	var batch []op
-	var timer *time.Timer
-	var due <-chan time.Time
+	var batch, retry []op
 	var last time.Time // of the last commit
 	for {
-		select {
-		case o, ok := <-ob.ops:
-			if !ok {
-				ob.commit(batch)
-				return
-			}
-			batch = append(batch, o)
-			if due == nil {
-				timer = time.NewTimer(time.Until(last.Add(ob.o.CommitInterval)))
-				due = timer.C
-			}
-			if len(batch) < ob.o.MaxBatch {
-				continue
+		<-ob.q.kick // something is queued
+		if wait := time.Until(last.Add(ob.o.CommitInterval)); wait > 0 && !ob.q.ready() {
+			timer := time.NewTimer(wait)
+			for waiting := true; waiting; {
+				select {
+				case <-timer.C:
+					waiting = false
+				case <-ob.q.kick:
+					waiting = !ob.q.ready()
+				}
 			}
 			timer.Stop()
-		case <-due:
 		}
-		retry := ob.commit(batch)
-		batch, due, last = append(batch[:0], retry...), nil, time.Now()
-		if len(batch) > 0 { // acknowledgements to write again
-			timer = time.NewTimer(ob.o.CommitInterval)
-			due = timer.C
+		var closed bool
+		batch, closed = ob.q.take(append(batch[:0], retry...))
+		retry = ob.commit(batch)
+		last = time.Now()
+		if closed {
+			return
+		}
+		if len(retry) > 0 { // acknowledgements to write again, next turn
+			ob.q.wake()
 		}
 	}
+}
+
+// opQueue hands operations to the committer. It wakes the committer when
+// it has no commit coming (the first operation after a quiet spell, or
+// after a commit) and when a batch is full, not for each operation: a
+// wake-up is a switch of threads, and at tens of thousands of messages a
+// second they cost more than the commits.
+type opQueue struct {
+	mu     sync.Mutex
+	room   sync.Cond // signalled when the committer takes what is queued
+	ops    []op
+	due    bool // the committer knows of ops
+	closed bool
+	kick   chan struct{}
+	batch  int // MaxBatch
+}
+
+func newOpQueue(batch int) *opQueue {
+	q := &opQueue{kick: make(chan struct{}, 1), batch: batch}
+	q.room.L = &q.mu
+	return q
+}
+
+// push queues o. It waits while two batches are queued already: the
+// committer is behind, and that is the back pressure on publishers.
+func (q *opQueue) push(o op) {
+	q.mu.Lock()
+	for len(q.ops) >= 2*q.batch && !q.closed {
+		q.room.Wait()
+	}
+	q.ops = append(q.ops, o)
+	wake := !q.due || len(q.ops) == q.batch
+	q.due = true
+	q.mu.Unlock()
+	if wake {
+		q.wake()
+	}
+}
+
+func (q *opQueue) wake() {
+	select {
+	case q.kick <- struct{}{}:
+	default:
+	}
+}
+
+// ready tells whether a batch is full or the queue is closed: the
+// committer then commits without waiting for its turn.
+func (q *opQueue) ready() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.ops) >= q.batch || q.closed
+}
+
+// take appends what is queued to into, and tells whether the queue is
+// closed (nothing more comes).
+func (q *opQueue) take(into []op) ([]op, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	into = append(into, q.ops...)
+	clear(q.ops)
+	q.ops = q.ops[:0]
+	q.due = false
+	q.room.Broadcast()
+	return into, q.closed
+}
+
+func (q *opQueue) close() {
+	q.mu.Lock()
+	q.closed = true
+	q.room.Broadcast()
+	q.mu.Unlock()
+	q.wake()
 }
 
 // commit writes a batch: deletions first, then expiry, then appends, each
@@ -674,21 +758,23 @@ func (ob *Outbox) commit(batch []op) (retry []op) {
 			if b == nil {
 				continue
 			}
+			var k [8]byte
 			for _, s := range o.ack {
-				v := b.Get(key(s))
+				binary.BigEndian.PutUint64(k[:], s)
+				v := b.Get(k[:])
 				if v == nil {
 					continue // already dropped or acknowledged
 				}
-				m, err := decode(key(s), v)
+				sz, err := recordSize(k[:], v)
 				if err != nil {
 					return err
 				}
-				if err := b.Delete(key(s)); err != nil {
+				if err := b.Delete(k[:]); err != nil {
 					return err
 				}
 				rs := routes[o.route]
 				rs.count--
-				rs.bytes -= size(m)
+				rs.bytes -= sz
 				acked++
 			}
 		}
@@ -703,6 +789,7 @@ func (ob *Outbox) commit(batch []op) (retry []op) {
 			}
 			dropped[ReasonExpired] += n
 		}
+		buckets := map[string]*bolt.Bucket{} // of this transaction, by route
 		for _, o := range batch {
 			if o.append == nil {
 				continue
@@ -721,11 +808,15 @@ func (ob *Outbox) commit(batch []op) (retry []op) {
 					dropped[ReasonOverflow] += n
 				}
 			}
-			b, err := tx.CreateBucketIfNotExists(bucketName(m.Route))
-			if err != nil {
-				return err
+			b := buckets[m.Route]
+			if b == nil {
+				var err error
+				if b, err = tx.CreateBucketIfNotExists(bucketName(m.Route)); err != nil {
+					return err
+				}
+				b.FillPercent = 0.95 // keys only grow: pack the pages
+				buckets[m.Route] = b
 			}
-			b.FillPercent = 0.95 // keys only grow: pack the pages
 			if err := b.Put(key(m.Seq), encode(m)); err != nil {
 				return err
 			}
@@ -894,18 +985,44 @@ func encode(m *Message) []byte {
 }
 
 func decode(k, v []byte) (*Message, error) {
-	if len(k) != 8 || len(v) < 11 || v[0] != 1 {
-		return nil, fmt.Errorf("outbox: bad record %x", k)
+	m, err := decodeInto(k, v, "")
+	if err != nil {
+		return nil, err
 	}
-	m := &Message{Seq: binary.BigEndian.Uint64(k), QoS: v[1] & 3, Retain: v[1]&4 != 0}
+	return &m, nil
+}
+
+// decodeInto decodes a record, its payload in v. The topic is topic when
+// they are the same, so that reading a batch copies it once.
+func decodeInto(k, v []byte, topic string) (Message, error) {
+	t, payload, err := split(k, v)
+	if err != nil {
+		return Message{}, err
+	}
+	m := Message{Seq: binary.BigEndian.Uint64(k), QoS: v[1] & 3, Retain: v[1]&4 != 0, Payload: payload, Topic: topic}
 	m.Time = time.Unix(0, int64(binary.BigEndian.Uint64(v[2:10])))
+	if string(t) != topic {
+		m.Topic = string(t)
+	}
+	return m, nil
+}
+
+// split returns a record's topic and payload.
+func split(k, v []byte) (topic, payload []byte, err error) {
+	if len(k) != 8 || len(v) < 11 || v[0] != 1 {
+		return nil, nil, fmt.Errorf("outbox: bad record %x", k)
+	}
 	n, w := binary.Uvarint(v[10:])
 	if w <= 0 || uint64(len(v)-10-w) < n {
-		return nil, fmt.Errorf("outbox: bad record %x", k)
+		return nil, nil, fmt.Errorf("outbox: bad record %x", k)
 	}
-	m.Topic = string(v[10+w : 10+w+int(n)])
-	m.Payload = v[10+w+int(n):]
-	return m, nil
+	return v[10+w : 10+w+int(n)], v[10+w+int(n):], nil
+}
+
+// recordSize is what a record counts against MaxBytes (see size).
+func recordSize(k, v []byte) (int64, error) {
+	t, p, err := split(k, v)
+	return int64(len(t) + len(p)), err
 }
 
 // logDrops logs drops, at most once a minute per reason.

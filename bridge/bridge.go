@@ -787,7 +787,10 @@ func (b *Bridge) drain(ctx context.Context, c *conn) (*conn, error) {
 		changed := b.ob.Changed()
 		// Fill the window, one message per route in turn, so that a route
 		// with a backlog does not starve the others.
-		routes := b.ob.Routes()
+		var routes []string
+		if len(window) < b.o.MaxInflight {
+			routes = b.ob.Routes()
+		}
 		for len(window) < b.o.MaxInflight && !c.dead() && len(routes) > 0 {
 			progress := false
 			for i := 0; i < len(routes) && len(window) < b.o.MaxInflight; i++ {
@@ -880,11 +883,20 @@ func (b *Bridge) drain(ctx context.Context, c *conn) (*conn, error) {
 				probe(b.o.Addresses, "routes")
 			}
 		case tok, ok := <-tokens:
-			if !ok {
-				return lost(errors.New("connection lost"))
+			// With every other token there already: a turn of the loop
+			// for each costs more than its publish.
+			for more := true; more; {
+				if !ok {
+					return lost(errors.New("connection lost"))
+				}
+				window[handed].tok = tok
+				handed++
+				select {
+				case tok, ok = <-tokens:
+				default:
+					more = false
+				}
 			}
-			window[handed].tok = tok
-			handed++
 		case <-headDone:
 			// Acknowledge every finished message at the head, by route.
 			acks := map[string][]uint64{}

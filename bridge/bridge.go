@@ -26,6 +26,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/eclipse/paho.mqtt.golang/packets"
 	"golang.org/x/time/rate"
 
 	"github.com/fieldgate/fieldgate/bridge/outbox"
@@ -448,6 +449,7 @@ func (b *Bridge) newConn(addrs []string) *conn {
 		SetTLSConfig(tlsCfg).
 		SetProtocolVersion(4).
 		SetCleanSession(true). // our outbox, not paho's store, owns redelivery
+		SetStore(noStore{}).
 		SetAutoReconnect(false).
 		SetConnectRetry(false).
 		SetKeepAlive(b.o.KeepAlive).
@@ -474,6 +476,20 @@ func (b *Bridge) newConn(addrs []string) *conn {
 	c.client = paho.NewClient(opts)
 	return c
 }
+
+// noStore is paho's store for a client whose every connection starts
+// clean: what a connection leaves unacknowledged is sent again from the
+// outbox, so paho keeps nothing (its default kept each publish in a map
+// until its PUBACK, under a key it formats).
+type noStore struct{}
+
+func (noStore) Open()                             {}
+func (noStore) Put(string, packets.ControlPacket) {}
+func (noStore) Get(string) packets.ControlPacket  { return nil }
+func (noStore) All() []string                     { return nil }
+func (noStore) Del(string)                        {}
+func (noStore) Close()                            {}
+func (noStore) Reset()                            {}
 
 // dial opens the TLS connection for paho, watched so that the drain knows
 // the moment it fails, before paho does.

@@ -4,7 +4,11 @@ import (
 	"crypto/tls"
 	"net"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // corkConn lets the waiter that acknowledges a client's stored publishes
@@ -25,6 +29,9 @@ type corkConn struct {
 	// wmu orders the writes to Conn: taken before mu is let go, so that
 	// what was held goes out before anything written after it.
 	wmu sync.Mutex
+
+	reads  atomic.Uint64 // Reads begun
+	inRead atomic.Bool   // a Read is under way
 }
 
 // corkMax is the most that is held: a TLS record's payload.
@@ -124,6 +131,55 @@ func (c *corkConn) Close() error {
 		c.mu.Unlock()
 	}
 	return c.Conn.Close()
+}
+
+func (c *corkConn) Read(p []byte) (int, error) {
+	c.reads.Add(1)
+	c.inRead.Store(true)
+	n, err := c.Conn.Read(p)
+	c.inRead.Store(false)
+	return n, err
+}
+
+// caughtUp tells whether mochi's reader has taken in all the client sent
+// on c: it waits in Read, twice in a row on the same call, and the socket
+// holds nothing unread. (mochi reads through a buffer, and calls Read only
+// once that is empty; a TLS connection may hold plaintext of its own, which
+// a Read returns at once.) It is true when it cannot tell.
+func (c *corkConn) caughtUp() bool {
+	seq := c.reads.Load()
+	if !c.inRead.Load() || unread(c.Conn) > 0 {
+		return false
+	}
+	time.Sleep(100 * time.Microsecond)
+	return c.inRead.Load() && c.reads.Load() == seq
+}
+
+// unread is how many bytes the socket under c has received and no one has
+// read yet; 0 when it cannot tell.
+func unread(c net.Conn) int {
+	for {
+		switch v := c.(type) {
+		case *tls.Conn:
+			c = v.NetConn()
+		case *trackedConn:
+			c = v.Conn
+		case syscallConn:
+			rc, err := v.SyscallConn()
+			if err != nil {
+				return 0
+			}
+			n := 0
+			rc.Control(func(fd uintptr) { n, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
+			return n
+		default:
+			return 0
+		}
+	}
+}
+
+type syscallConn interface {
+	SyscallConn() (syscall.RawConn, error)
 }
 
 // tlsConn returns the TLS connection under a client's connection.

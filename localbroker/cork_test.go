@@ -2,6 +2,7 @@ package localbroker
 
 import (
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
@@ -216,4 +217,50 @@ func equal(a, b []string) bool {
 		}
 	}
 	return true
+}
+
+// unread sees what a client sent that no one has read yet, through the
+// listener's wrappers, plain and TLS.
+func TestUnread(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tl := newTrackedListener(ln, time.Minute)
+	defer tl.Close()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	server, err := tl.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	c := &corkConn{Conn: server}
+	if n := unread(c.Conn); n != 0 {
+		t.Errorf("unread before the client wrote: %d", n)
+	}
+	client.Write([]byte{0xe0, 0x00}) // a DISCONNECT
+	deadline := time.Now().Add(wait)
+	for unread(c.Conn) != 2 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond) // polling the kernel's count, with a deadline
+	}
+	if n := unread(c.Conn); n != 2 {
+		t.Fatalf("unread after the client wrote 2 bytes: %d", n)
+	}
+	if n := unread(tls.Server(c.Conn, &tls.Config{})); n != 2 {
+		t.Errorf("unread under TLS: %d, want 2", n)
+	}
+	if c.caughtUp() {
+		t.Error("caught up with 2 bytes unread")
+	}
+	buf := make([]byte, 2)
+	if _, err := io.ReadFull(c, buf); err != nil {
+		t.Fatal(err)
+	}
+	if n := unread(c.Conn); n != 0 {
+		t.Errorf("unread after they were read: %d", n)
+	}
 }

@@ -640,10 +640,6 @@ func TestInterop5SessionExpiry(t *testing.T) {
 // test_session_expiry, its sessions of interval 0: a session ends with
 // its connection, whether the CONNECT or the DISCONNECT says 0.
 func TestInterop5SessionExpiryZero(t *testing.T) {
-	t.Skip("mochi v2.7.9: a client that reconnects with clean start 0 right after a DISCONNECT can find its " +
-		"interval-0 session still there (session present 1, its subscriptions back): the old connection's " +
-		"goroutine deletes the session after the DISCONNECT is read, and inheritClientSession does not check " +
-		"the old session's interval. No upstream issue found.")
 	t.Parallel()
 	b := interopBroker(t, Limits{})
 	a := connect5(t, b, &paho5.Connect{ClientID: "myclientid", CleanStart: true, Properties: expiry(0)})

@@ -56,6 +56,13 @@ func (h *takeoverHook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 	if !ok || old == cl {
 		return
 	}
+	if cc, ok := old.Net.Conn.(*corkConn); ok && !old.Closed() {
+		// The client may have sent more on its last connection before it
+		// made this one — a DISCONNECT, with or without a new session
+		// expiry interval — that mochi has not read yet: the session is
+		// taken over (or not) as that leaves it.
+		waitUntil(func() bool { return old.Closed() || cc.caughtUp() })
+	}
 	if h.restore != nil {
 		h.restore(old)
 	}

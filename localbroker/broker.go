@@ -146,6 +146,10 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 	// daily. (0 would mean "none" for publishes but would also give
 	// QoS 2 acknowledgements an expiry of now.)
 	caps.MaximumMessageExpiryInterval = noMessageExpiry
+	// mochi copies a publish's properties, user properties included, into
+	// the PUBACK or PUBREC it answers with; Mosquitto sends none. A stored
+	// publish carries the broker's marker (see tagStored) there.
+	caps.Compatibilities.NoInheritedPropertiesOnAck = true
 	srv := mqtt.New(&mqtt.Options{
 		Capabilities: caps,
 		InlineClient: true,
@@ -162,7 +166,7 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 		Logger: slog.New(mochiFilter{log.Handler()}),
 	})
 	b := &Broker{srv: srv, log: log, tracked: map[string]*trackedListener{}}
-	gate := &gateHook{log: log, forward: o.Forward, authz: o.Authorizer, srv: srv, marker: newMarker(), waiters: map[*mqtt.Client]chan deferred{}, aside: map[asideKey]packets.Packet{},
+	gate := &gateHook{log: log, forward: o.Forward, authz: o.Authorizer, srv: srv, marker: newMarker(), waiters: map[*mqtt.Client]*waiter{}, aside: map[asideKey]packets.Packet{},
 		refusals: &refusalLog{now: time.Now}, tls: map[string]*tlsListener{},
 		failures:     &authFailures{max: lim.MaxAuthFailures, now: time.Now},
 		maxKeepalive: uint16(min(lim.MaxKeepalive/time.Second, 65535)),
@@ -393,7 +397,7 @@ type gateHook struct {
 	marker packets.UserProperty
 
 	mu      sync.Mutex
-	waiters map[*mqtt.Client]chan deferred // per client, in order of arrival
+	waiters map[*mqtt.Client]*waiter // per client
 
 	asideMu sync.Mutex
 	aside   map[asideKey]packets.Packet // see packetids.go
@@ -401,10 +405,18 @@ type gateHook struct {
 	uplink  *mqtt.Client                // the inline client PublishLocal uses
 }
 
-// deferred is a publish whose acknowledgement waits for storage.
+// waiter acknowledges a client's publishes whose acknowledgement waits
+// for storage, and those that come after them, in order.
+type waiter struct {
+	ch      chan deferred
+	pending atomic.Int64 // queued, and not yet acknowledged and delivered
+}
+
+// deferred is a publish whose acknowledgement waits its turn.
 type deferred struct {
-	pk     packets.Packet
-	stored <-chan error
+	pk      packets.Packet
+	stored  <-chan error // nil: nothing to wait for
+	refusal packets.Code // when not 0: acknowledged with it, not delivered
 }
 
 func newMarker() packets.UserProperty {
@@ -419,7 +431,8 @@ func (h *gateHook) Provides(b byte) bool {
 	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish, mqtt.OnSubscribe, mqtt.OnWill, mqtt.OnWillSent, mqtt.OnDisconnect, mqtt.OnPacketEncode, mqtt.OnPacketRead, mqtt.OnPacketProcessed}, []byte{b})
 }
 
-// OnPacketEncode completes the CONNACK mochi sends.
+// OnPacketEncode completes the CONNACK mochi sends, and makes sure the
+// marker of stored publishes never leaves the broker.
 //
 // MQTT 5: mochi enforces a maximum packet size and takes topic aliases
 // without saying so, and a client told neither may send packets that end
@@ -432,6 +445,9 @@ func (h *gateHook) Provides(b byte) bool {
 // for 0x02, identifier rejected [MQTT-3.1.3-8]; a malformed CONNECT gets
 // 0x81 to 0x9f, here 0x01 (unacceptable protocol).
 func (h *gateHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if len(pk.Properties.User) > 0 {
+		pk.Properties.User = h.withoutMarker(pk.Properties.User)
+	}
 	if pk.FixedHeader.Type != packets.Connack {
 		return pk
 	}
@@ -545,8 +561,11 @@ func (h *gateHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	switch {
 	case isDenied(topic):
 		return false // refused by the Authorizer in OnSubscribe
-	case write && h.authz != nil:
-		return true // OnPublish asks the Authorizer, with the payload
+	case write:
+		// OnPublish decides: on the topic an alias stands for, with the
+		// payload for the Authorizer, and acknowledged in turn with the
+		// client's other publishes.
+		return true
 	}
 	return h.aclAllows(cl, topic, write)
 }
@@ -582,61 +601,111 @@ func (h *gateHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet
 		pk.Properties.User = pk.Properties.User[:n-2]
 		return pk, nil
 	}
-	if !cl.Net.Inline && !h.rates.allow(cl.ID) {
+	if cl.Net.Inline {
+		return h.forwardInline(cl, pk)
+	}
+	if !h.rates.allow(cl.ID) {
 		if remote := remoteAddr(cl); h.refusals.allow(remote, "publish rate") {
 			h.log.Warn("publish dropped: the client publishes faster than max_publish_rate", "client_id", cl.ID, "remote", remote)
 		}
-		if cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos > 0 {
-			return pk, packets.ErrMessageRateTooHigh
-		}
-		return pk, packets.ErrRejectPacket
+		return h.refuse(cl, pk, packets.ErrMessageRateTooHigh)
 	}
-	if h.authz != nil && !cl.Net.Inline && !h.authorizePublish(cl, pk) {
+	if !h.mayPublish(cl, pk) {
 		// As mochi answers a publish the ACL denies.
-		switch {
-		case pk.FixedHeader.Qos == 0:
-		case cl.Properties.ProtocolVersion == 5:
-			return pk, packets.ErrNotAuthorized
-		default:
+		if pk.FixedHeader.Qos > 0 && cl.Properties.ProtocolVersion < 5 {
 			h.srv.DisconnectClient(cl, packets.ErrNotAuthorized)
-		}
-		return pk, packets.ErrRejectPacket
-	}
-	if h.forward == nil || cl.ID == uplinkClientID {
-		return pk, nil
-	}
-	stored, err := h.forward(Message{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain})
-	if err == nil {
-		switch {
-		case stored == nil || (pk.FixedHeader.Qos == 0 && !cl.Net.Inline):
-			// Nothing to wait for: QoS 0 has no acknowledgement.
-			return pk, nil
-		case cl.Net.Inline:
-			// The gateway's own sensors: their goroutine can wait.
-			err = <-stored
-			if err == nil {
-				return pk, nil
-			}
-		default:
-			// A network client: mochi drops this copy now and the waiter
-			// injects it again, tagged, once it is on disk. The client's
-			// next packets are read meanwhile. mochi does nothing more
-			// with this one's id: the slot is free for the waiter.
-			h.release(cl)
-			h.deferAck(cl, deferred{pk: pk, stored: stored})
 			return pk, packets.ErrRejectPacket
 		}
+		return h.refuse(cl, pk, packets.ErrNotAuthorized)
 	}
-	// mochi answers a Code error with a PUBACK reason code only for MQTT 5
-	// QoS>0 publishes; anything else must be dropped explicitly or it
-	// would be delivered after all.
-	if errors.Is(err, ErrRejected) && !cl.Net.Inline && cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos > 0 {
-		return pk, packets.ErrQuotaExceeded
+	if h.forward == nil || cl.ID == uplinkClientID {
+		return h.inTurn(cl, pk)
+	}
+	stored, err := h.forward(Message{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain})
+	switch {
+	case err == nil && (stored == nil || pk.FixedHeader.Qos == 0):
+		// Nothing to wait for: QoS 0 has no acknowledgement.
+		return h.inTurn(cl, pk)
+	case err == nil:
+		// mochi drops this copy now and the waiter acknowledges and
+		// delivers it once it is on disk. The client's next packets are
+		// read meanwhile. mochi does nothing more with this one's id: the
+		// slot is free for the waiter.
+		h.release(cl)
+		h.deferAck(cl, deferred{pk: pk, stored: stored})
+		return pk, packets.ErrRejectPacket
 	}
 	if remote := remoteAddr(cl); h.refusals.allow(remote, "publish: "+err.Error()) {
 		h.log.Warn("publish refused", "client_id", cl.ID, "remote", remote, "topic", pk.TopicName, "err", err)
 	}
+	if errors.Is(err, ErrRejected) {
+		return h.refuse(cl, pk, packets.ErrQuotaExceeded)
+	}
 	return pk, packets.ErrRejectPacket
+}
+
+// forwardInline forwards a publish of the gateway's own (its sensors),
+// whose goroutine can wait for the disk.
+func (h *gateHook) forwardInline(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if h.forward == nil || cl.ID == uplinkClientID {
+		return pk, nil
+	}
+	stored, err := h.forward(Message{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain})
+	if err == nil && stored != nil {
+		err = <-stored
+	}
+	if err != nil {
+		if h.refusals.allow("inline", "publish: "+err.Error()) {
+			h.log.Warn("publish refused", "client_id", cl.ID, "topic", pk.TopicName, "err", err)
+		}
+		return pk, packets.ErrRejectPacket
+	}
+	return pk, nil
+}
+
+// mayPublish is the ACL's verdict, or the Authorizer's.
+func (h *gateHook) mayPublish(cl *mqtt.Client, pk packets.Packet) bool {
+	if h.authz != nil {
+		return h.authorizePublish(cl, pk)
+	}
+	return h.aclAllows(cl, pk.TopicName, true)
+}
+
+// inTurn lets mochi acknowledge and deliver a publish that is not stored,
+// unless the client has stored publishes still to be acknowledged: MQTT
+// wants the acknowledgements in the order of the publishes
+// [MQTT-4.6.0-2] [MQTT-4.6.0-3], so the waiter takes this one in its turn.
+func (h *gateHook) inTurn(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Qos == 0 || !h.pending(cl) {
+		return pk, nil
+	}
+	h.release(cl)
+	h.deferAck(cl, deferred{pk: pk})
+	return pk, packets.ErrRejectPacket
+}
+
+// refuse drops a publish, answering an MQTT 5 client's QoS 1 or 2 publish
+// with code, in its turn. MQTT 3.1.1 has no negative acknowledgement.
+func (h *gateHook) refuse(cl *mqtt.Client, pk packets.Packet, code packets.Code) (packets.Packet, error) {
+	switch {
+	case pk.FixedHeader.Qos == 0 || cl.Properties.ProtocolVersion < 5:
+	case h.pending(cl):
+		h.release(cl)
+		h.deferAck(cl, deferred{pk: pk, refusal: code})
+	default:
+		cl.WritePacket(negativeAck(pk, code))
+	}
+	return pk, packets.ErrRejectPacket
+}
+
+// negativeAck is the PUBACK or PUBREC that refuses pk with code.
+func negativeAck(pk packets.Packet, code packets.Code) packets.Packet {
+	t := byte(packets.Puback)
+	if pk.FixedHeader.Qos == 2 {
+		t = packets.Pubrec
+	}
+	return packets.Packet{FixedHeader: packets.FixedHeader{Type: t}, PacketID: pk.PacketID, ReasonCode: code.Code,
+		Properties: packets.Properties{ReasonString: code.Reason}}
 }
 
 // certIdentity applies use_identity_as_username, use_subject_as_username
@@ -678,95 +747,130 @@ func (h *gateHook) certIdentity(cl *mqtt.Client, o *TLS) (ok, decided bool) {
 // pressure that keeps a flooding client from outrunning the disk.
 func (h *gateHook) deferAck(cl *mqtt.Client, d deferred) {
 	h.mu.Lock()
-	ch, ok := h.waiters[cl]
+	w, ok := h.waiters[cl]
 	if !ok {
-		ch = make(chan deferred, 256)
-		h.waiters[cl] = ch
-		go h.wait(cl, ch)
+		w = &waiter{ch: make(chan deferred, 256)}
+		h.waiters[cl] = w
+		go h.wait(cl, w)
 	}
+	w.pending.Add(1)
 	h.mu.Unlock()
-	ch <- d
+	w.ch <- d
 }
 
-// wait acknowledges a client's stored publishes in the order they came.
-// The acknowledgements of publishes stored together go out in one write
-// (see corkConn).
-func (h *gateHook) wait(cl *mqtt.Client, ch chan deferred) {
+// pending tells whether cl has publishes queued on its waiter. Only the
+// client's reader, which queues them, asks: once it has seen none, what
+// it writes comes after their acknowledgements.
+func (h *gateHook) pending(cl *mqtt.Client) bool {
+	h.mu.Lock()
+	w := h.waiters[cl]
+	h.mu.Unlock()
+	return w != nil && w.pending.Load() > 0
+}
+
+// wait acknowledges a client's queued publishes in the order they came,
+// and then delivers them. The acknowledgements of publishes stored
+// together go out in one write (see corkConn); the deliveries follow, so
+// that a slow local subscriber holds none of them back.
+func (h *gateHook) wait(cl *mqtt.Client, w *waiter) {
 	cc, _ := cl.Net.Conn.(*corkConn) // nil on a WebSocket listener
-	defer cc.uncork()
+	var acked []packets.Packet       // acknowledged, to deliver
+	flush := func() {
+		cc.uncork()
+		for _, pk := range acked {
+			h.deliverStored(cl.ID, pk)
+			w.pending.Add(-1)
+		}
+		clear(acked)
+		acked = acked[:0]
+	}
 	for {
 		var d deferred
 		var ok bool
 		select {
-		case d, ok = <-ch:
+		case d, ok = <-w.ch:
 		default:
-			cc.uncork() // nothing more to acknowledge for now
-			d, ok = <-ch
+			flush() // nothing more to acknowledge for now
+			d, ok = <-w.ch
 		}
 		if !ok {
 			break
 		}
 		var err error
-		select {
-		case err = <-d.stored:
-		default:
-			cc.uncork()
-			err = <-d.stored
+		if d.stored != nil {
+			select {
+			case err = <-d.stored:
+			default:
+				flush()
+				err = <-d.stored
+			}
 		}
-		if err != nil {
+		switch {
+		case err != nil:
 			h.log.Warn("publish not stored: not acknowledged", "client_id", cl.ID, "topic", d.pk.TopicName, "err", err)
+			cc.cork()
 			if cl.Properties.ProtocolVersion == 5 {
-				cl.WritePacket(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: d.pk.PacketID, ReasonCode: packets.ErrUnspecifiedError.Code})
+				cl.WritePacket(negativeAck(d.pk, packets.ErrUnspecifiedError))
 			} else {
 				// MQTT 3.1.1 has no negative acknowledgement: disconnect,
 				// so the client sends the message again.
 				h.srv.DisconnectClient(cl, packets.ErrUnspecifiedError)
 			}
-			continue
-		}
-		cc.cork()
-		if d.pk.FixedHeader.Qos == 1 {
+			w.pending.Add(-1)
+		case d.refusal.Code != 0:
+			cc.cork()
+			cl.WritePacket(negativeAck(d.pk, d.refusal))
+			w.pending.Add(-1)
+		case d.pk.FixedHeader.Qos == 1:
+			cc.cork()
 			h.ackStored(cl, d.pk)
-			continue
+			acked = append(acked, d.pk)
+		default:
+			// QoS 2: mochi keeps the flow's state (PUBREC, then PUBREL
+			// and PUBCOMP) in the client's inflight map, which the reader
+			// uses too; see packetids.go.
+			flush()
+			h.injectStored(cl, d.pk)
+			w.pending.Add(-1)
 		}
-		// QoS 2: mochi keeps the flow's state (PUBREC, then PUBREL and
-		// PUBCOMP) in the client's inflight map, which the reader uses
-		// too; see packetids.go.
-		cc.uncork()
-		pk := h.tagStored(cl.ID, d.pk)
-		s := h.slotOf(cl)
-		s.mu.Lock()
-		h.makeRoom(cl, pk)
-		err = h.srv.InjectPacket(cl, pk)
-		h.settle(cl, pk.PacketID)
-		s.mu.Unlock()
-		if err == nil {
-			uncountInjected(h.srv)
-			continue
-		}
-		// mochi delivers a QoS 2 publish only once its PUBREC is written:
-		// the client has gone, but its message is stored and acknowledged
-		// for all we know, and the site's subscribers get it as the
-		// central broker does.
-		if !cl.Closed() {
-			h.log.Warn("stored publish: acknowledgement failed", "client_id", cl.ID, "err", err)
-		}
-		h.deliverStored(cl.ID, d.pk)
 	}
+	flush()
 	h.dropSlot(cl)
 }
 
-// ackStored acknowledges a stored QoS 1 publish and delivers it to the
-// site's subscribers. mochi has no state for it: the first pass returned
-// before mochi's inflight map and receive quota saw it.
+// injectStored hands a QoS 2 publish whose turn has come to mochi again,
+// as the client's, to acknowledge and deliver.
+func (h *gateHook) injectStored(cl *mqtt.Client, pk packets.Packet) {
+	tagged := h.tagStored(cl.ID, pk)
+	s := h.slotOf(cl)
+	s.mu.Lock()
+	h.makeRoom(cl, tagged)
+	err := h.srv.InjectPacket(cl, tagged)
+	h.settle(cl, tagged.PacketID)
+	s.mu.Unlock()
+	if err == nil {
+		uncountInjected(h.srv)
+		return
+	}
+	// mochi delivers a QoS 2 publish only once its PUBREC is written: the
+	// client has gone, but its message is stored and acknowledged for all
+	// we know, and the site's subscribers get it as the central broker
+	// does.
+	if !cl.Closed() {
+		h.log.Warn("stored publish: acknowledgement failed", "client_id", cl.ID, "err", err)
+	}
+	h.deliverStored(cl.ID, pk)
+}
+
+// ackStored acknowledges a QoS 1 publish whose turn has come; the waiter
+// delivers it then, whether or not the acknowledgement reached the client:
+// it is stored, and forwarded. mochi has no state for it: the first pass
+// returned before mochi's inflight map and receive quota saw it.
 func (h *gateHook) ackStored(cl *mqtt.Client, pk packets.Packet) {
 	ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID}
 	if err := cl.WritePacket(ack); err != nil && !cl.Closed() {
 		h.log.Warn("stored publish: acknowledgement failed", "client_id", cl.ID, "err", err)
 	}
-	// Delivered whether or not the acknowledgement reached the client: it
-	// is stored, and forwarded.
-	h.deliverStored(cl.ID, pk)
 }
 
 // deliverStored hands a stored publish to the site's subscribers and the
@@ -776,7 +880,6 @@ func (h *gateHook) ackStored(cl *mqtt.Client, pk packets.Packet) {
 func (h *gateHook) deliverStored(origin string, pk packets.Packet) {
 	pk = h.tagStored(origin, pk)
 	pk.FixedHeader.Dup = false
-	pk.Properties.TopicAliasFlag, pk.Properties.TopicAlias = false, 0 // resolved already, and the client's own
 	if err := h.srv.InjectPacket(h.uplink, pk); err != nil {
 		h.log.Warn("stored publish: not delivered locally", "client_id", origin, "topic", pk.TopicName, "err", err)
 		return
@@ -785,11 +888,25 @@ func (h *gateHook) deliverStored(origin string, pk packets.Packet) {
 }
 
 // tagStored marks pk for OnPublish, which lets it through as stored
-// already and takes its origin from it.
+// already and takes its origin from it. The topic alias is dropped: it was
+// resolved, and mochi would set it again on the client's table, undoing
+// what the client may have mapped to it since.
 func (h *gateHook) tagStored(origin string, pk packets.Packet) packets.Packet {
+	pk.Properties.TopicAliasFlag, pk.Properties.TopicAlias = false, 0
 	u := make([]packets.UserProperty, 0, len(pk.Properties.User)+2)
 	pk.Properties.User = append(append(u, pk.Properties.User...), packets.UserProperty{Key: "fieldgate-origin", Val: origin}, h.marker)
 	return pk
+}
+
+// withoutMarker returns u without the marker of stored publishes and the
+// origin that goes with it.
+func (h *gateHook) withoutMarker(u []packets.UserProperty) []packets.UserProperty {
+	for i, p := range u {
+		if p == h.marker {
+			return append(append([]packets.UserProperty(nil), u[:max(i-1, 0)]...), u[i+1:]...)
+		}
+	}
+	return u
 }
 
 // uncountInjected takes back what InjectPacket added to $SYS's received
@@ -806,8 +923,8 @@ func (h *gateHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	h.restoreAside(cl)
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if ch, ok := h.waiters[cl]; ok {
-		close(ch) // the waiter drops the slot when it is done
+	if w, ok := h.waiters[cl]; ok {
+		close(w.ch) // the waiter drops the slot when it is done
 		delete(h.waiters, cl)
 	} else {
 		h.dropSlot(cl)

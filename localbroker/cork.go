@@ -20,15 +20,17 @@ import (
 type corkConn struct {
 	net.Conn
 
-	mu     sync.Mutex // guards the fields below
+	// wmu orders the writes: every writer takes it first, so that what is
+	// held goes out before anything written after it. Close does not take
+	// it, so that closing ends a write stuck on a client that does not
+	// read.
+	wmu sync.Mutex
+
+	mu     sync.Mutex // guards the fields below; never held while writing
 	corked bool
 	held   []byte
 	err    error // of a write of what was held; every later write fails with it
 	closed bool
-
-	// wmu orders the writes to Conn: taken before mu is let go, so that
-	// what was held goes out before anything written after it.
-	wmu sync.Mutex
 
 	reads  atomic.Uint64 // Reads begun
 	inRead atomic.Bool   // a Read is under way
@@ -49,6 +51,8 @@ func (l corkListener) Accept() (net.Conn, error) {
 }
 
 func (c *corkConn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
 	c.mu.Lock()
 	switch {
 	case c.err != nil:
@@ -57,36 +61,30 @@ func (c *corkConn) Write(p []byte) (int, error) {
 		return 0, err
 	case c.corked && !c.closed:
 		c.held = append(c.held, p...)
-		if len(c.held) < corkMax {
-			c.mu.Unlock()
-			return len(p), nil
+		var out []byte
+		if len(c.held) >= corkMax {
+			out, c.held = c.held, nil
 		}
-		return len(p), c.flush() // lets go of mu
+		c.mu.Unlock()
+		return len(p), c.write(out)
 	}
-	c.wmu.Lock()
 	c.mu.Unlock()
-	defer c.wmu.Unlock()
 	return c.Conn.Write(p)
 }
 
-// flush writes what is held. It is called with mu held, and lets go of it.
-func (c *corkConn) flush() error {
-	held := c.held
-	c.held = nil
-	if len(held) == 0 || c.err != nil {
-		err := c.err
-		c.mu.Unlock()
-		return err
+// write writes what was held, with wmu held. A failure closes the
+// connection (the reader ends, and mochi with it) and fails every later
+// write.
+func (c *corkConn) write(out []byte) error {
+	if len(out) == 0 {
+		return nil
 	}
-	c.wmu.Lock()
-	c.mu.Unlock()
-	_, err := c.Conn.Write(held)
-	c.wmu.Unlock()
+	_, err := c.Conn.Write(out)
 	if err != nil {
 		c.mu.Lock()
 		c.err = err
 		c.mu.Unlock()
-		c.Conn.Close() // the reader ends, and mochi with it
+		c.Conn.Close()
 	}
 	return err
 }
@@ -108,27 +106,36 @@ func (c *corkConn) uncork() {
 		return
 	}
 	c.mu.Lock()
-	if !c.corked {
-		c.mu.Unlock()
+	corked := c.corked
+	c.mu.Unlock()
+	if !corked {
 		return
 	}
-	c.corked = false
-	c.flush()
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.mu.Lock()
+	out := c.held
+	c.held, c.corked = nil, false
+	failed := c.err != nil
+	c.mu.Unlock()
+	if !failed {
+		c.write(out)
+	}
 }
 
 // Close sends what is held (mochi writes a DISCONNECT, then closes) unless
-// a write is stuck already, and closes.
+// a write is under way, and closes, which ends a write stuck on a client
+// that does not read.
 func (c *corkConn) Close() error {
 	c.mu.Lock()
-	held := c.held
+	out := c.held
 	c.held, c.closed = nil, true
-	if len(held) > 0 && c.err == nil && c.wmu.TryLock() {
-		c.mu.Unlock()
+	failed := c.err != nil
+	c.mu.Unlock()
+	if len(out) > 0 && !failed && c.wmu.TryLock() {
 		c.Conn.SetWriteDeadline(time.Now().Add(time.Second))
-		c.Conn.Write(held)
+		c.Conn.Write(out)
 		c.wmu.Unlock()
-	} else {
-		c.mu.Unlock()
 	}
 	return c.Conn.Close()
 }

@@ -264,3 +264,53 @@ func TestUnread(t *testing.T) {
 		t.Errorf("unread after they were read: %d", n)
 	}
 }
+
+// stuckConn is a client that stops reading: a write blocks until Close,
+// as on a TCP connection whose window is zero.
+type stuckConn struct {
+	net.Conn
+	writing chan struct{} // a write has begun
+	once    sync.Once
+	closed  chan struct{}
+}
+
+func (c *stuckConn) Write(p []byte) (int, error) {
+	select {
+	case c.writing <- struct{}{}:
+	default:
+	}
+	<-c.closed
+	return 0, net.ErrClosed
+}
+
+func (c *stuckConn) SetWriteDeadline(time.Time) error { return nil }
+func (c *stuckConn) Close() error                     { c.once.Do(func() { close(c.closed) }); return nil }
+
+// Closing a connection ends a write stuck on it, as closing a socket does:
+// that is how mochi's Stop frees the goroutines that write to a client
+// that stopped reading.
+func TestCorkCloseEndsStuckWrite(t *testing.T) {
+	sc := &stuckConn{writing: make(chan struct{}, 1), closed: make(chan struct{})}
+	c := &corkConn{Conn: sc}
+	c.cork()
+	c.Write([]byte{0x40, 2, 0, 1}) // a PUBACK, held
+	flushed := make(chan struct{})
+	go func() { c.uncork(); close(flushed) }() // stuck in the write
+	<-sc.writing
+	wrote := make(chan error, 1)
+	go func() { _, err := c.Write([]byte("publish")); wrote <- err }() // mochi's writer, behind it
+	closed := make(chan struct{})
+	go func() { c.Close(); close(closed) }()
+	for name, ch := range map[string]<-chan struct{}{"Close": closed, "the stuck write": flushed} {
+		select {
+		case <-ch:
+		case <-time.After(wait):
+			t.Fatalf("%s did not return after Close", name)
+		}
+	}
+	select {
+	case <-wrote:
+	case <-time.After(wait):
+		t.Fatal("the write behind the stuck one did not return after Close")
+	}
+}

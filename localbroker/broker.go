@@ -104,6 +104,7 @@ type Broker struct {
 	log      *slog.Logger
 	uplink   *mqtt.Client // inline identity for messages from the uplink
 	gate     *gateHook
+	takeover *takeoverHook
 	retained *retainStore  // nil without Options.RetainedFile
 	sessions *sessionStore // nil without Options.SessionFile
 	addrs    []string
@@ -181,7 +182,8 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 	// client.
 	b.uplink.Properties.ProtocolVersion = 5
 	gate.uplink = b.uplink
-	if err := srv.AddHook(&takeoverHook{srv: srv, takingOver: map[*mqtt.Client]bool{}, restore: gate.restoreAside}, nil); err != nil {
+	b.takeover = &takeoverHook{srv: srv, takingOver: map[*mqtt.Client]bool{}, restore: gate.restoreAside, log: log}
+	if err := srv.AddHook(b.takeover, nil); err != nil {
 		return nil, err
 	}
 	if err := srv.AddHook(gate, nil); err != nil {
@@ -610,12 +612,9 @@ func (h *gateHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet
 		}
 		return h.refuse(cl, pk, packets.ErrMessageRateTooHigh)
 	}
-	if !h.mayPublish(cl, pk) {
-		// As mochi answers a publish the ACL denies.
-		if pk.FixedHeader.Qos > 0 && cl.Properties.ProtocolVersion < 5 {
-			h.srv.DisconnectClient(cl, packets.ErrNotAuthorized)
-			return pk, packets.ErrRejectPacket
-		}
+	if !deniedOnRead(cl, pk) && !h.mayPublish(cl, pk) {
+		// As mochi answers a publish the ACL denies (MQTT 5: 0x87 for
+		// QoS 1 and 2; QoS 0 is dropped).
 		return h.refuse(cl, pk, packets.ErrNotAuthorized)
 	}
 	if h.forward == nil || cl.ID == uplinkClientID {
@@ -624,7 +623,8 @@ func (h *gateHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet
 	stored, err := h.forward(Message{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain})
 	switch {
 	case err == nil && (stored == nil || pk.FixedHeader.Qos == 0):
-		// Nothing to wait for: QoS 0 has no acknowledgement.
+		// Nothing to wait for: QoS 0 has no acknowledgement (it is on
+		// its way to the disk all the same).
 		return h.inTurn(cl, pk)
 	case err == nil:
 		// mochi drops this copy now and the waiter acknowledges and
@@ -671,12 +671,24 @@ func (h *gateHook) mayPublish(cl *mqtt.Client, pk packets.Packet) bool {
 	return h.aclAllows(cl, pk.TopicName, true)
 }
 
-// inTurn lets mochi acknowledge and deliver a publish that is not stored,
-// unless the client has stored publishes still to be acknowledged: MQTT
-// wants the acknowledgements in the order of the publishes
-// [MQTT-4.6.0-2] [MQTT-4.6.0-3], so the waiter takes this one in its turn.
+// deniedOnRead tells whether pk is a publish whose refusal ends the
+// connection (MQTT 3.1.1, QoS 1 or 2, which has no negative
+// acknowledgement), which OnPacketRead decides: mochi sends the client's
+// will when a connection ends there, as it must [MQTT-3.1.2-8], and not
+// when it ends after OnPublish.
+func deniedOnRead(cl *mqtt.Client, pk packets.Packet) bool {
+	return cl.Properties.ProtocolVersion < 5 && pk.FixedHeader.Qos > 0
+}
+
+// inTurn lets mochi acknowledge and deliver a publish that is not stored
+// (or is QoS 0), unless the client has stored publishes still to be
+// acknowledged and delivered: MQTT wants the acknowledgements in the order
+// of the publishes [MQTT-4.6.0-2] [MQTT-4.6.0-3], so the waiter takes this
+// one in its turn.
 func (h *gateHook) inTurn(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if pk.FixedHeader.Qos == 0 || !h.pending(cl) {
+	// A QoS 0 publish waits its turn too: delivered before the client's
+	// earlier publishes, a retained one would be replaced by an older one.
+	if !h.pending(cl) {
 		return pk, nil
 	}
 	h.release(cl)
@@ -755,7 +767,16 @@ func (h *gateHook) deferAck(cl *mqtt.Client, d deferred) {
 	}
 	w.pending.Add(1)
 	h.mu.Unlock()
-	w.ch <- d
+	select {
+	case w.ch <- d:
+	default:
+		// The disk is behind: the reader waits here, having processed
+		// all it read before this publish (see corkConn.caughtUp).
+		cc, _ := cl.Net.Conn.(*corkConn)
+		cc.stall(true)
+		w.ch <- d
+		cc.stall(false)
+	}
 }
 
 // pending tells whether cl has publishes queued on its waiter. Only the
@@ -821,16 +842,24 @@ func (h *gateHook) wait(cl *mqtt.Client, w *waiter) {
 			cc.cork()
 			cl.WritePacket(negativeAck(d.pk, d.refusal))
 			w.pending.Add(-1)
+		case d.pk.FixedHeader.Qos == 0:
+			acked = append(acked, d.pk)
 		case d.pk.FixedHeader.Qos == 1:
 			cc.cork()
-			h.ackStored(cl, d.pk)
-			acked = append(acked, d.pk)
+			// A stored publish is delivered whether or not its PUBACK
+			// reached the client: it is forwarded. One that is not
+			// stored is not, as mochi does: the client sends it again.
+			if err := h.ackStored(cl, d.pk); err == nil || d.stored != nil {
+				acked = append(acked, d.pk)
+			} else {
+				w.pending.Add(-1)
+			}
 		default:
 			// QoS 2: mochi keeps the flow's state (PUBREC, then PUBREL
 			// and PUBCOMP) in the client's inflight map, which the reader
 			// uses too; see packetids.go.
 			flush()
-			h.injectStored(cl, d.pk)
+			h.injectStored(cl, d.pk, d.stored != nil)
 			w.pending.Add(-1)
 		}
 	}
@@ -840,7 +869,7 @@ func (h *gateHook) wait(cl *mqtt.Client, w *waiter) {
 
 // injectStored hands a QoS 2 publish whose turn has come to mochi again,
 // as the client's, to acknowledge and deliver.
-func (h *gateHook) injectStored(cl *mqtt.Client, pk packets.Packet) {
+func (h *gateHook) injectStored(cl *mqtt.Client, pk packets.Packet, stored bool) {
 	tagged := h.tagStored(cl.ID, pk)
 	s := h.slotOf(cl)
 	s.mu.Lock()
@@ -852,6 +881,9 @@ func (h *gateHook) injectStored(cl *mqtt.Client, pk packets.Packet) {
 		uncountInjected(h.srv)
 		return
 	}
+	if !stored {
+		return // as mochi: the client sends it again, and it is delivered then
+	}
 	// mochi delivers a QoS 2 publish only once its PUBREC is written: the
 	// client has gone, but its message is stored and acknowledged for all
 	// we know, and the site's subscribers get it as the central broker
@@ -862,15 +894,16 @@ func (h *gateHook) injectStored(cl *mqtt.Client, pk packets.Packet) {
 	h.deliverStored(cl.ID, pk)
 }
 
-// ackStored acknowledges a QoS 1 publish whose turn has come; the waiter
-// delivers it then, whether or not the acknowledgement reached the client:
-// it is stored, and forwarded. mochi has no state for it: the first pass
-// returned before mochi's inflight map and receive quota saw it.
-func (h *gateHook) ackStored(cl *mqtt.Client, pk packets.Packet) {
+// ackStored acknowledges a QoS 1 publish whose turn has come. mochi has no
+// state for it: the first pass returned before mochi's inflight map and
+// receive quota saw it.
+func (h *gateHook) ackStored(cl *mqtt.Client, pk packets.Packet) error {
 	ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID}
-	if err := cl.WritePacket(ack); err != nil && !cl.Closed() {
+	err := cl.WritePacket(ack)
+	if err != nil && !cl.Closed() {
 		h.log.Warn("stored publish: acknowledgement failed", "client_id", cl.ID, "err", err)
 	}
+	return err
 }
 
 // deliverStored hands a stored publish to the site's subscribers and the

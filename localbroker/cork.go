@@ -32,8 +32,9 @@ type corkConn struct {
 	err    error // of a write of what was held; every later write fails with it
 	closed bool
 
-	reads  atomic.Uint64 // Reads begun
-	inRead atomic.Bool   // a Read is under way
+	reads   atomic.Uint64 // Reads begun
+	inRead  atomic.Bool   // a Read is under way
+	stalled atomic.Bool   // the reader waits for the disk, all it read processed
 }
 
 // corkMax is the most that is held: a TLS record's payload.
@@ -59,7 +60,10 @@ func (c *corkConn) Write(p []byte) (int, error) {
 		err := c.err
 		c.mu.Unlock()
 		return 0, err
-	case c.corked && !c.closed:
+	case c.closed: // not after what Close sends
+		c.mu.Unlock()
+		return 0, net.ErrClosed
+	case c.corked:
 		c.held = append(c.held, p...)
 		var out []byte
 		if len(c.held) >= corkMax {
@@ -123,19 +127,31 @@ func (c *corkConn) uncork() {
 	}
 }
 
-// Close sends what is held (mochi writes a DISCONNECT, then closes) unless
-// a write is under way, and closes, which ends a write stuck on a client
-// that does not read.
+// Close sends what is held (mochi writes a DISCONNECT, then closes), taking
+// at most a second if another write is stuck, and closes, which ends a
+// write stuck on a client that does not read.
 func (c *corkConn) Close() error {
 	c.mu.Lock()
 	out := c.held
 	c.held, c.closed = nil, true
 	failed := c.err != nil
 	c.mu.Unlock()
-	if len(out) > 0 && !failed && c.wmu.TryLock() {
-		c.Conn.SetWriteDeadline(time.Now().Add(time.Second))
-		c.Conn.Write(out)
-		c.wmu.Unlock()
+	if len(out) > 0 && !failed {
+		// A write under way may only be appending; one that is stuck
+		// fails at the deadline.
+		deadline := time.Now().Add(time.Second)
+		c.Conn.SetWriteDeadline(deadline)
+		for d := 10 * time.Microsecond; ; d = min(2*d, 10*time.Millisecond) {
+			if c.wmu.TryLock() {
+				c.Conn.Write(out)
+				c.wmu.Unlock()
+				break
+			}
+			if time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(d)
+		}
 	}
 	return c.Conn.Close()
 }
@@ -149,17 +165,29 @@ func (c *corkConn) Read(p []byte) (int, error) {
 }
 
 // caughtUp tells whether mochi's reader has taken in all the client sent
-// on c: it waits in Read, twice in a row on the same call, and the socket
-// holds nothing unread. (mochi reads through a buffer, and calls Read only
+// on c, or waits for the disk: it waits in Read, twice in a row on the
+// same call, and the socket holds nothing unread. (mochi reads through a buffer, and calls Read only
 // once that is empty; a TLS connection may hold plaintext of its own, which
 // a Read returns at once.) It is true when it cannot tell.
 func (c *corkConn) caughtUp() bool {
 	seq := c.reads.Load()
+	if c.stalled.Load() {
+		// Behind a slow disk, which may take long: what the client sent
+		// after is not waited for (unacknowledged, it sends it again).
+		return true
+	}
 	if !c.inRead.Load() || unread(c.Conn) > 0 {
 		return false
 	}
 	time.Sleep(100 * time.Microsecond)
-	return c.inRead.Load() && c.reads.Load() == seq
+	return c.inRead.Load() && c.reads.Load() == seq && unread(c.Conn) == 0
+}
+
+// stall says that the reader waits for the disk (true) or no longer does.
+func (c *corkConn) stall(on bool) {
+	if c != nil {
+		c.stalled.Store(on)
+	}
 }
 
 // unread is how many bytes the socket under c has received and no one has

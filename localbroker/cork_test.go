@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -66,6 +67,14 @@ func TestStoredAcksCoalesced(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatalf("%d of %d publishes forwarded", forwarded.Load(), n)
 	}
+	// Forwarded, then queued on the client's waiter: all of them.
+	cl, _ := b.srv.Clients.Get("dev")
+	pollUntil(t, "the publishes to be queued", func() bool {
+		b.gate.mu.Lock()
+		w := b.gate.waiters[cl]
+		b.gate.mu.Unlock()
+		return w != nil && w.pending.Load() == n
+	})
 	close(stored)
 
 	buf := make([]byte, 64<<10)
@@ -312,5 +321,36 @@ func TestCorkCloseEndsStuckWrite(t *testing.T) {
 	case <-wrote:
 	case <-time.After(wait):
 		t.Fatal("the write behind the stuck one did not return after Close")
+	}
+}
+
+// Close sends what is held (the PUBACKs of a commit, and the DISCONNECT
+// mochi writes just before it closes) when another writer merely holds wmu
+// for a corked append: nothing is stuck.
+func TestCorkCloseSendsHeldBehindAppend(t *testing.T) {
+	dropped := 0
+	const rounds = 200
+	for range rounds {
+		rc := &recordingConn{}
+		c := &corkConn{Conn: rc}
+		c.cork()
+		c.Write([]byte("PUBACK 1;"))
+		c.Write([]byte("DISCONNECT 0x8e;")) // mochi's DisconnectClient, then Stop -> Close
+
+		c.mu.Lock() // the moment another writer (the waiter's next PUBACK, mochi's WriteLoop) is in its append
+		appended := make(chan struct{})
+		go func() { c.Write([]byte("PUBACK 2;")); close(appended) }()
+		for c.wmu.TryLock() { // until that writer holds wmu, waiting for mu
+			c.wmu.Unlock()
+		}
+		c.mu.Unlock()
+		c.Close()
+		<-appended
+		if !strings.Contains(strings.Join(rc.got(), ""), "DISCONNECT") {
+			dropped++
+		}
+	}
+	if dropped > 0 {
+		t.Errorf("Close dropped the held PUBACK and DISCONNECT in %d of %d rounds", dropped, rounds)
 	}
 }

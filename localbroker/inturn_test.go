@@ -48,18 +48,22 @@ func TestAcksInOrder(t *testing.T) {
 		code byte
 	}{{packets.PUBACK, 1, 0}, {packets.PUBACK, 2, 0}, {packets.PUBACK, 3, 0x87}, {packets.PUBREC, 4, 0}, {packets.PUBREC, 5, 0x87}} {
 		p := r.expect(want.typ)
-		var id uint16
-		var code byte
-		switch c := p.Content.(type) {
-		case *packets.Puback:
-			id, code = c.PacketID, c.ReasonCode
-		case *packets.Pubrec:
-			id, code = c.PacketID, c.ReasonCode
-		}
+		id, code := ackOf(p)
 		if id != want.id || code != want.code {
 			t.Fatalf("got %s for %d with %#x, want it for %d with %#x", p, id, code, want.id, want.code)
 		}
 	}
+}
+
+// ackOf returns the packet id and reason code of a PUBACK or PUBREC.
+func ackOf(p *packets.ControlPacket) (id uint16, code byte) {
+	switch c := p.Content.(type) {
+	case *packets.Puback:
+		return c.PacketID, c.ReasonCode
+	case *packets.Pubrec:
+		return c.PacketID, c.ReasonCode
+	}
+	return 0, 0
 }
 
 // The same for MQTT 3.1.1, whose refusals have no acknowledgement.
@@ -193,14 +197,13 @@ func TestStoredQoS2KeepsTopicAliases(t *testing.T) {
 	r := connect("dev")
 	alias := uint16(1)
 	r.publish(1, "t/a", 2, "qos 2", &packets.Properties{TopicAlias: &alias})
-	r.publish(0, "t/b", 0, "remap", &packets.Properties{TopicAlias: &alias})
-	if p := sub.expect(packets.PUBLISH).Content.(*packets.Publish); p.Topic != "t/b" {
-		t.Fatalf("got %s, want t/b", p.Topic)
-	}
+	r.publish(0, "t/b", 0, "remap", &packets.Properties{TopicAlias: &alias}) // delivered in its turn
 	close(gate)
 	r.expect(packets.PUBREC)
-	if p := sub.expect(packets.PUBLISH).Content.(*packets.Publish); p.Topic != "t/a" {
-		t.Fatalf("got %s, want t/a", p.Topic)
+	for _, want := range []string{"t/a", "t/b"} {
+		if p := sub.expect(packets.PUBLISH).Content.(*packets.Publish); p.Topic != want {
+			t.Fatalf("got %s, want %s", p.Topic, want)
+		}
 	}
 	r.publish(0, "", 0, "by alias", &packets.Properties{TopicAlias: &alias})
 	if p := sub.expect(packets.PUBLISH).Content.(*packets.Publish); p.Topic != "t/b" {
@@ -224,5 +227,213 @@ func TestStoreFailureQoS2(t *testing.T) {
 	r.publish(1, "sensors/t", 2, "x", nil)
 	if pr := r.expect(packets.PUBREC).Content.(*packets.Pubrec); pr.PacketID != 1 || pr.ReasonCode != 0x80 {
 		t.Errorf("PUBREC %d %#x, want 1 0x80", pr.PacketID, pr.ReasonCode)
+	}
+}
+
+// pollUntil polls cond (broker state, no event to wait on) for at most
+// wait.
+func pollUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(wait)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond) // polling the broker's state, with a deadline
+	}
+}
+
+// A QoS 2 publish that is not stored, waiting its turn behind a stored
+// one, whose connection ends before its turn, is not delivered: the
+// client never got its PUBREC, and sends it again on its next connection
+// (its session kept), when it is delivered, once.
+func TestUnstoredQoS2InTurnDeliveredOnce(t *testing.T) {
+	b, gate := gatedBroker(t)
+	sub := dial5(t, b)
+	sub.connect(connectPacket5("sub", true, 30, nil))
+	sub.subscribe(1, "local", 0)
+
+	keep := &packets.Properties{SessionExpiryInterval: u32(300)}
+	dev := dial5(t, b)
+	dev.connect(connectPacket5("dev", false, 30, keep))
+	dev.publish(1, "routed", 1, "stored", nil) // waits for the disk
+	dev.publish(2, "local", 2, "once", nil)    // not stored: queued behind it
+	dev.send(&packets.Pingreq{})
+	dev.expect(packets.PINGRESP) // both read
+	old, _ := b.srv.Clients.Get("dev")
+	dev.Close() // the device's link drops before the disk is done
+	pollUntil(t, "the old connection to close", old.Closed)
+
+	dev2 := dial5(t, b)
+	if ca := dev2.connect(connectPacket5("dev", false, 30, keep)); !ca.SessionPresent {
+		t.Fatal("session not present")
+	}
+	// No PUBREC was received for 2: the client sends it again [MQTT-4.4.0-1].
+	dev2.send(&packets.Publish{PacketID: 2, Topic: "local", QoS: 2, Duplicate: true, Payload: []byte("once"), Properties: &packets.Properties{}})
+	// PUBREC (perhaps first one mochi resends from the session), PUBREL,
+	// PUBCOMP.
+	for released := false; ; {
+		p := dev2.expectOneOf(packets.PUBREC, packets.PUBCOMP)
+		if p.Type == packets.PUBCOMP {
+			break
+		}
+		if pr := p.Content.(*packets.Pubrec); pr.ReasonCode < 0x80 && !released {
+			released = true
+			dev2.send(&packets.Pubrel{PacketID: 2, Properties: &packets.Properties{}})
+		} else if !released {
+			t.Fatalf("PUBREC %#x", pr.ReasonCode)
+		}
+	}
+
+	close(gate) // the old connection's stored publish is on disk
+	// The old connection's waiter drops its slot when it is done.
+	pollUntil(t, "the old waiter to finish", func() bool { _, ok := b.gate.slots.Load(old); return !ok })
+	dev2.publish(0, "local", 0, "end", nil)
+	n := 0
+	for {
+		p := sub.expect(packets.PUBLISH).Content.(*packets.Publish)
+		if string(p.Payload) == "end" {
+			break
+		}
+		n++
+	}
+	if n != 1 {
+		t.Errorf("the QoS 2 publish was delivered %d times, want once", n)
+	}
+}
+
+// A device sets a retained value at QoS 1 and replaces it at QoS 0 while
+// the first waits for the disk: the broker keeps the last one.
+func TestRetainedInOrderAcrossQoS(t *testing.T) {
+	b, gate := gatedBroker(t)
+	r := dial5(t, b)
+	r.connect(connectPacket5("dev", true, 30, nil))
+	r.send(&packets.Publish{PacketID: 1, Topic: "routed", QoS: 1, Retain: true, Payload: []byte("old"), Properties: &packets.Properties{}})
+	r.send(&packets.Publish{Topic: "routed", QoS: 0, Retain: true, Payload: []byte("new"), Properties: &packets.Properties{}})
+	r.send(&packets.Pingreq{})
+	r.expect(packets.PINGRESP)
+	close(gate)
+	r.expect(packets.PUBACK)
+	r.send(&packets.Pingreq{})
+	r.expect(packets.PINGRESP)
+	cl, _ := b.srv.Clients.Get("dev")
+	pollUntil(t, "the waiter", func() bool { return !b.gate.pending(cl) })
+	for _, m := range b.srv.Topics.Messages("routed") {
+		if string(m.Payload) != "new" {
+			t.Errorf("retained %q, want the last one published, %q", m.Payload, "new")
+		}
+	}
+}
+
+// A 3.1.1 client that the broker disconnects for a QoS 1 publish the ACL
+// denies has not sent a DISCONNECT: its will is published
+// [MQTT-3.1.2-8].
+func TestDeniedPublishKeepsWill311(t *testing.T) {
+	b := interopBrokerForwarding(t, Limits{}, nil)
+	wills := make(chan Message, 1)
+	if err := b.Subscribe("will/#", 98, func(m Message) { wills <- m }); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := net.Dial("tcp", b.Addrs()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(wait))
+	cp := pahopk.NewControlPacket(pahopk.Connect).(*pahopk.ConnectPacket)
+	cp.ProtocolName, cp.ProtocolVersion, cp.ClientIdentifier, cp.CleanSession, cp.Keepalive = "MQTT", 4, "dev", true, 30
+	cp.Username, cp.UsernameFlag, cp.Password, cp.PasswordFlag = interopUser, true, []byte(interopPassword), true
+	cp.WillFlag, cp.WillTopic, cp.WillMessage, cp.WillQos = true, "will/dev", []byte("offline"), 1
+	if err := cp.Write(conn); err != nil {
+		t.Fatal(err)
+	}
+	if ack, err := pahopk.ReadPacket(conn); err != nil || ack.(*pahopk.ConnackPacket).ReturnCode != 0 {
+		t.Fatalf("CONNACK: %v %v", ack, err)
+	}
+	p := pahopk.NewControlPacket(pahopk.Publish).(*pahopk.PublishPacket)
+	p.TopicName, p.Qos, p.MessageID, p.Payload = suiteNoSubscribe, 1, 1, []byte("denied")
+	p.Write(conn)
+	for { // the broker closes the connection
+		if _, err := pahopk.ReadPacket(conn); err != nil {
+			break
+		}
+	}
+	// mochi sends the will, to the inline subscriber at once, before the
+	// client's goroutine ends and it is no longer counted.
+	pollUntil(t, "the client to be gone", func() bool { return b.Clients() == 0 })
+	select {
+	case m := <-wills:
+		if m.Topic != "will/dev" || string(m.Payload) != "offline" {
+			t.Errorf("will %s %q, want will/dev \"offline\"", m.Topic, m.Payload)
+		}
+	default:
+		t.Fatal("the will of a client the broker disconnected was not published")
+	}
+}
+
+// What a client the ACL denies a topic can get through, with and without
+// stored publishes ahead of it: nothing, retained or not, any QoS, by
+// topic alias; and each denied QoS 1 or 2 publish gets 0x87.
+func TestDeniedPublishes(t *testing.T) {
+	for _, ahead := range []bool{false, true} {
+		b, gate := gatedBroker(t)
+		got := make(chan Message, 100)
+		b.Subscribe("#", 99, func(m Message) { got <- m })
+		r := dial5(t, b)
+		r.connect(connectPacket5("dev", true, 30, nil))
+		if ahead {
+			r.publish(1, "routed", 1, "stored", nil)
+		}
+		one, two := uint16(1), uint16(2)
+		for _, p := range []*packets.Publish{
+			{PacketID: 2, Topic: suiteNoSubscribe, QoS: 1, Retain: true, Payload: []byte("r1")},
+			{Topic: suiteNoSubscribe, QoS: 0, Retain: true, Payload: []byte("r0")},
+			{PacketID: 3, Topic: suiteNoSubscribe, QoS: 2, Retain: true, Payload: []byte("r2")},
+			{Topic: "ok", QoS: 0, Payload: []byte("set alias 1"), Properties: &packets.Properties{TopicAlias: &one}},
+			{Topic: suiteNoSubscribe, QoS: 0, Payload: []byte("set alias 2"), Properties: &packets.Properties{TopicAlias: &two}},
+			{PacketID: 4, QoS: 1, Retain: true, Payload: []byte("alias 2"), Properties: &packets.Properties{TopicAlias: &two}},
+			{QoS: 0, Payload: []byte("alias 2 qos0"), Properties: &packets.Properties{TopicAlias: &two}},
+		} {
+			if p.Properties == nil {
+				p.Properties = &packets.Properties{}
+			}
+			r.send(p)
+		}
+		r.send(&packets.Pingreq{})
+		denials := func() {
+			for _, id := range []uint16{2, 3, 4} {
+				p := r.expectOneOf(packets.PUBACK, packets.PUBREC)
+				got, code := ackOf(p)
+				if got != id || code != 0x87 {
+					t.Errorf("ahead=%v: %s for %d %#x, want it for %d 0x87", ahead, p, got, code, id)
+				}
+			}
+		}
+		if !ahead {
+			denials()
+		}
+		r.expect(packets.PINGRESP)
+		close(gate)
+		if ahead {
+			r.expect(packets.PUBACK) // of the stored one, first
+			denials()
+		}
+		r.send(&packets.Pingreq{})
+		r.expect(packets.PINGRESP)
+		cl, _ := b.srv.Clients.Get("dev")
+		pollUntil(t, "the waiter to deliver what it holds", func() bool { return !b.gate.pending(cl) })
+		for done := false; !done; {
+			select {
+			case m := <-got:
+				if m.Topic != "ok" && m.Topic != "routed" {
+					t.Errorf("ahead=%v: delivered %q on %q", ahead, m.Payload, m.Topic)
+				}
+			default:
+				done = true
+			}
+		}
+		for _, rm := range b.srv.Topics.Messages(suiteNoSubscribe) {
+			t.Errorf("ahead=%v: retained %q", ahead, rm.Payload)
+		}
 	}
 }

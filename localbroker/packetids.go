@@ -228,6 +228,14 @@ func (h *gateHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 		if pk.FixedHeader.Qos == 0 || pk.PublishValidate(h.srv.Options.Capabilities.TopicAliasMaximum) != packets.CodeSuccess {
 			return pk, nil
 		}
+		if deniedOnRead(cl, pk) && !h.mayPublish(cl, pk) {
+			// Ends the connection; mochi sends the will (see OnPublish).
+			if remote := remoteAddr(cl); h.refusals.allow(remote, "publish denied") {
+				h.log.Info("client disconnected: MQTT 3.1.1 publish the ACL denies", "client_id", cl.ID, "topic", pk.TopicName, "remote", remote)
+			}
+			h.release(cl)
+			return pk, packets.ErrRejectPacket
+		}
 	case packets.Subscribe:
 		if pk.SubscribeValidate() != packets.CodeSuccess {
 			return pk, nil

@@ -2,7 +2,9 @@ package localbroker
 
 import (
 	"bytes"
+	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -39,6 +41,9 @@ type takeoverHook struct {
 	// packetids.go), before mochi copies them to the connection that
 	// takes the session over.
 	restore func(*mqtt.Client)
+
+	log    *slog.Logger
+	gaveUp atomic.Int64 // waits that ran out
 }
 
 const takeoverWait = 2 * time.Second
@@ -61,7 +66,7 @@ func (h *takeoverHook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 		// made this one — a DISCONNECT, with or without a new session
 		// expiry interval — that mochi has not read yet: the session is
 		// taken over (or not) as that leaves it.
-		waitUntil(func() bool { return old.Closed() || cc.caughtUp() })
+		h.wait(cl.ID, "the old connection to read what its client sent", func() bool { return old.Closed() || cc.caughtUp() })
 	}
 	if h.restore != nil {
 		h.restore(old)
@@ -76,7 +81,7 @@ func (h *takeoverHook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 	if old.IsTakenOver() || !expiring(old) {
 		return // a stored session, kept: taken over as mochi does
 	}
-	waitUntil(func() bool {
+	h.wait(cl.ID, "the old connection's clean-up", func() bool {
 		cur, ok := h.srv.Clients.Get(cl.ID)
 		return !ok || cur != old
 	})
@@ -91,7 +96,18 @@ func (h *takeoverHook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
 	delete(h.takingOver, cl)
 	h.mu.Unlock()
 	if taken && expire {
-		waitUntil(cl.IsTakenOver)
+		h.wait(cl.ID, "the takeover", cl.IsTakenOver)
+	}
+}
+
+// wait waits for cond, and logs when it gives up.
+func (h *takeoverHook) wait(id, what string, cond func() bool) {
+	if waitUntil(cond) {
+		return
+	}
+	h.gaveUp.Add(1)
+	if h.log != nil {
+		h.log.Warn("client id taken over: gave up waiting", "for", what, "client_id", id, "after", takeoverWait)
 	}
 }
 
@@ -105,10 +121,14 @@ func expiring(cl *mqtt.Client) bool {
 }
 
 // waitUntil polls cond, first every 50 µs and backing off to 5 ms, for at
-// most takeoverWait.
-func waitUntil(cond func() bool) {
+// most takeoverWait, and tells whether it held.
+func waitUntil(cond func() bool) bool {
 	deadline := time.Now().Add(takeoverWait)
-	for d := 50 * time.Microsecond; !cond() && time.Now().Before(deadline); d = min(2*d, 5*time.Millisecond) {
+	for d := 50 * time.Microsecond; !cond(); d = min(2*d, 5*time.Millisecond) {
+		if time.Now().After(deadline) {
+			return false
+		}
 		time.Sleep(d)
 	}
+	return true
 }

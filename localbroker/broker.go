@@ -789,6 +789,10 @@ func (h *gateHook) pending(cl *mqtt.Client) bool {
 	return w != nil && w.pending.Load() > 0
 }
 
+// maxAcked is how many acknowledged publishes a waiter holds before it
+// delivers them: the PUBACKs of that many go out in one write.
+const maxAcked = 64
+
 // wait acknowledges a client's queued publishes in the order they came,
 // and then delivers them. The acknowledgements of publishes stored
 // together go out in one write (see corkConn); the deliveries follow, so
@@ -805,6 +809,7 @@ func (h *gateHook) wait(cl *mqtt.Client, w *waiter) {
 		clear(acked)
 		acked = acked[:0]
 	}
+	acked = make([]packets.Packet, 0, maxAcked)
 	for {
 		var d deferred
 		var ok bool
@@ -825,6 +830,9 @@ func (h *gateHook) wait(cl *mqtt.Client, w *waiter) {
 				flush()
 				err = <-d.stored
 			}
+		}
+		if len(acked) == maxAcked {
+			flush() // what a waiter holds stays small
 		}
 		switch {
 		case err != nil:

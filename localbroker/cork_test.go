@@ -19,7 +19,7 @@ import (
 // The PUBACKs of publishes stored together go out in one write, in order,
 // and the publishes are counted once in $SYS.
 func TestStoredAcksCoalesced(t *testing.T) {
-	const n = 100
+	const n = maxAcked
 	stored := make(chan error) // closed: every publish is on disk at once
 	var forwarded atomic.Int32
 	all := make(chan struct{})

@@ -470,6 +470,9 @@ func TestStoredPublishOfLeaverKeepsNoLocal(t *testing.T) {
 	other.pub(t, &paho5.Publish{Topic: "tele/end", QoS: 1, Payload: []byte(sentinel)})
 
 	dev = connect5(t, b, &paho5.Connect{ClientID: "dev", Properties: persistent})
+	if !dev.connack.SessionPresent {
+		t.Fatal("the device's session was not there when it came back")
+	}
 	if got := dev.in.upTo(t); len(got) > 0 {
 		t.Errorf("the device got %v back through its noLocal subscription", got)
 	}

@@ -664,17 +664,22 @@ func (q *opQueue) ready() bool {
 	return len(q.ops) >= q.batch || q.closed
 }
 
-// take appends what is queued to into, and tells whether the queue is
-// closed (nothing more comes).
+// take appends what is queued, a batch at most, to into, and tells
+// whether the queue is closed and empty (nothing more comes).
 func (q *opQueue) take(into []op) ([]op, bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	into = append(into, q.ops...)
-	clear(q.ops)
-	q.ops = q.ops[:0]
-	q.due = false
+	n := min(len(q.ops), q.batch)
+	into = append(into, q.ops[:n]...)
+	rest := copy(q.ops, q.ops[n:])
+	clear(q.ops[rest:])
+	q.ops = q.ops[:rest]
+	q.due = rest > 0
+	if rest > 0 {
+		q.wake() // the next batch, in its turn
+	}
 	q.room.Broadcast()
-	return into, q.closed
+	return into, q.closed && rest == 0
 }
 
 func (q *opQueue) close() {

@@ -405,6 +405,8 @@ type gateHook struct {
 	aside   map[asideKey]packets.Packet // see packetids.go
 	slots   sync.Map                    // *mqtt.Client → *slot; see packetids.go
 	uplink  *mqtt.Client                // the inline client PublishLocal uses
+
+	willWaits func() // for tests: a will waits for its client's publishes
 }
 
 // waiter acknowledges a client's publishes whose acknowledgement waits

@@ -334,22 +334,7 @@ func TestDeniedPublishKeepsWill311(t *testing.T) {
 	if err := b.Subscribe("will/#", 98, func(m Message) { wills <- m }); err != nil {
 		t.Fatal(err)
 	}
-	conn, err := net.Dial("tcp", b.Addrs()[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(wait))
-	cp := pahopk.NewControlPacket(pahopk.Connect).(*pahopk.ConnectPacket)
-	cp.ProtocolName, cp.ProtocolVersion, cp.ClientIdentifier, cp.CleanSession, cp.Keepalive = "MQTT", 4, "dev", true, 30
-	cp.Username, cp.UsernameFlag, cp.Password, cp.PasswordFlag = interopUser, true, []byte(interopPassword), true
-	cp.WillFlag, cp.WillTopic, cp.WillMessage, cp.WillQos = true, "will/dev", []byte("offline"), 1
-	if err := cp.Write(conn); err != nil {
-		t.Fatal(err)
-	}
-	if ack, err := pahopk.ReadPacket(conn); err != nil || ack.(*pahopk.ConnackPacket).ReturnCode != 0 {
-		t.Fatalf("CONNACK: %v %v", ack, err)
-	}
+	conn := connectWithWill311(t, b, "will/dev", false)
 	p := pahopk.NewControlPacket(pahopk.Publish).(*pahopk.PublishPacket)
 	p.TopicName, p.Qos, p.MessageID, p.Payload = suiteNoSubscribe, 1, 1, []byte("denied")
 	p.Write(conn)
@@ -436,4 +421,87 @@ func TestDeniedPublishes(t *testing.T) {
 			t.Errorf("ahead=%v: retained %q", ahead, rm.Payload)
 		}
 	}
+}
+
+// A device's will goes out after its publishes still waiting for the disk:
+// its retained "online", stored late, does not replace the will's
+// "offline", for the site or (as the outbox has "online" first) upstream.
+func TestWillAfterStoredPublishes(t *testing.T) {
+	for _, ending := range []string{"denied publish", "dropped link"} {
+		t.Run(ending, func(t *testing.T) {
+			release := make(chan error, 1)
+			forwarding := make(chan struct{})
+			b := interopBrokerForwarding(t, Limits{}, func(m Message) (<-chan error, error) {
+				if m.Topic == "status/dev" && string(m.Payload) == "online" {
+					close(forwarding)
+					return release, nil
+				}
+				return nil, nil
+			})
+			got := make(chan Message, 10)
+			if err := b.Subscribe("status/#", 97, func(m Message) { got <- m }); err != nil {
+				t.Fatal(err)
+			}
+			conn := connectWithWill311(t, b, "status/dev", true)
+			willWaits := make(chan struct{})
+			b.gate.willWaits = func() { close(willWaits) }
+			p := pahopk.NewControlPacket(pahopk.Publish).(*pahopk.PublishPacket)
+			p.TopicName, p.Qos, p.Retain, p.MessageID, p.Payload = "status/dev", 1, true, 1, []byte("online")
+			p.Write(conn)
+			<-forwarding
+			if ending == "dropped link" {
+				conn.Close()
+			} else {
+				p = pahopk.NewControlPacket(pahopk.Publish).(*pahopk.PublishPacket)
+				p.TopicName, p.Qos, p.MessageID, p.Payload = suiteNoSubscribe, 1, 2, []byte("x")
+				p.Write(conn) // the broker ends the connection
+			}
+			select {
+			case <-willWaits:
+			case m := <-got:
+				t.Fatalf("got %s %q while the device's publish waits for the disk", m.Topic, m.Payload)
+			case <-time.After(wait):
+				t.Fatal("the will did not wait for the device's publish")
+			}
+			release <- nil // "online" is on disk now
+			var order []string
+			for len(order) < 2 {
+				select {
+				case m := <-got:
+					order = append(order, string(m.Payload))
+				case <-time.After(wait):
+					t.Fatalf("got %v only", order)
+				}
+			}
+			if order[0] != "online" {
+				t.Errorf("local subscribers got %v: the will came before the device's earlier publish", order)
+			}
+			if r, ok := b.srv.Topics.Retained.Get("status/dev"); !ok || string(r.Payload) != "offline" {
+				t.Errorf("retained on status/dev: %q, want the will's \"offline\"", r.Payload)
+			}
+		})
+	}
+}
+
+// connectWithWill311 connects a 3.1.1 client "dev" with a QoS 1 will
+// "offline" on topic.
+func connectWithWill311(t *testing.T, b *Broker, topic string, retain bool) net.Conn {
+	t.Helper()
+	conn, err := net.Dial("tcp", b.Addrs()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	conn.SetDeadline(time.Now().Add(wait))
+	cp := pahopk.NewControlPacket(pahopk.Connect).(*pahopk.ConnectPacket)
+	cp.ProtocolName, cp.ProtocolVersion, cp.ClientIdentifier, cp.CleanSession, cp.Keepalive = "MQTT", 4, "dev", true, 30
+	cp.Username, cp.UsernameFlag, cp.Password, cp.PasswordFlag = interopUser, true, []byte(interopPassword), true
+	cp.WillFlag, cp.WillTopic, cp.WillMessage, cp.WillQos, cp.WillRetain = true, topic, []byte("offline"), 1, retain
+	if err := cp.Write(conn); err != nil {
+		t.Fatal(err)
+	}
+	if ack, err := pahopk.ReadPacket(conn); err != nil || ack.(*pahopk.ConnackPacket).ReturnCode != 0 {
+		t.Fatalf("CONNACK: %v %v", ack, err)
+	}
+	return conn
 }

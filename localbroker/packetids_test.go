@@ -130,6 +130,23 @@ func qos2Rig(t *testing.T) (*Broker, *raw5, func() *raw5, uint16) {
 // publishes a sentinel on cmd/z: cmd/z itself if nothing was resent.
 func nextPublish(t *testing.T, b *Broker, r *raw5) string {
 	t.Helper()
+	// mochi resends the session's messages after the CONNACK, in the
+	// connection's goroutine, and only then reads the client's packets: a
+	// PINGRESP comes after what it resent. cmd/z, published before that,
+	// could come first.
+	r.send(&packets.Pingreq{})
+	for {
+		p, err := r.read()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.Type == packets.PUBLISH {
+			return p.Content.(*packets.Publish).Topic // resent
+		}
+		if p.Type == packets.PINGRESP {
+			break
+		}
+	}
 	if err := b.Publish(Message{Topic: "cmd/z", Payload: []byte("z"), QoS: 1}); err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,18 @@ import (
 // The will's topic is marked denied, so that no subscriber's ACL check
 // lets it through, and it is not retained.
 func (h *gateHook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
+	// The client's publishes still waiting for the disk go first: sent
+	// before them, the will would be overtaken by an older publish (a
+	// retained "online" replacing the will's "offline"). The waiter needs
+	// nothing of this goroutine; waitUntil gives up after takeoverWait.
+	if h.pending(cl) {
+		if h.willWaits != nil {
+			h.willWaits()
+		}
+		if !waitUntil(func() bool { return !h.pending(cl) }) {
+			h.log.Warn("last will sent before the client's earlier publishes were delivered", "client_id", cl.ID)
+		}
+	}
 	allowed := h.aclAllows(cl, will.TopicName, true)
 	if h.authz != nil {
 		allowed = h.authz.AuthorizePublish(clientInfo(cl), will.TopicName, will.Payload, allowed)

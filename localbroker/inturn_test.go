@@ -93,7 +93,7 @@ func TestAcksInOrder311(t *testing.T) {
 	}
 }
 
-func rawConnect311(t *testing.T, b *Broker, id string) net.Conn {
+func rawConnect311(t *testing.T, b *Broker, id string, opts ...func(*pahopk.ConnectPacket)) net.Conn {
 	t.Helper()
 	conn, err := net.Dial("tcp", b.Addrs()[0])
 	if err != nil {
@@ -104,6 +104,9 @@ func rawConnect311(t *testing.T, b *Broker, id string) net.Conn {
 	cp := pahopk.NewControlPacket(pahopk.Connect).(*pahopk.ConnectPacket)
 	cp.ProtocolName, cp.ProtocolVersion, cp.ClientIdentifier, cp.CleanSession, cp.Keepalive = "MQTT", 4, id, true, 30
 	cp.Username, cp.UsernameFlag, cp.Password, cp.PasswordFlag = interopUser, true, []byte(interopPassword), true
+	for _, o := range opts {
+		o(cp)
+	}
 	if err := cp.Write(conn); err != nil {
 		t.Fatal(err)
 	}
@@ -487,21 +490,7 @@ func TestWillAfterStoredPublishes(t *testing.T) {
 // "offline" on topic.
 func connectWithWill311(t *testing.T, b *Broker, topic string, retain bool) net.Conn {
 	t.Helper()
-	conn, err := net.Dial("tcp", b.Addrs()[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	conn.SetDeadline(time.Now().Add(wait))
-	cp := pahopk.NewControlPacket(pahopk.Connect).(*pahopk.ConnectPacket)
-	cp.ProtocolName, cp.ProtocolVersion, cp.ClientIdentifier, cp.CleanSession, cp.Keepalive = "MQTT", 4, "dev", true, 30
-	cp.Username, cp.UsernameFlag, cp.Password, cp.PasswordFlag = interopUser, true, []byte(interopPassword), true
-	cp.WillFlag, cp.WillTopic, cp.WillMessage, cp.WillQos, cp.WillRetain = true, topic, []byte("offline"), 1, retain
-	if err := cp.Write(conn); err != nil {
-		t.Fatal(err)
-	}
-	if ack, err := pahopk.ReadPacket(conn); err != nil || ack.(*pahopk.ConnackPacket).ReturnCode != 0 {
-		t.Fatalf("CONNACK: %v %v", ack, err)
-	}
-	return conn
+	return rawConnect311(t, b, "dev", func(cp *pahopk.ConnectPacket) {
+		cp.WillFlag, cp.WillTopic, cp.WillMessage, cp.WillQos, cp.WillRetain = true, topic, []byte("offline"), 1, retain
+	})
 }

@@ -300,7 +300,7 @@ func (b *Broker) PublishLocal(m Message) error {
 // filter. id must be unique per filter among the gateway's subscriptions.
 func (b *Broker) Subscribe(filter string, id int, fn func(Message)) error {
 	return b.srv.Subscribe(filter, id, func(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
-		fn(Message{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain})
+		fn(messageOf(pk))
 	})
 }
 
@@ -622,7 +622,7 @@ func (h *gateHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet
 	if h.forward == nil || cl.ID == uplinkClientID {
 		return h.inTurn(cl, pk)
 	}
-	stored, err := h.forward(Message{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain})
+	stored, err := h.forward(messageOf(pk))
 	switch {
 	case err == nil && (stored == nil || pk.FixedHeader.Qos == 0):
 		// Nothing to wait for: QoS 0 has no acknowledgement (it is on
@@ -646,13 +646,18 @@ func (h *gateHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet
 	return pk, packets.ErrRejectPacket
 }
 
+// messageOf is the Message a publish carries.
+func messageOf(pk packets.Packet) Message {
+	return Message{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain}
+}
+
 // forwardInline forwards a publish of the gateway's own (its sensors),
 // whose goroutine can wait for the disk.
 func (h *gateHook) forwardInline(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if h.forward == nil || cl.ID == uplinkClientID {
 		return pk, nil
 	}
-	stored, err := h.forward(Message{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain})
+	stored, err := h.forward(messageOf(pk))
 	if err == nil && stored != nil {
 		err = <-stored
 	}

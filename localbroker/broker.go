@@ -182,7 +182,7 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 	// client.
 	b.uplink.Properties.ProtocolVersion = 5
 	gate.uplink = b.uplink
-	b.takeover = &takeoverHook{srv: srv, takingOver: map[*mqtt.Client]bool{}, restore: gate.restoreAside, log: log}
+	b.takeover = &takeoverHook{srv: srv, takingOver: map[*mqtt.Client]bool{}, successor: map[*mqtt.Client]*mqtt.Client{}, restore: gate.restoreAside, log: log}
 	if err := srv.AddHook(b.takeover, nil); err != nil {
 		return nil, err
 	}
@@ -207,6 +207,7 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 			return nil, err
 		}
 		ss.aside = gate.isAside
+		b.takeover.queued = func(cl *mqtt.Client, pk packets.Packet) { ss.OnQosPublish(cl, pk, pk.Created, 0) }
 		b.sessions = ss
 		if err := srv.AddHook(ss, nil); err != nil {
 			b.Close()

@@ -35,6 +35,10 @@ type corkConn struct {
 	reads   atomic.Uint64 // Reads begun
 	inRead  atomic.Bool   // a Read is under way
 	stalled atomic.Bool   // the reader waits for the disk, all it read processed
+
+	// resuming is set while the connection resumes a session, until mochi
+	// has resent its messages (see takeoverHook).
+	resuming atomic.Bool
 }
 
 // corkMax is the most that is held: a TLS record's payload.

@@ -69,6 +69,12 @@ func interopBroker(t *testing.T, lim Limits) *Broker {
 // interopBrokerForwarding is interopBroker handing publishes to fwd.
 func interopBrokerForwarding(t *testing.T, lim Limits, fwd func(Message) (<-chan error, error)) *Broker {
 	t.Helper()
+	return interopBrokerACL(t, lim, fwd, interopACL)
+}
+
+// interopBrokerACL is interopBrokerForwarding with the acl_file aclText.
+func interopBrokerACL(t *testing.T, lim Limits, fwd func(Message) (<-chan error, error), aclText string) *Broker {
+	t.Helper()
 	dir := t.TempDir()
 	hash, err := HashPassword([]byte(interopPassword), 0)
 	if err != nil {
@@ -78,7 +84,7 @@ func interopBrokerForwarding(t *testing.T, lim Limits, fwd func(Message) (<-chan
 	if err := os.WriteFile(pwFile, []byte(interopUser+":"+hash+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(aclFile, []byte(interopACL), 0o600); err != nil {
+	if err := os.WriteFile(aclFile, []byte(aclText), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	pw, err := LoadPasswordFile(pwFile)

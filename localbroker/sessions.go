@@ -438,7 +438,10 @@ func (s *sessionStore) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
 }
 
 func (s *sessionStore) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, _ int) {
-	if !persistent(cl) || s.aside != nil && s.aside(cl, pk.PacketID) {
+	// A client taken over: mochi copied the message to the connection
+	// that took it over, which stores the session as it is once it is
+	// established, or the message is moved to it (takeoverHook.rehome).
+	if !persistent(cl) || cl.IsTakenOver() || s.aside != nil && s.aside(cl, pk.PacketID) {
 		return
 	}
 	s.mu.Lock()

@@ -30,6 +30,25 @@ import (
 //
 // Both waits are for code that runs without blocking, so they are short;
 // they give up after takeoverWait rather than hang a connection.
+//
+// It closes three more, for sessions that are resumed:
+//
+//   - mochi writes the CONNACK and then resends the session's messages,
+//     while publishers may already queue new ones on the connection's write
+//     loop: a new message overtook an older one on the same topic. A
+//     delivery to a connection that is resuming a session waits (in
+//     OnACLCheck, which mochi asks before it queues) until the resend is
+//     done.
+//   - mochi acknowledges a publish before it queues it for the subscribers
+//     it looked up, one of which may be a connection whose session a new
+//     connection is copying, or has copied: the message was set on the old
+//     one, and lost. Such a message is queued on the new connection (see
+//     rehome).
+//   - mochi's session expiry, once a second, deletes an expired client id
+//     from its client list after it looked it up: a connection that came
+//     in between took the ending session over, and was then taken out of
+//     the list (it was sent nothing). A connection whose session expires
+//     within the second waits until mochi has ended it, and starts clean.
 type takeoverHook struct {
 	mqtt.HookBase
 	srv *mqtt.Server
@@ -42,24 +61,68 @@ type takeoverHook struct {
 	// takes the session over.
 	restore func(*mqtt.Client)
 
+	// successor is, for a client whose session a connection is taking
+	// over, that connection, until the session is resumed.
+	successor map[*mqtt.Client]*mqtt.Client
+
+	// queued tells the session store of a message rehome queued.
+	queued func(*mqtt.Client, packets.Packet)
+
 	log    *slog.Logger
 	gaveUp atomic.Int64 // waits that ran out
+
+	// For tests: deliveries that waited for a resend, messages rehomed,
+	// connections that waited for mochi to end an expiring session.
+	heldBack, rehomed, expiryWaits atomic.Int64
 }
 
 const takeoverWait = 2 * time.Second
 
+// expiryWait bounds the wait for mochi's expiry loop, which runs once a
+// second and ends a session in the first second after it expired.
+const expiryWait = 3 * time.Second
+
 func (h *takeoverHook) ID() string { return "fieldgate-takeover" }
 
 func (h *takeoverHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnSessionEstablish, mqtt.OnDisconnect}, []byte{b})
+	return bytes.Contains([]byte{mqtt.OnSessionEstablish, mqtt.OnSessionEstablished, mqtt.OnDisconnect,
+		mqtt.OnACLCheck, mqtt.OnQosPublish, mqtt.OnQosDropped}, []byte{b})
 }
 
 // OnSessionEstablish runs before mochi looks for the client id's last
 // connection.
-func (h *takeoverHook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
+func (h *takeoverHook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	old, ok := h.srv.Clients.Get(cl.ID)
 	if !ok || old == cl {
 		return
+	}
+	if old.Closed() && !old.IsTakenOver() && h.expiresNow(old) {
+		// mochi's loop may have looked the client id up already, and
+		// would delete it after this connection has taken it.
+		h.expiryWaits.Add(1)
+		if !waitAtMost(expiryWait, func() bool { cur, ok := h.srv.Clients.Get(cl.ID); return !ok || cur != old }) {
+			h.gaveUp.Add(1)
+			h.warn("client id taken over: gave up waiting", "for", "its session's expiry", "client_id", cl.ID, "after", expiryWait)
+		}
+		if old, ok = h.srv.Clients.Get(cl.ID); !ok || old == cl {
+			return
+		}
+	}
+	if !pk.Connect.Clean && !(old.Properties.Clean && old.Properties.ProtocolVersion < 5) {
+		// The session will be resumed (mochi decides so after this hook,
+		// as here): deliveries to the new connection wait until mochi has
+		// resent the session's messages.
+		if cc, ok := cl.Net.Conn.(*corkConn); ok {
+			cc.resuming.Store(true)
+		}
+		h.mu.Lock()
+		for o, n := range h.successor {
+			if n.Closed() || !resuming(n) {
+				delete(h.successor, o)
+			}
+		}
+		h.successor[old] = cl
+		h.mu.Unlock()
 	}
 	if cc, ok := old.Net.Conn.(*corkConn); ok && !old.Closed() {
 		// The client may have sent more on its last connection before it
@@ -87,6 +150,140 @@ func (h *takeoverHook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 	})
 }
 
+// expiresNow tells whether mochi's expiry loop may end cl's session in the
+// next second: it ends one when its expiry second is past.
+func (h *takeoverHook) expiresNow(cl *mqtt.Client) bool {
+	stopped := cl.StopTime()
+	if stopped == 0 {
+		return false
+	}
+	expire := h.srv.Options.Capabilities.MaximumSessionExpiryInterval // as mochi's clearExpiredClients
+	if cl.Properties.ProtocolVersion == 5 && cl.Properties.Props.SessionExpiryIntervalFlag {
+		expire = cl.Properties.Props.SessionExpiryInterval
+	}
+	return stopped+int64(expire) <= time.Now().Unix()
+}
+
+// OnSessionEstablished runs once mochi has resent the session's messages.
+func (h *takeoverHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+	if cc, ok := cl.Net.Conn.(*corkConn); ok {
+		cc.resuming.Store(false)
+	}
+}
+
+// resuming tells whether cl is a connection that resumes a session and
+// has not yet been sent the session's messages.
+func resuming(cl *mqtt.Client) bool {
+	cc, ok := cl.Net.Conn.(*corkConn)
+	return ok && cc.resuming.Load()
+}
+
+// OnACLCheck holds a delivery to a connection that is resuming a session
+// until mochi has resent the session's messages, for at most
+// takeoverWait. It decides nothing: the hooks after it do.
+func (h *takeoverHook) OnACLCheck(cl *mqtt.Client, _ string, write bool) bool {
+	if write || !resuming(cl) {
+		return false
+	}
+	h.heldBack.Add(1)
+	// A long resend to a slow client outlasts the wait: the message then
+	// goes out among the resent ones, which is not worth a log line each.
+	if !waitUntil(func() bool { return !resuming(cl) || cl.Closed() }) {
+		h.gaveUp.Add(1)
+	}
+	return false
+}
+
+// OnQosPublish sees each message mochi queues for a client. One queued
+// for a client whose session another connection has taken over (as mochi
+// queues it on the client it looked up before) is checked once the new
+// connection is under way, and moved to it if mochi did not copy it.
+func (h *takeoverHook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, _ int) {
+	if !cl.IsTakenOver() || pk.FixedHeader.Type != packets.Publish || pk.FixedHeader.Dup {
+		return
+	}
+	go func() {
+		var nc *mqtt.Client
+		if !waitUntil(func() bool {
+			cur, ok := h.srv.Clients.Get(cl.ID)
+			nc = cur
+			return ok && cur != cl
+		}) || !inherits(cl, nc) {
+			return // no connection took the session: it ended
+		}
+		h.wait(cl.ID, "the session's messages to be resent", func() bool { return !resuming(nc) || nc.Closed() })
+		// By now mochi has copied the session and cleared cl's copy of
+		// it: what cl still holds came after.
+		cur, ok := cl.State.Inflight.Get(pk.PacketID)
+		if !ok || !sameMessage(cur, pk) || !cl.State.Inflight.Delete(pk.PacketID) {
+			return // copied with the session, or dropped (OnQosDropped)
+		}
+		atomic.AddInt64(&h.srv.Info.Inflight, -1)
+		h.rehome(nc, pk)
+	}()
+}
+
+// OnQosDropped sees the messages mochi clears from a client whose session
+// it has just copied to a new connection: one that was set on the client
+// after the copy is moved to the new connection.
+func (h *takeoverHook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
+	if !cl.IsTakenOver() || pk.FixedHeader.Type != packets.Publish {
+		return
+	}
+	h.mu.Lock()
+	nc := h.successor[cl]
+	h.mu.Unlock()
+	if nc == nil {
+		return
+	}
+	if cur, ok := nc.State.Inflight.Get(pk.PacketID); ok && sameMessage(cur, pk) {
+		return // copied
+	}
+	// The new connection's CONNACK is not sent yet, so the client cannot
+	// have acknowledged the copy: it was not copied.
+	go func() {
+		h.wait(cl.ID, "the session's messages to be resent", func() bool { return !resuming(nc) || nc.Closed() })
+		h.rehome(nc, pk)
+	}()
+}
+
+// inherits tells whether nc, which took cl's client id over, resumed its
+// session (mochi's rule in inheritClientSession).
+func inherits(cl, nc *mqtt.Client) bool {
+	return !nc.Properties.Clean && !(cl.Properties.Clean && cl.Properties.ProtocolVersion < 5)
+}
+
+func sameMessage(a, b packets.Packet) bool {
+	return a.FixedHeader.Type == b.FixedHeader.Type && a.TopicName == b.TopicName && a.Created == b.Created && bytes.Equal(a.Payload, b.Payload)
+}
+
+// rehome queues pk, which mochi queued on a client whose session nc has
+// taken over, on nc, under a packet id of nc's, and sends it if nc is
+// connected. It goes after what was queued on nc meanwhile.
+func (h *takeoverHook) rehome(nc *mqtt.Client, pk packets.Packet) {
+	id, err := nc.NextPacketID()
+	if err != nil {
+		h.warn("message for a session taken over dropped: no packet id free", "client_id", nc.ID, "topic", pk.TopicName)
+		return
+	}
+	pk.PacketID = uint16(id)
+	if !nc.State.Inflight.Set(pk) {
+		return
+	}
+	h.rehomed.Add(1)
+	atomic.AddInt64(&h.srv.Info.Inflight, 1)
+	nc.State.Inflight.DecreaseSendQuota()
+	if h.queued != nil {
+		h.queued(nc, pk)
+	}
+	// Taken over in turn since: that connection copied it, or it is
+	// moved again.
+	h.OnQosPublish(nc, pk, pk.Created, 0)
+	if !nc.Closed() {
+		_ = nc.WritePacket(pk) // a failure ends the connection; the session keeps it
+	}
+}
+
 // OnDisconnect runs just before mochi's clean-up of the connection: after
 // it has been closed, so after any OnSessionEstablish that saw it open
 // has said so.
@@ -106,8 +303,12 @@ func (h *takeoverHook) wait(id, what string, cond func() bool) {
 		return
 	}
 	h.gaveUp.Add(1)
+	h.warn("client id taken over: gave up waiting", "for", what, "client_id", id, "after", takeoverWait)
+}
+
+func (h *takeoverHook) warn(msg string, args ...any) {
 	if h.log != nil {
-		h.log.Warn("client id taken over: gave up waiting", "for", what, "client_id", id, "after", takeoverWait)
+		h.log.Warn(msg, args...)
 	}
 }
 
@@ -122,8 +323,11 @@ func expiring(cl *mqtt.Client) bool {
 
 // waitUntil polls cond, first every 50 µs and backing off to 5 ms, for at
 // most takeoverWait, and tells whether it held.
-func waitUntil(cond func() bool) bool {
-	deadline := time.Now().Add(takeoverWait)
+func waitUntil(cond func() bool) bool { return waitAtMost(takeoverWait, cond) }
+
+// waitAtMost is waitUntil for at most d.
+func waitAtMost(d time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
 	for d := 50 * time.Microsecond; !cond(); d = min(2*d, 5*time.Millisecond) {
 		if time.Now().After(deadline) {
 			return false

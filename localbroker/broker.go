@@ -266,11 +266,21 @@ func (b *Broker) addWebSocket(id string, l Listener, log *slog.Logger) error {
 		tl.opts.Store(l.TLS)
 		cfg.TLSConfig = tl.config()
 	}
-	if err := b.srv.AddListener(listeners.NewWebsocket(cfg)); err != nil {
+	if err := b.srv.AddListener(corkWebsocket{listeners.NewWebsocket(cfg)}); err != nil {
 		return fmt.Errorf("localbroker: websocket on %s: %w", l.Address, err)
 	}
 	b.addrs = append(b.addrs, l.Address)
 	return nil
+}
+
+// corkWebsocket is mochi's WebSocket listener handing out its connections
+// as corkConns, as the TCP listeners do: so that a connection that takes a
+// client id over, or resumes a session, waits as it does there (see
+// takeoverHook).
+type corkWebsocket struct{ *listeners.Websocket }
+
+func (l corkWebsocket) Serve(establish listeners.EstablishFn) {
+	l.Websocket.Serve(func(id string, c net.Conn) error { return establish(id, &corkConn{Conn: c}) })
 }
 
 // Addrs returns the addresses the listeners are bound to (with the real

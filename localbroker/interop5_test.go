@@ -92,6 +92,12 @@ func tryConnect5(t *testing.T, b *Broker, cp *paho5.Connect) (*client5, error) {
 	if err != nil {
 		return nil, err
 	}
+	return tryConnect5Over(t, conn, cp)
+}
+
+// tryConnect5Over is tryConnect5 on a connection of the caller's.
+func tryConnect5Over(t *testing.T, conn net.Conn, cp *paho5.Connect) (*client5, error) {
+	var err error
 	c := &client5{in: make(inbox5, 1000), disconnects: make(chan *paho5.Disconnect, 1), t: t}
 	c.Client = paho5.NewClient(paho5.ClientConfig{
 		Conn: conn,

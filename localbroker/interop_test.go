@@ -72,8 +72,9 @@ func interopBrokerForwarding(t *testing.T, lim Limits, fwd func(Message) (<-chan
 	return interopBrokerACL(t, lim, fwd, interopACL)
 }
 
-// interopBrokerACL is interopBrokerForwarding with the acl_file aclText.
-func interopBrokerACL(t *testing.T, lim Limits, fwd func(Message) (<-chan error, error), aclText string) *Broker {
+// interopBrokerACL is interopBrokerForwarding with the acl_file aclText,
+// and more listeners after its TCP one.
+func interopBrokerACL(t *testing.T, lim Limits, fwd func(Message) (<-chan error, error), aclText string, more ...Listener) *Broker {
 	t.Helper()
 	dir := t.TempDir()
 	hash, err := HashPassword([]byte(interopPassword), 0)
@@ -96,7 +97,7 @@ func interopBrokerACL(t *testing.T, lim Limits, fwd func(Message) (<-chan error,
 		t.Fatal(err)
 	}
 	o := &Options{
-		Listeners:    []Listener{{Address: "127.0.0.1:0"}},
+		Listeners:    append([]Listener{{Address: "127.0.0.1:0"}}, more...),
 		Security:     Security{Passwords: pw, ACL: acl},
 		Limits:       lim,
 		RetainedFile: filepath.Join(dir, "broker.db"),

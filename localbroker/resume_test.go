@@ -2,12 +2,16 @@ package localbroker
 
 import (
 	"fmt"
+	"io"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/eclipse/paho.golang/packets"
 	paho5 "github.com/eclipse/paho.golang/paho"
+	"github.com/fieldgate/fieldgate/bridge/mosquittotest"
+	"github.com/gorilla/websocket"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	mochipk "github.com/mochi-mqtt/server/v2/packets"
 )
@@ -185,11 +189,35 @@ func TestReconnectAsSessionExpires(t *testing.T) {
 
 // A device that reconnects again and again, resuming its session, while
 // QoS 1 messages to it are published as fast as the broker takes them,
-// gets every message the publisher had acknowledged.
+// gets every message the publisher had acknowledged: over TCP, and over
+// WebSocket.
 func TestResumingUnderLoad(t *testing.T) {
-	b := interopBroker(t, Limits{})
+	t.Run("tcp", func(t *testing.T) {
+		b := interopBroker(t, Limits{})
+		resumingUnderLoad(t, b, func(cp *paho5.Connect) *client5 { return connect5(t, b, cp) })
+	})
+	t.Run("websocket", func(t *testing.T) {
+		ws := fmt.Sprintf("127.0.0.1:%d", mosquittotest.FreePort(t))
+		b := interopBrokerACL(t, Limits{}, nil, interopACL, Listener{Address: ws, WebSocket: true})
+		resumingUnderLoad(t, b, func(cp *paho5.Connect) *client5 {
+			var conn *websocket.Conn
+			pollUntil(t, "the WebSocket listener", func() bool { // it binds as it starts serving
+				var err error
+				conn, _, err = (&websocket.Dialer{Subprotocols: []string{"mqtt"}}).Dial("ws://"+ws, nil)
+				return err == nil
+			})
+			c, err := tryConnect5Over(t, &wsNetConn{Conn: conn}, cp)
+			if err != nil {
+				t.Fatalf("connect %q over WebSocket: %v", cp.ClientID, err)
+			}
+			return c
+		})
+	})
+}
+
+func resumingUnderLoad(t *testing.T, b *Broker, connectDev func(*paho5.Connect) *client5) {
 	persistent := &paho5.ConnectProperties{SessionExpiryInterval: u32(3600)}
-	dev := connect5(t, b, &paho5.Connect{ClientID: "dev", Properties: persistent})
+	dev := connectDev(&paho5.Connect{ClientID: "dev", Properties: persistent})
 	dev.sub(t, nil, paho5.SubscribeOptions{Topic: "load/#", QoS: 1})
 	dev.disconnect(t, &paho5.Disconnect{})
 
@@ -217,7 +245,7 @@ func TestResumingUnderLoad(t *testing.T) {
 		}
 	}
 	for reconnects := 0; ; reconnects++ {
-		dev = connect5(t, b, &paho5.Connect{ClientID: "dev", Properties: persistent})
+		dev = connectDev(&paho5.Connect{ClientID: "dev", Properties: persistent})
 		select {
 		case err := <-done:
 			if err != nil {
@@ -254,4 +282,49 @@ func TestResumingUnderLoad(t *testing.T) {
 		dev.Disconnect(&paho5.Disconnect{})
 		take(dev)
 	}
+}
+
+// wsNetConn is a WebSocket connection as the net.Conn an MQTT client
+// reads and writes: each write one binary message.
+type wsNetConn struct {
+	*websocket.Conn
+	r  io.Reader
+	mu sync.Mutex // gorilla's Conn takes one writer at a time
+}
+
+func (c *wsNetConn) Read(p []byte) (int, error) {
+	for {
+		if c.r == nil {
+			_, r, err := c.NextReader()
+			if err != nil {
+				return 0, err
+			}
+			c.r = r
+		}
+		n, err := c.r.Read(p)
+		if err == io.EOF {
+			c.r = nil
+			if n == 0 {
+				continue
+			}
+			err = nil
+		}
+		return n, err
+	}
+}
+
+func (c *wsNetConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.WriteMessage(websocket.BinaryMessage, p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+func (c *wsNetConn) SetDeadline(t time.Time) error {
+	if err := c.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return c.SetWriteDeadline(t)
 }

@@ -1,6 +1,7 @@
 package localbroker
 
 import (
+	"bytes"
 	"crypto/tls"
 	"net"
 	"sync"
@@ -8,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mochi-mqtt/server/v2/packets"
 	"golang.org/x/sys/unix"
 )
 
@@ -39,20 +41,39 @@ type corkConn struct {
 	// resuming is set while the connection resumes a session, until mochi
 	// has resent its messages (see takeoverHook).
 	resuming atomic.Bool
+
+	// A packet over the broker's maximum size ends the connection (mochi
+	// reads its fixed header, and stops): MQTT 5 wants a DISCONNECT 0x95
+	// first, which mochi does not send. Read follows the packets' fixed
+	// headers in what it returns, and notes how many packets come before
+	// the first one mochi will refuse. mochi reads a header only once it
+	// has processed every packet before it: if it has (processed, counted
+	// by gateHook, and the CONNECT), Close sends the DISCONNECT, to a
+	// client that speaks MQTT 5 (v5, set once it is connected).
+	maxPacket    uint32 // mochi's maximum packet size; 0: none
+	frame        framer // the reader's alone
+	tooLarge     atomic.Bool
+	tooLargePast atomic.Int64 // packets before the one too large
+	processed    atomic.Int64 // packets mochi processed without an error, after the CONNECT
+	v5           atomic.Bool
 }
 
 // corkMax is the most that is held: a TLS record's payload.
 const corkMax = 16 << 10
 
-// corkListener hands out its connections as corkConns.
-type corkListener struct{ net.Listener }
+// corkListener hands out its connections as corkConns, for a broker
+// whose maximum packet size is maxPacket.
+type corkListener struct {
+	net.Listener
+	maxPacket uint32
+}
 
 func (l corkListener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
 	if err != nil {
 		return nil, err
 	}
-	return &corkConn{Conn: c}, nil
+	return &corkConn{Conn: c, maxPacket: l.maxPacket}, nil
 }
 
 func (c *corkConn) Write(p []byte) (int, error) {
@@ -140,6 +161,9 @@ func (c *corkConn) Close() error {
 	c.held, c.closed = nil, true
 	failed := c.err != nil
 	c.mu.Unlock()
+	if c.tooLarge.Load() && c.v5.Load() && c.processed.Load()+1 == c.tooLargePast.Load() {
+		out = append(out, disconnectTooLarge...)
+	}
 	if len(out) > 0 && !failed {
 		// A write under way may only be appending; one that is stuck
 		// fails at the deadline.
@@ -165,8 +189,76 @@ func (c *corkConn) Read(p []byte) (int, error) {
 	c.inRead.Store(true)
 	n, err := c.Conn.Read(p)
 	c.inRead.Store(false)
+	if c.maxPacket > 0 && c.frame.feed(p[:n], c.maxPacket) {
+		c.tooLargePast.Store(int64(c.frame.before))
+		c.tooLarge.Store(true)
+	}
 	return n, err
 }
+
+// framer follows the packets in a client's byte stream by their fixed
+// headers (a type byte and the remaining length, MQTT 5 §2.1), to find the
+// first one mochi refuses as too large. It stops at that one, or at a
+// header mochi would find malformed.
+type framer struct {
+	body    int  // bytes of the current packet still to come
+	inLen   bool // in the remaining length's bytes
+	length  int  // the remaining length so far
+	shift   uint
+	before  int // the packets whose headers were complete
+	stopped bool
+}
+
+// feed takes the next bytes of the stream, and tells whether a packet
+// over max begins in them.
+func (f *framer) feed(p []byte, max uint32) bool {
+	for len(p) > 0 && !f.stopped {
+		if f.body > 0 {
+			n := min(f.body, len(p))
+			f.body -= n
+			p = p[n:]
+			continue
+		}
+		b := p[0]
+		p = p[1:]
+		if !f.inLen {
+			var fh packets.FixedHeader
+			if fh.Decode(b) != nil {
+				f.stopped = true // mochi ends the connection here, for another reason
+				return false
+			}
+			f.inLen, f.length, f.shift = true, 0, 0
+			continue
+		}
+		f.length |= int(b&0x7f) << f.shift
+		f.shift += 7
+		if b&0x80 != 0 {
+			if f.shift >= 28 {
+				f.stopped = true // malformed length
+			}
+			continue
+		}
+		f.inLen = false
+		if uint32(f.length+1) > max { // mochi's test (Client.ReadFixedHeader)
+			f.stopped = true
+			return true
+		}
+		f.body = f.length
+		f.before++
+	}
+	return false
+}
+
+// disconnectTooLarge is an MQTT 5 DISCONNECT with reason code 0x95,
+// packet too large.
+var disconnectTooLarge = func() []byte {
+	var buf bytes.Buffer
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}, ProtocolVersion: 5, ReasonCode: packets.ErrPacketTooLarge.Code}
+	if err := pk.DisconnectEncode(&buf); err != nil {
+		panic(err)
+	}
+	return buf.Bytes()
+}()
 
 // caughtUp tells whether mochi's reader has taken in all the client sent
 // on c, or waits for the disk: it waits in Read, twice in a row on the

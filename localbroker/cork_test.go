@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/eclipse/paho.golang/packets"
 	pahopk "github.com/eclipse/paho.mqtt.golang/packets"
 )
 
@@ -352,5 +353,123 @@ func TestCorkCloseSendsHeldBehindAppend(t *testing.T) {
 	}
 	if dropped > 0 {
 		t.Errorf("Close dropped the held PUBACK and DISCONNECT in %d of %d rounds", dropped, rounds)
+	}
+}
+
+// The framer finds the first packet mochi refuses as too large (remaining
+// length + 1 over the maximum), however the stream is cut into reads, and
+// gives up at a header mochi finds malformed.
+func TestFramerFindsTooLarge(t *testing.T) {
+	const max = 200
+	small := []byte{0x30, 3, 0, 1, 'a'}                             // PUBLISH, 5 bytes
+	atMax := append([]byte{0x30, 0xc7, 0x01}, make([]byte, 199)...) // remaining 199: 200 with mochi's +1
+	over := []byte{0x30, 0xc8, 0x01}                                // remaining 200
+	for _, tc := range []struct {
+		name   string
+		stream []byte
+		want   bool
+		before int // packets before the one too large
+	}{
+		{"small packets", bytes.Repeat(small, 10), false, 10},
+		{"at the maximum", append(append([]byte{}, small...), atMax...), false, 2},
+		{"over it after others", append(append(bytes.Repeat(small, 3), atMax...), over...), true, 4},
+		{"over it, body not sent", over, true, 0},
+		{"a huge length", []byte{0x30, 0xff, 0xff, 0xff, 0x7f}, true, 0},
+		{"flags mochi refuses first", append([]byte{0x32 | 0x04, 0}, over...), false, 0},
+		{"a length of five bytes", []byte{0x30, 0x80, 0x80, 0x80, 0x80, 0x01}, false, 0},
+	} {
+		for _, step := range []int{1, 2, 7, len(tc.stream)} {
+			var f framer
+			got := false
+			for p := tc.stream; len(p) > 0; {
+				n := min(step, len(p))
+				got = f.feed(p[:n], max) || got
+				p = p[n:]
+			}
+			if got != tc.want || f.before != tc.before {
+				t.Errorf("%s, read %d bytes at a time: too large %v after %d packets, want %v after %d", tc.name, step, got, f.before, tc.want, tc.before)
+			}
+		}
+	}
+}
+
+// However a stream is cut in two, the framer finds the same.
+func FuzzFramer(f *testing.F) {
+	f.Add([]byte{0x30, 3, 0, 1, 'a', 0x30, 0xc8, 0x01}, uint(4))
+	f.Add([]byte{0x10, 0x80, 0x80, 0x01, 0, 0}, uint(2))
+	f.Fuzz(func(t *testing.T, stream []byte, cut uint) {
+		var whole, parts framer
+		cut %= uint(len(stream) + 1)
+		want := whole.feed(stream, 64)
+		got := parts.feed(stream[:cut], 64)
+		got = parts.feed(stream[cut:], 64) || got
+		if got != want {
+			t.Errorf("cut at %d: %v, whole: %v", cut, got, want)
+		}
+	})
+}
+
+// A client's packet over max_packet_size ends its connection with a
+// DISCONNECT 0x95 on MQTT 5, as from Mosquitto, alone or after other
+// packets in the same write. When the
+// connection ends at a packet before it, the reason is that packet's, and
+// a 3.1.1 client, which has no DISCONNECT from the broker, is closed.
+func TestTooLargeDisconnect(t *testing.T) {
+	b := interopBroker(t, Limits{MaxPacketSize: 256})
+	big := &packets.Publish{Topic: "t/big", Payload: make([]byte, 300), Properties: &packets.Properties{}}
+	small := &packets.Publish{Topic: "t/small", Payload: []byte("x"), Properties: &packets.Properties{}}
+	for _, tc := range []struct {
+		name string
+		send []interface {
+			WriteTo(io.Writer) (int64, error)
+		}
+		want int
+	}{
+		{"alone", []interface {
+			WriteTo(io.Writer) (int64, error)
+		}{big}, 0x95},
+		{"after others", []interface {
+			WriteTo(io.Writer) (int64, error)
+		}{small, &packets.Pingreq{}, small, big}, 0x95},
+		// mochi ends the connection at the wildcard topic with 0x90
+		// (topic name invalid): it never reads the big one's header.
+		{"after a refused one", []interface {
+			WriteTo(io.Writer) (int64, error)
+		}{
+			&packets.Publish{Topic: "t/#", Payload: []byte("x"), Properties: &packets.Properties{}}, big}, 0x82},
+	} {
+		r := dial5(t, b)
+		r.connect(connectPacket5("too-large", true, 0, nil))
+		var buf bytes.Buffer
+		for _, p := range tc.send {
+			p.WriteTo(&buf)
+		}
+		if _, err := r.Write(buf.Bytes()); err != nil {
+			t.Fatal(err)
+		}
+		var got []int
+		for {
+			p, err := r.read()
+			if err != nil {
+				break
+			}
+			if p.Type == packets.DISCONNECT {
+				got = append(got, int(p.Content.(*packets.Disconnect).ReasonCode))
+			}
+		}
+		if len(got) != 1 || got[0] != tc.want {
+			t.Errorf("%s: DISCONNECT reason codes %#x, want [%#x]", tc.name, got, tc.want)
+		}
+	}
+
+	c := rawConnect311(t, b, "too-large-311")
+	pub := pahopk.NewControlPacket(pahopk.Publish).(*pahopk.PublishPacket)
+	pub.TopicName, pub.Payload = "t/big", make([]byte, 300)
+	if err := pub.Write(c); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(wait))
+	if n, err := c.Read(make([]byte, 16)); err == nil {
+		t.Errorf("MQTT 3.1.1: got %d bytes, want the connection closed", n)
 	}
 }

@@ -258,7 +258,11 @@ func (h *gateHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 }
 
 func (h *gateHook) OnPacketProcessed(cl *mqtt.Client, pk packets.Packet, err error) {
-	if !cl.Net.Inline {
-		h.release(cl) // a packet the waiter injects: it settles itself
+	if cl.Net.Inline {
+		return // a packet the waiter injects: it settles itself
+	}
+	h.release(cl)
+	if cc, ok := cl.Net.Conn.(*corkConn); ok && err == nil {
+		cc.processed.Add(1)
 	}
 }

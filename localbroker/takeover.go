@@ -164,10 +164,12 @@ func (h *takeoverHook) expiresNow(cl *mqtt.Client) bool {
 	return stopped+int64(expire) <= time.Now().Unix()
 }
 
-// OnSessionEstablished runs once mochi has resent the session's messages.
+// OnSessionEstablished runs once mochi has resent the session's messages,
+// before it reads the client's packets.
 func (h *takeoverHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	if cc, ok := cl.Net.Conn.(*corkConn); ok {
 		cc.resuming.Store(false)
+		cc.v5.Store(cl.Properties.ProtocolVersion == 5) // connected: a DISCONNECT may end it
 	}
 }
 

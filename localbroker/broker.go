@@ -182,7 +182,7 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 	// client.
 	b.uplink.Properties.ProtocolVersion = 5
 	gate.uplink = b.uplink
-	b.takeover = &takeoverHook{srv: srv, takingOver: map[*mqtt.Client]bool{}, successor: map[*mqtt.Client]*mqtt.Client{}, restore: gate.restoreAside, log: log}
+	b.takeover = &takeoverHook{srv: srv, takingOver: map[*mqtt.Client]bool{}, successor: map[*mqtt.Client]*successor{}, restore: gate.restoreAside, log: log}
 	if err := srv.AddHook(b.takeover, nil); err != nil {
 		return nil, err
 	}
@@ -236,7 +236,7 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 			gate.tls[id] = tl
 			nl = tl
 		}
-		nl = corkListener{nl}
+		nl = corkListener{nl, caps.MaximumPacketSize}
 		if err := srv.AddListener(listeners.NewNet(id, nl)); err != nil {
 			nl.Close()
 			b.Close()
@@ -266,7 +266,7 @@ func (b *Broker) addWebSocket(id string, l Listener, log *slog.Logger) error {
 		tl.opts.Store(l.TLS)
 		cfg.TLSConfig = tl.config()
 	}
-	if err := b.srv.AddListener(corkWebsocket{listeners.NewWebsocket(cfg)}); err != nil {
+	if err := b.srv.AddListener(corkWebsocket{listeners.NewWebsocket(cfg), b.srv.Options.Capabilities.MaximumPacketSize}); err != nil {
 		return fmt.Errorf("localbroker: websocket on %s: %w", l.Address, err)
 	}
 	b.addrs = append(b.addrs, l.Address)
@@ -277,10 +277,15 @@ func (b *Broker) addWebSocket(id string, l Listener, log *slog.Logger) error {
 // as corkConns, as the TCP listeners do: so that a connection that takes a
 // client id over, or resumes a session, waits as it does there (see
 // takeoverHook).
-type corkWebsocket struct{ *listeners.Websocket }
+type corkWebsocket struct {
+	*listeners.Websocket
+	maxPacket uint32
+}
 
 func (l corkWebsocket) Serve(establish listeners.EstablishFn) {
-	l.Websocket.Serve(func(id string, c net.Conn) error { return establish(id, &corkConn{Conn: c}) })
+	l.Websocket.Serve(func(id string, c net.Conn) error {
+		return establish(id, &corkConn{Conn: c, maxPacket: l.maxPacket})
+	})
 }
 
 // Addrs returns the addresses the listeners are bound to (with the real

@@ -39,8 +39,12 @@ type corkConn struct {
 	stalled atomic.Bool   // the reader waits for the disk, all it read processed
 
 	// resuming is set while the connection resumes a session, until mochi
-	// has resent its messages (see takeoverHook).
-	resuming atomic.Bool
+	// has resent its messages (see takeoverHook). Meanwhile resent holds
+	// the messages resent, and queued those queued for the write loop, by
+	// packet id.
+	resuming       atomic.Bool
+	resumeMu       sync.Mutex
+	resent, queued map[uint16]message
 
 	// A packet over the broker's maximum size ends the connection (mochi
 	// reads its fixed header, and stops): MQTT 5 wants a DISCONNECT 0x95
@@ -56,6 +60,53 @@ type corkConn struct {
 	tooLargePast atomic.Int64 // packets before the one too large
 	processed    atomic.Int64 // packets mochi processed without an error, after the CONNECT
 	v5           atomic.Bool
+}
+
+// message tells a message apart from another under the same packet id.
+type message struct {
+	created int64
+	topic   string
+	payload []byte
+}
+
+func messageOfPacket(pk packets.Packet) message {
+	return message{pk.Created, pk.TopicName, pk.Payload}
+}
+
+func (m message) is(pk packets.Packet) bool {
+	return m.created == pk.Created && m.topic == pk.TopicName && bytes.Equal(m.payload, pk.Payload)
+}
+
+// noteResume notes a message queued or resent while the connection
+// resumes its session.
+func (c *corkConn) noteResume(pk packets.Packet) {
+	c.resumeMu.Lock()
+	defer c.resumeMu.Unlock()
+	m := &c.queued
+	if pk.FixedHeader.Dup {
+		m = &c.resent
+	}
+	if *m == nil {
+		*m = map[uint16]message{}
+	}
+	(*m)[pk.PacketID] = messageOfPacket(pk)
+}
+
+// resentAlready tells whether pk, which the write loop is about to send,
+// was queued while the session was resumed and has been resent since.
+func (c *corkConn) resentAlready(pk packets.Packet) bool {
+	c.resumeMu.Lock()
+	defer c.resumeMu.Unlock()
+	q, ok := c.queued[pk.PacketID]
+	if !ok || !q.is(pk) {
+		return false
+	}
+	delete(c.queued, pk.PacketID)
+	r, ok := c.resent[pk.PacketID]
+	if len(c.queued) == 0 {
+		c.resent = nil
+	}
+	return ok && r.is(pk)
 }
 
 // corkMax is the most that is held: a TLS record's payload.

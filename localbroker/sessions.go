@@ -307,7 +307,7 @@ func (s *sessionStore) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 		return
 	}
 	pks := old.State.Inflight.GetAll(false)
-	if len(pks) < 2 {
+	if len(pks) == 0 {
 		return
 	}
 	s.mu.Lock()
@@ -326,7 +326,9 @@ func (s *sessionStore) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	s.mu.Unlock()
 	// mochi sorts on uint16(Created): give the messages consecutive
 	// seconds ending just before now, so that they sort in order and
-	// before what is queued from now on. (mochi's maximum message
+	// before what is queued from now on (also a single one: a message
+	// queued for the new connection before mochi resends is resent with
+	// them, and would tie with one of this second). (mochi's maximum message
 	// expiry counts from Created too: it restarts here; the broker sets
 	// that maximum out of reach. An MQTT 5 message's own expiry is
 	// kept in Expiry, which this leaves alone.)
@@ -451,7 +453,10 @@ func (s *sessionStore) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64,
 }
 
 func (s *sessionStore) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
-	if !persistent(cl) || s.aside != nil && s.aside(cl, pk.PacketID) {
+	// A client taken over: mochi clears the messages it copied to the
+	// connection that took it over, which stores them once it is
+	// established; until then the records stay.
+	if !persistent(cl) || cl.IsTakenOver() || s.aside != nil && s.aside(cl, pk.PacketID) {
 		return
 	}
 	s.mu.Lock()

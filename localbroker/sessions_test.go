@@ -52,7 +52,7 @@ func (sb *sessionBroker) start() {
 	sb.t.Helper()
 	o := sb.opts
 	o.Listeners = []Listener{{Address: sb.addr}}
-	o.Security = Security{AllowAnonymous: true}
+	o.Security.AllowAnonymous = true // and the test's ACL, if any
 	o.RetainedFile = filepath.Join(sb.dir, "broker.db")
 	o.SessionFile = filepath.Join(sb.dir, "sessions.db")
 	b, err := New(&o, slog.New(slog.NewTextHandler(sb.log, nil)))

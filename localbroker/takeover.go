@@ -35,10 +35,11 @@ import (
 //
 //   - mochi writes the CONNACK and then resends the session's messages,
 //     while publishers may already queue new ones on the connection's write
-//     loop: a new message overtook an older one on the same topic. A
-//     delivery to a connection that is resuming a session waits (in
-//     OnACLCheck, which mochi asks before it queues) until the resend is
-//     done.
+//     loop: a new message overtook an older one on the same topic, or even
+//     the CONNACK. The write loop of a connection that is resuming a
+//     session waits (in OnPacketEncode) until the resend is done; the
+//     publishers do not. A message queued before the resend started is
+//     resent, and its queued copy is then not sent again.
 //   - mochi acknowledges a publish before it queues it for the subscribers
 //     it looked up, one of which may be a connection whose session a new
 //     connection is copying, or has copied: the message was set on the old
@@ -61,9 +62,9 @@ type takeoverHook struct {
 	// takes the session over.
 	restore func(*mqtt.Client)
 
-	// successor is, for a client whose session a connection is taking
-	// over, that connection, until the session is resumed.
-	successor map[*mqtt.Client]*mqtt.Client
+	// successor is, for a client whose session a connection has taken
+	// over, that connection, for a while (successorKept).
+	successor map[*mqtt.Client]*successor
 
 	// queued tells the session store of a message rehome queued.
 	queued func(*mqtt.Client, packets.Packet)
@@ -72,11 +73,26 @@ type takeoverHook struct {
 	gaveUp atomic.Int64 // waits that ran out
 
 	// For tests: deliveries that waited for a resend, messages rehomed,
-	// connections that waited for mochi to end an expiring session.
-	heldBack, rehomed, expiryWaits atomic.Int64
+	// connections that waited for mochi to end an expiring session,
+	// queued messages not sent as they had been resent.
+	heldBack, rehomed, expiryWaits, notResent atomic.Int64
 }
 
 const takeoverWait = 2 * time.Second
+
+// successor is the connection that took a client's session over.
+type successor struct {
+	nc *mqtt.Client
+	at time.Time
+	// cleared is what mochi cleared from the old client once it had
+	// copied the session (packet id: Created): each was copied, or
+	// moved by OnQosDropped.
+	cleared map[uint16]int64
+}
+
+// successorKept is how long a successor is remembered: longer than the
+// goroutines OnQosPublish starts wait.
+const successorKept = 10 * time.Second
 
 // expiryWait bounds the wait for mochi's expiry loop, which runs once a
 // second and ends a session in the first second after it expired.
@@ -86,7 +102,7 @@ func (h *takeoverHook) ID() string { return "fieldgate-takeover" }
 
 func (h *takeoverHook) Provides(b byte) bool {
 	return bytes.Contains([]byte{mqtt.OnSessionEstablish, mqtt.OnSessionEstablished, mqtt.OnDisconnect,
-		mqtt.OnACLCheck, mqtt.OnQosPublish, mqtt.OnQosDropped}, []byte{b})
+		mqtt.OnPacketEncode, mqtt.OnQosPublish, mqtt.OnQosDropped}, []byte{b})
 }
 
 // OnSessionEstablish runs before mochi looks for the client id's last
@@ -116,12 +132,13 @@ func (h *takeoverHook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 			cc.resuming.Store(true)
 		}
 		h.mu.Lock()
-		for o, n := range h.successor {
-			if n.Closed() || !resuming(n) {
+		now := time.Now()
+		for o, sc := range h.successor {
+			if now.Sub(sc.at) > successorKept {
 				delete(h.successor, o)
 			}
 		}
-		h.successor[old] = cl
+		h.successor[old] = &successor{nc: cl, at: now, cleared: map[uint16]int64{}}
 		h.mu.Unlock()
 	}
 	if cc, ok := old.Net.Conn.(*corkConn); ok && !old.Closed() {
@@ -180,20 +197,35 @@ func resuming(cl *mqtt.Client) bool {
 	return ok && cc.resuming.Load()
 }
 
-// OnACLCheck holds a delivery to a connection that is resuming a session
-// until mochi has resent the session's messages, for at most
-// takeoverWait. It decides nothing: the hooks after it do.
-func (h *takeoverHook) OnACLCheck(cl *mqtt.Client, _ string, write bool) bool {
-	if write || !resuming(cl) {
-		return false
+// OnPacketEncode holds a new message that the write loop of a connection
+// resuming a session is about to send until mochi has resent the
+// session's messages, for at most takeoverWait (resent ones have DUP set).
+// One mochi queued before the resend began was resent: it is not sent
+// again.
+func (h *takeoverHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if pk.FixedHeader.Type != packets.Publish || pk.FixedHeader.Dup {
+		return pk
 	}
-	h.heldBack.Add(1)
-	// A long resend to a slow client outlasts the wait: the message then
-	// goes out among the resent ones, which is not worth a log line each.
-	if !waitUntil(func() bool { return !resuming(cl) || cl.Closed() }) {
-		h.gaveUp.Add(1)
+	cc, ok := cl.Net.Conn.(*corkConn)
+	if !ok {
+		return pk
 	}
-	return false
+	if cc.resuming.Load() {
+		h.heldBack.Add(1)
+		// A long resend to a slow client outlasts the wait: the message
+		// then goes out among the resent ones, which is not worth a log
+		// line each.
+		if !waitUntil(func() bool { return !cc.resuming.Load() || cl.Closed() }) {
+			h.gaveUp.Add(1)
+		}
+	}
+	if cc.resentAlready(pk) {
+		// mochi does not write a packet over its size limit, and its
+		// write loop goes on with the next.
+		pk.Mods.MaxSize = 1
+		h.notResent.Add(1)
+	}
+	return pk
 }
 
 // OnQosPublish sees each message mochi queues for a client. One queued
@@ -201,7 +233,13 @@ func (h *takeoverHook) OnACLCheck(cl *mqtt.Client, _ string, write bool) bool {
 // queues it on the client it looked up before) is checked once the new
 // connection is under way, and moved to it if mochi did not copy it.
 func (h *takeoverHook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, _ int) {
-	if !cl.IsTakenOver() || pk.FixedHeader.Type != packets.Publish || pk.FixedHeader.Dup {
+	if pk.FixedHeader.Type != packets.Publish {
+		return
+	}
+	if cc, ok := cl.Net.Conn.(*corkConn); ok && cc.resuming.Load() {
+		cc.noteResume(pk)
+	}
+	if !cl.IsTakenOver() || pk.FixedHeader.Dup {
 		return
 	}
 	go func() {
@@ -212,6 +250,18 @@ func (h *takeoverHook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64,
 			return ok && cur != cl
 		}) || !inherits(cl, nc) {
 			return // no connection took the session: it ended
+		}
+		h.mu.Lock()
+		var cleared bool
+		if sc := h.successor[cl]; sc != nil {
+			created, ok := sc.cleared[pk.PacketID]
+			cleared = ok && created == pk.Created
+		}
+		h.mu.Unlock()
+		if cleared {
+			// Copied, or moved by OnQosDropped; mochi may have set it on
+			// cl once more since (out of send quota, it sets it again).
+			return
 		}
 		h.wait(cl.ID, "the session's messages to be resent", func() bool { return !resuming(nc) || nc.Closed() })
 		// By now mochi has copied the session and cleared cl's copy of
@@ -233,13 +283,21 @@ func (h *takeoverHook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
 		return
 	}
 	h.mu.Lock()
-	nc := h.successor[cl]
+	sc := h.successor[cl]
+	if sc != nil {
+		sc.cleared[pk.PacketID] = pk.Created
+	}
 	h.mu.Unlock()
-	if nc == nil {
+	if sc == nil {
 		return
 	}
+	nc := sc.nc
 	if cur, ok := nc.State.Inflight.Get(pk.PacketID); ok && sameMessage(cur, pk) {
-		return // copied
+		// Copied: mochi has counted it out of $SYS's messages in flight
+		// as it cleared it, and counts it out again when it is
+		// acknowledged.
+		atomic.AddInt64(&h.srv.Info.Inflight, 1)
+		return
 	}
 	// The new connection's CONNACK is not sent yet, so the client cannot
 	// have acknowledged the copy: it was not copied.

@@ -89,6 +89,16 @@ type Options struct {
 	// ConnectTimeout bounds how long a new connection may take to send
 	// its CONNECT; 0 means 10 s.
 	ConnectTimeout time.Duration
+	// WriteStall is how long a client may read nothing while more than
+	// 4 MiB waits for it before its connection is closed; 0 means 10 s.
+	WriteStall time.Duration
+}
+
+func (o *Options) writeStall() time.Duration {
+	if o.WriteStall > 0 {
+		return o.WriteStall
+	}
+	return writeStall
 }
 
 func (o *Options) connectTimeout() time.Duration {
@@ -228,7 +238,11 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 			b.Close()
 			return nil, fmt.Errorf("localbroker: listen on %s: %w", l.Address, err)
 		}
-		tracked := newTrackedListener(raw, o.connectTimeout())
+		tracked := newTrackedListener(raw, o.connectTimeout(), o.writeStall(), func(remote net.Addr, pending int) {
+			if gate.refusals.allow(remote.String(), "stalled") {
+				log.Warn("client disconnected: it has stopped reading", "remote", remote.String(), "unsent_bytes", pending, "for", o.writeStall())
+			}
+		})
 		b.tracked[id] = tracked
 		var nl net.Listener = tracked
 		if l.TLS != nil {

@@ -1,9 +1,13 @@
 package localbroker
 
 import (
+	"errors"
 	"net"
 	"sync"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // connectTimeout is how long a new connection may take to send its
@@ -13,6 +17,10 @@ import (
 // clients that connected) and keep Close waiting.
 const connectTimeout = 10 * time.Second
 
+// writeStall is how long a client may take nothing from the broker while
+// more than pendingMax waits for it, before its connection is closed.
+const writeStall = 10 * time.Second
+
 // trackedListener gives each accepted connection a deadline for its
 // CONNECT (mochi replaces it with the keepalive's once CONNECT is read)
 // and keeps count of the connections still open, so that Close can cut
@@ -20,14 +28,16 @@ const connectTimeout = 10 * time.Second
 type trackedListener struct {
 	net.Listener
 	timeout time.Duration
+	stall   time.Duration                      // see trackedConn
+	stalled func(remote net.Addr, pending int) // reports a connection closed for it
 
 	mu    sync.Mutex
 	conns map[*trackedConn]struct{}
 	wg    sync.WaitGroup
 }
 
-func newTrackedListener(l net.Listener, timeout time.Duration) *trackedListener {
-	return &trackedListener{Listener: l, timeout: timeout, conns: map[*trackedConn]struct{}{}}
+func newTrackedListener(l net.Listener, timeout, stall time.Duration, stalled func(net.Addr, int)) *trackedListener {
+	return &trackedListener{Listener: l, timeout: timeout, stall: stall, stalled: stalled, conns: map[*trackedConn]struct{}{}}
 }
 
 func (l *trackedListener) Accept() (net.Conn, error) {
@@ -37,6 +47,7 @@ func (l *trackedListener) Accept() (net.Conn, error) {
 	}
 	c.SetDeadline(time.Now().Add(l.timeout))
 	tc := &trackedConn{Conn: c, l: l}
+	tc.drained = sync.NewCond(&tc.mu)
 	l.mu.Lock()
 	l.conns[tc] = struct{}{}
 	l.wg.Add(1) // here, not in the goroutine that serves it: Close waits for it
@@ -66,13 +77,170 @@ func (l *trackedListener) wait(max time.Duration) bool {
 	}
 }
 
+// trackedConn is an accepted connection. Its writes do not wait for a
+// client that reads slowly, or has stopped reading: mochi writes to a
+// client holding the client's lock, which every QoS 1 or 2 delivery to
+// the client takes too, so one subscriber that stopped reading stopped
+// every publisher to its topics (and the gateway's sensors, and what comes
+// in from the central broker). What the socket cannot take at once is
+// kept, and written by a goroutine of its own, in order. Only when more
+// than pendingMax is kept does Write wait; when the client then takes
+// nothing for the stall timeout, the connection is closed.
 type trackedConn struct {
 	net.Conn
 	l    *trackedListener
 	once sync.Once
+
+	mu       sync.Mutex
+	drained  *sync.Cond // signalled as the writer sends
+	pending  []byte     // accepted, not yet sent
+	writing  bool       // the writer goroutine runs
+	progress time.Time  // when the writer last sent something
+	werr     error      // the writer's failure; every later Write fails with it
+	raw      syscall.RawConn
+}
+
+// pendingMax is how much a connection keeps for a slow client before
+// Write waits.
+const pendingMax = 4 << 20
+
+// errStalled ends the connection of a client that has read nothing for
+// the stall timeout with more than pendingMax waiting for it.
+var errStalled = errors.New("the client has stopped reading")
+
+func (c *trackedConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.werr != nil {
+		return 0, c.werr
+	}
+	total := len(p)
+	if !c.writing {
+		n, err := c.tryWrite(p)
+		if err != nil || n == len(p) {
+			return n, err
+		}
+		p = p[n:]
+		c.writing, c.progress = true, time.Now()
+		go c.writer()
+	}
+	if len(c.pending) > pendingMax {
+		// Waits for the writer; it signals every send, and at its end.
+		stall := c.l.stall
+		for len(c.pending) > pendingMax && c.werr == nil {
+			if time.Since(c.progress) > stall {
+				c.werr = errStalled
+				c.l.stalled(c.RemoteAddr(), len(c.pending))
+				c.Conn.Close() // ends the writer's write
+				break
+			}
+			t := time.AfterFunc(stall/10, c.drained.Broadcast)
+			c.drained.Wait()
+			t.Stop()
+		}
+		if c.werr != nil {
+			return 0, c.werr
+		}
+	}
+	c.pending = append(c.pending, p...)
+	return total, nil
+}
+
+// tryWrite writes what the socket takes without waiting.
+func (c *trackedConn) tryWrite(p []byte) (int, error) {
+	if c.raw == nil {
+		sc, ok := c.Conn.(syscall.Conn)
+		if !ok {
+			return c.Conn.Write(p)
+		}
+		raw, err := sc.SyscallConn()
+		if err != nil {
+			return c.Conn.Write(p)
+		}
+		c.raw = raw
+	}
+	n := 0
+	var werr error
+	err := c.raw.Write(func(fd uintptr) bool {
+		for n < len(p) {
+			m, err := unix.Write(int(fd), p[n:])
+			switch {
+			case err == unix.EINTR:
+				continue
+			case err == unix.EAGAIN:
+				return true // full: the rest is kept
+			case err != nil:
+				werr = err
+				return true
+			}
+			n += m
+		}
+		return true
+	})
+	if err == nil {
+		err = werr
+	}
+	if err != nil {
+		err = &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+	}
+	return n, err
+}
+
+// writer sends what Write kept, until nothing is left.
+func (c *trackedConn) writer() {
+	var buf []byte
+	for {
+		c.mu.Lock()
+		buf, c.pending = c.pending, buf[:0]
+		if len(buf) == 0 || c.werr != nil {
+			c.pending = nil // what a slow spell needed is not kept
+			c.writing = false
+			c.drained.Broadcast()
+			c.mu.Unlock()
+			return
+		}
+		c.mu.Unlock()
+		for p := buf; len(p) > 0; {
+			// A piece at a time, so that a client that reads slowly
+			// shows that it reads.
+			n := min(len(p), writerPiece)
+			_, err := c.Conn.Write(p[:n])
+			p = p[n:]
+			c.mu.Lock()
+			c.progress = time.Now()
+			if err != nil && c.werr == nil {
+				c.werr = err
+			}
+			failed := c.werr != nil
+			c.drained.Broadcast()
+			c.mu.Unlock()
+			if failed {
+				break
+			}
+		}
+	}
+}
+
+// writerPiece is how much the writer sends in one call.
+const writerPiece = 64 << 10
+
+// flush waits, at most d, until what was kept is sent.
+func (c *trackedConn) flush(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.writing {
+		return
+	}
+	t := time.AfterFunc(d, c.drained.Broadcast)
+	defer t.Stop()
+	deadline := time.Now().Add(d)
+	for c.writing && time.Now().Before(deadline) {
+		c.drained.Wait()
+	}
 }
 
 func (c *trackedConn) Close() error {
+	c.flush(time.Second) // mochi's last words: a DISCONNECT
 	err := c.Conn.Close()
 	c.once.Do(func() {
 		c.l.mu.Lock()

@@ -236,7 +236,7 @@ func TestUnread(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tl := newTrackedListener(ln, time.Minute)
+	tl := newTrackedListener(ln, time.Minute, writeStall, func(net.Addr, int) {})
 	defer tl.Close()
 	client, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {

@@ -73,8 +73,14 @@ func interopBrokerForwarding(t *testing.T, lim Limits, fwd func(Message) (<-chan
 }
 
 // interopBrokerACL is interopBrokerForwarding with the acl_file aclText,
-// and more listeners after its TCP one.
-func interopBrokerACL(t *testing.T, lim Limits, fwd func(Message) (<-chan error, error), aclText string, more ...Listener) *Broker {
+// and the options changed by more.
+func interopBrokerACL(t *testing.T, lim Limits, fwd func(Message) (<-chan error, error), aclText string, more ...func(*Options)) *Broker {
+	t.Helper()
+	return interopBrokerLog(t, io.Discard, lim, fwd, aclText, more...)
+}
+
+// interopBrokerLog is interopBrokerACL logging to w.
+func interopBrokerLog(t *testing.T, w io.Writer, lim Limits, fwd func(Message) (<-chan error, error), aclText string, more ...func(*Options)) *Broker {
 	t.Helper()
 	dir := t.TempDir()
 	hash, err := HashPassword([]byte(interopPassword), 0)
@@ -97,14 +103,17 @@ func interopBrokerACL(t *testing.T, lim Limits, fwd func(Message) (<-chan error,
 		t.Fatal(err)
 	}
 	o := &Options{
-		Listeners:    append([]Listener{{Address: "127.0.0.1:0"}}, more...),
+		Listeners:    []Listener{{Address: "127.0.0.1:0"}},
 		Security:     Security{Passwords: pw, ACL: acl},
 		Limits:       lim,
 		RetainedFile: filepath.Join(dir, "broker.db"),
 		SessionFile:  filepath.Join(dir, "sessions.db"),
 		Forward:      fwd,
 	}
-	b, err := New(o, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	for _, f := range more {
+		f(o)
+	}
+	b, err := New(o, slog.New(slog.NewTextHandler(w, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -263,7 +263,9 @@ func TestResumingUnderLoad(t *testing.T) {
 	})
 	t.Run("websocket", func(t *testing.T) {
 		ws := fmt.Sprintf("127.0.0.1:%d", mosquittotest.FreePort(t))
-		b := interopBrokerACL(t, Limits{}, nil, interopACL, Listener{Address: ws, WebSocket: true})
+		b := interopBrokerACL(t, Limits{}, nil, interopACL, func(o *Options) {
+			o.Listeners = append(o.Listeners, Listener{Address: ws, WebSocket: true})
+		})
 		resumingUnderLoad(t, b, func(cp *paho5.Connect) *client5 {
 			var conn *websocket.Conn
 			pollUntil(t, "the WebSocket listener", func() bool { // it binds as it starts serving

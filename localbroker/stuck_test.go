@@ -1,0 +1,90 @@
+package localbroker
+
+import (
+	"fmt"
+	"net"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/packets"
+	paho5 "github.com/eclipse/paho.golang/paho"
+	"github.com/fieldgate/fieldgate/internal/testlog"
+)
+
+// A subscriber that stops reading its socket (a hung device, keepalive 0
+// so that nothing times it out) does not stop the others: a publisher to
+// its topics gets its acknowledgements, and another subscriber its
+// messages. mochi writes to a client holding the client's lock, which a
+// QoS 1 delivery to it takes for the next packet id: every publisher to
+// the hung device's topics waited for ever. Now the broker keeps up to
+// 4 MiB for it, then waits at most the stall timeout, and closes its
+// connection, saying so in the log.
+func TestStuckSubscriberDoesNotStallPublishers(t *testing.T) {
+	logs := &testlog.Buffer{}
+	b := interopBrokerLog(t, logs, Limits{}, nil, interopACL, func(o *Options) { o.WriteStall = 300 * time.Millisecond })
+	stuck := dialSmall(t, b)
+	stuck.connect(connectPacket5("stuck", true, 0, nil))
+	stuck.subscribe(1, "t/#", 1)
+	// From here on it reads nothing.
+
+	watch := connect5(t, b, &paho5.Connect{ClientID: "watch", CleanStart: true})
+	watch.sub(t, nil, paho5.SubscribeOptions{Topic: "t/x", QoS: 1})
+	pub := connect5(t, b, &paho5.Connect{ClientID: "pub", CleanStart: true})
+	payload := []byte(strings.Repeat("x", 64<<10))
+	const n = 200 // 12.8 MB: more than the sockets and the 4 MiB kept hold
+	for i := range n {
+		pub.pub(t, &paho5.Publish{Topic: "t/x", QoS: 1, Payload: append([]byte(fmt.Sprint(i, " ")), payload...)})
+		watch.in.next(t)
+	}
+	pollUntil(t, "the hung device to be disconnected", func() bool { cl, ok := b.srv.Clients.Get("stuck"); return !ok || cl.Closed() })
+	if !strings.Contains(logs.String(), "client disconnected: it has stopped reading") {
+		t.Errorf("nothing logged:\n%s", logs.String())
+	}
+}
+
+// A subscriber that reads slowly, but reads, is not disconnected, though
+// it takes longer than the stall timeout: it gets all that was published
+// to it.
+func TestSlowSubscriberKept(t *testing.T) {
+	b := interopBrokerACL(t, Limits{}, nil, interopACL, func(o *Options) { o.WriteStall = 300 * time.Millisecond })
+	slow := dialSmall(t, b)
+	slow.connect(connectPacket5("slow", true, 0, nil))
+	slow.subscribe(1, "t/#", 0)
+
+	const n = 200 // 12.8 MB
+	payload := []byte(strings.Repeat("x", 64<<10))
+	go func() {
+		pub := connect5(t, b, &paho5.Connect{ClientID: "pub", CleanStart: true})
+		for i := range n {
+			if _, err := pub.Publish(ctx5(t), &paho5.Publish{Topic: "t/x", QoS: 1, Payload: append([]byte(fmt.Sprint(i, " ")), payload...)}); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	tick := time.NewTicker(5 * time.Millisecond) // reads a message every 5 ms at most: 1 s in all
+	defer tick.Stop()
+	for i := range n {
+		<-tick.C
+		p := slow.expect(packets.PUBLISH).Content.(*packets.Publish)
+		if want := fmt.Sprint(i, " "); !strings.HasPrefix(string(p.Payload), want) {
+			t.Fatalf("message %d: got %.10q", i, p.Payload)
+		}
+	}
+}
+
+// dialSmall dials b with a 4 KiB receive buffer, so that what the client
+// does not read soon fills what the sockets hold.
+func dialSmall(t *testing.T, b *Broker) *raw5 {
+	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		return c.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+	}}
+	c, err := d.Dial("tcp", b.Addrs()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &raw5{c, t}
+}

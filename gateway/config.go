@@ -114,7 +114,8 @@ type ListenerConfig struct {
 	Address string `toml:"address"`
 	// A plain listener on a non-loopback address must say so.
 	AllowInsecureRemote bool `toml:"allow_insecure_remote"`
-	// WebSocket serves MQTT over WebSocket: ws, or wss with tls_cert.
+	// WebSocket serves MQTT over WebSocket: ws, or wss with tls_cert and
+	// the TLS keys of any TLS listener.
 	WebSocket bool `toml:"websocket"`
 
 	// TLS, with Mosquitto's option names.
@@ -868,9 +869,6 @@ func (c *Config) validateListener(errs *[]error, i int) {
 		if _, err := localbroker.LoadCRL(l.CRLFile, l.ClientCA); err != nil {
 			c.errorf(errs, key+".crl_file", "%v", strings.TrimPrefix(pathError(err).Error(), "localbroker: "))
 		}
-	}
-	if l.WebSocket && (l.UseIdentityAsUsername || l.UseSubjectAsUsername) {
-		c.errorf(errs, key+".websocket", "use_identity_as_username and use_subject_as_username are not supported over WebSocket: clients log in with a password")
 	}
 	if l.BindClientID && !l.UseIdentityAsUsername {
 		c.errorf(errs, key+".bind_client_id", "needs use_identity_as_username")

@@ -226,13 +226,6 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 	}
 	for i, l := range o.Listeners {
 		id := fmt.Sprintf("tcp%d", i)
-		if l.WebSocket {
-			if err := b.addWebSocket(id, l, log); err != nil {
-				b.Close()
-				return nil, err
-			}
-			continue
-		}
 		raw, err := net.Listen("tcp", l.Address)
 		if err != nil {
 			b.Close()
@@ -250,8 +243,13 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 			gate.tls[id] = tl
 			nl = tl
 		}
-		nl = corkListener{nl, caps.MaximumPacketSize}
-		if err := srv.AddListener(listeners.NewNet(id, nl)); err != nil {
+		var ml listeners.Listener
+		if l.WebSocket {
+			ml = newWSListener(id, nl, l.TLS != nil, caps.MaximumPacketSize, o.connectTimeout(), log)
+		} else {
+			ml = listeners.NewNet(id, corkListener{nl, caps.MaximumPacketSize})
+		}
+		if err := srv.AddListener(ml); err != nil {
 			nl.Close()
 			b.Close()
 			return nil, fmt.Errorf("localbroker: listen on %s: %w", l.Address, err)
@@ -263,43 +261,6 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 		return nil, fmt.Errorf("localbroker: %w", err)
 	}
 	return b, nil
-}
-
-// addWebSocket adds a ws or wss listener. mochi's listener binds only when
-// it serves, so the address is tried first: a port in use is an error at
-// start, not a line in the log later.
-func (b *Broker) addWebSocket(id string, l Listener, log *slog.Logger) error {
-	probe, err := net.Listen("tcp", l.Address)
-	if err != nil {
-		return fmt.Errorf("localbroker: listen on %s: %w", l.Address, err)
-	}
-	probe.Close()
-	cfg := listeners.Config{ID: id, Address: l.Address}
-	if l.TLS != nil {
-		tl := &tlsListener{log: log, refusals: b.gate.refusals}
-		tl.opts.Store(l.TLS)
-		cfg.TLSConfig = tl.config()
-	}
-	if err := b.srv.AddListener(corkWebsocket{listeners.NewWebsocket(cfg), b.srv.Options.Capabilities.MaximumPacketSize}); err != nil {
-		return fmt.Errorf("localbroker: websocket on %s: %w", l.Address, err)
-	}
-	b.addrs = append(b.addrs, l.Address)
-	return nil
-}
-
-// corkWebsocket is mochi's WebSocket listener handing out its connections
-// as corkConns, as the TCP listeners do: so that a connection that takes a
-// client id over, or resumes a session, waits as it does there (see
-// takeoverHook).
-type corkWebsocket struct {
-	*listeners.Websocket
-	maxPacket uint32
-}
-
-func (l corkWebsocket) Serve(establish listeners.EstablishFn) {
-	l.Websocket.Serve(func(id string, c net.Conn) error {
-		return establish(id, &corkConn{Conn: c, maxPacket: l.maxPacket})
-	})
 }
 
 // Addrs returns the addresses the listeners are bound to (with the real

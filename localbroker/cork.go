@@ -346,6 +346,8 @@ func unread(c net.Conn) int {
 			c = v.NetConn()
 		case *trackedConn:
 			c = v.Conn
+		case *wsConn:
+			c = v.Conn // what is unread there is a WebSocket frame or more
 		case syscallConn:
 			rc, err := v.SyscallConn()
 			if err != nil {
@@ -368,6 +370,9 @@ type syscallConn interface {
 func tlsConn(c net.Conn) (*tls.Conn, bool) {
 	if cc, ok := c.(*corkConn); ok {
 		c = cc.Conn
+	}
+	if wc, ok := c.(*wsConn); ok {
+		c = wc.Conn
 	}
 	tc, ok := c.(*tls.Conn)
 	return tc, ok

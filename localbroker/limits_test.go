@@ -286,24 +286,48 @@ func TestWebSocketListeners(t *testing.T) {
 	srv := ca.Server(t, "ws-server")
 	cert, _ := tls.LoadX509KeyPair(srv.CertFile, srv.KeyFile)
 	wsAddr := fmt.Sprintf("127.0.0.1:%d", mosquittotest.FreePort(t))
-	wssAddr := fmt.Sprintf("127.0.0.1:%d", mosquittotest.FreePort(t))
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.Cert)
+	logs := logLines(make(chan string, 100))
 	b, err := New(&Options{
-		Listeners: []Listener{{Address: wsAddr, WebSocket: true}, {Address: wssAddr, WebSocket: true, TLS: &TLS{Certificate: cert}}},
-		Security:  Security{Passwords: pw},
-	}, slog.New(logLines(make(chan string, 100))))
+		Listeners: []Listener{
+			{Address: wsAddr, WebSocket: true},
+			{Address: "127.0.0.1:0", WebSocket: true, TLS: &TLS{Certificate: cert}},
+			// Client certificates, the CN as username, as on TLS.
+			{Address: "127.0.0.1:0", WebSocket: true, TLS: &TLS{Certificate: cert, ClientCAs: roots, RequireCertificate: true, IdentityAsUsername: true}},
+		},
+		Security: Security{Passwords: pw},
+	}, slog.New(logs))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	roots := x509.NewCertPool()
-	roots.AddCert(ca.Cert)
-	for _, url := range []string{"ws://" + wsAddr, "wss://localhost:" + wssAddr[strings.LastIndexByte(wssAddr, ':')+1:]} {
-		o := paho.NewClientOptions().AddBroker(url).SetClientID("ws").SetUsername("dev").SetPassword("pw").
-			SetTLSConfig(&tls.Config{RootCAs: roots}).SetAutoReconnect(false).SetConnectRetry(true).SetConnectRetryInterval(50 * time.Millisecond)
+	port := func(i int) string { a := b.Addrs()[i]; return a[strings.LastIndexByte(a, ':')+1:] }
+	device := ca.Client(t, "ws-device")
+	deviceCert, err := tls.LoadX509KeyPair(device.CertFile, device.KeyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		url, user string
+		certs     []tls.Certificate
+	}{
+		{"ws://" + wsAddr, "dev", nil},
+		{"wss://localhost:" + port(1), "dev", nil},
+		{"wss://localhost:" + port(2), "", []tls.Certificate{deviceCert}},
+	} {
+		url := tc.url
+		o := paho.NewClientOptions().AddBroker(url).SetClientID("ws").SetAutoReconnect(false).
+			SetTLSConfig(&tls.Config{RootCAs: roots, Certificates: tc.certs})
+		if tc.user != "" {
+			o.SetUsername(tc.user).SetPassword("pw")
+		}
 		cl := paho.NewClient(o)
-		// ConnectRetry: mochi's WebSocket listener binds as it starts serving.
 		if tok := cl.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 			t.Fatalf("%s: %v", url, tok.Error())
+		}
+		if c, ok := b.srv.Clients.Get("ws"); !ok || tc.certs != nil && string(c.Properties.Username) != "ws-device" {
+			t.Errorf("%s: the client's username is not its certificate's CN", url)
 		}
 		got := make(chan string, 1)
 		cl.Subscribe("t", 1, func(_ paho.Client, m paho.Message) { got <- string(m.Payload()) }).WaitTimeout(10 * time.Second)
@@ -318,6 +342,14 @@ func TestWebSocketListeners(t *testing.T) {
 		}
 		cl.Disconnect(0)
 	}
+	// No certificate where one is required: refused at the handshake,
+	// and logged.
+	cl := paho.NewClient(paho.NewClientOptions().AddBroker("wss://localhost:" + port(2)).SetClientID("nocert").
+		SetAutoReconnect(false).SetTLSConfig(&tls.Config{RootCAs: roots}))
+	if tok := cl.Connect(); tok.WaitTimeout(10*time.Second) && tok.Error() == nil {
+		t.Error("wss without a client certificate: connected")
+	}
+	logs.wait(t, "no client certificate, and one is required")
 	if _, err := New(&Options{Listeners: []Listener{{Address: wsAddr, WebSocket: true}}}, slog.New(logLines(make(chan string, 10)))); err == nil {
 		t.Error("a WebSocket listener on a port in use was accepted")
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/eclipse/paho.golang/packets"
 	paho5 "github.com/eclipse/paho.golang/paho"
 	"github.com/fieldgate/fieldgate/internal/testlog"
+	"github.com/gorilla/websocket"
 )
 
 // A subscriber that stops reading its socket (a hung device, keepalive 0
@@ -22,25 +23,45 @@ import (
 // 4 MiB for it, then waits at most the stall timeout, and closes its
 // connection, saying so in the log.
 func TestStuckSubscriberDoesNotStallPublishers(t *testing.T) {
-	logs := &testlog.Buffer{}
-	b := interopBrokerLog(t, logs, Limits{}, nil, interopACL, func(o *Options) { o.WriteStall = 300 * time.Millisecond })
-	stuck := dialSmall(t, b)
-	stuck.connect(connectPacket5("stuck", true, 0, nil))
-	stuck.subscribe(1, "t/#", 1)
-	// From here on it reads nothing.
+	for _, ws := range []bool{false, true} {
+		t.Run(map[bool]string{false: "tcp", true: "websocket"}[ws], func(t *testing.T) {
+			logs := &testlog.Buffer{}
+			b := interopBrokerLog(t, logs, Limits{}, nil, interopACL, func(o *Options) {
+				o.WriteStall = 300 * time.Millisecond
+				o.Listeners = append(o.Listeners, Listener{Address: "127.0.0.1:0", WebSocket: true})
+			})
+			var stuck *raw5
+			if ws {
+				d := websocket.Dialer{Subprotocols: []string{"mqtt"}, NetDial: func(network, addr string) (net.Conn, error) {
+					return smallDialer.Dial(network, addr)
+				}}
+				conn, _, err := d.Dial("ws://"+b.Addrs()[1], nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { conn.Close() })
+				stuck = &raw5{&wsNetConn{Conn: conn}, t}
+			} else {
+				stuck = dialSmall(t, b)
+			}
+			stuck.connect(connectPacket5("stuck", true, 0, nil))
+			stuck.subscribe(1, "t/#", 1)
+			// From here on it reads nothing.
 
-	watch := connect5(t, b, &paho5.Connect{ClientID: "watch", CleanStart: true})
-	watch.sub(t, nil, paho5.SubscribeOptions{Topic: "t/x", QoS: 1})
-	pub := connect5(t, b, &paho5.Connect{ClientID: "pub", CleanStart: true})
-	payload := []byte(strings.Repeat("x", 64<<10))
-	const n = 200 // 12.8 MB: more than the sockets and the 4 MiB kept hold
-	for i := range n {
-		pub.pub(t, &paho5.Publish{Topic: "t/x", QoS: 1, Payload: append([]byte(fmt.Sprint(i, " ")), payload...)})
-		watch.in.next(t)
-	}
-	pollUntil(t, "the hung device to be disconnected", func() bool { cl, ok := b.srv.Clients.Get("stuck"); return !ok || cl.Closed() })
-	if !strings.Contains(logs.String(), "client disconnected: it has stopped reading") {
-		t.Errorf("nothing logged:\n%s", logs.String())
+			watch := connect5(t, b, &paho5.Connect{ClientID: "watch", CleanStart: true})
+			watch.sub(t, nil, paho5.SubscribeOptions{Topic: "t/x", QoS: 1})
+			pub := connect5(t, b, &paho5.Connect{ClientID: "pub", CleanStart: true})
+			payload := []byte(strings.Repeat("x", 64<<10))
+			const n = 200 // 12.8 MB: more than the sockets and the 4 MiB kept hold
+			for i := range n {
+				pub.pub(t, &paho5.Publish{Topic: "t/x", QoS: 1, Payload: append([]byte(fmt.Sprint(i, " ")), payload...)})
+				watch.in.next(t)
+			}
+			pollUntil(t, "the hung device to be disconnected", func() bool { cl, ok := b.srv.Clients.Get("stuck"); return !ok || cl.Closed() })
+			if !strings.Contains(logs.String(), "client disconnected: it has stopped reading") {
+				t.Errorf("nothing logged:\n%s", logs.String())
+			}
+		})
 	}
 }
 
@@ -75,13 +96,15 @@ func TestSlowSubscriberKept(t *testing.T) {
 	}
 }
 
-// dialSmall dials b with a 4 KiB receive buffer, so that what the client
-// does not read soon fills what the sockets hold.
+// smallDialer dials with a 4 KiB receive buffer, so that what the
+// client does not read soon fills what the sockets hold.
+var smallDialer = net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+	return c.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+}}
+
+// dialSmall dials b's first listener with smallDialer.
 func dialSmall(t *testing.T, b *Broker) *raw5 {
-	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
-		return c.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
-	}}
-	c, err := d.Dial("tcp", b.Addrs()[0])
+	c, err := smallDialer.Dial("tcp", b.Addrs()[0])
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,10 +2,8 @@ package localbroker
 
 import (
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -273,7 +271,7 @@ func TestResumingUnderLoad(t *testing.T) {
 				conn, _, err = (&websocket.Dialer{Subprotocols: []string{"mqtt"}}).Dial("ws://"+ws, nil)
 				return err == nil
 			})
-			c, err := tryConnect5Over(t, &wsNetConn{Conn: conn}, cp)
+			c, err := tryConnect5Over(t, &wsConn{Conn: conn.NetConn(), ws: conn}, cp)
 			if err != nil {
 				t.Fatalf("connect %q over WebSocket: %v", cp.ClientID, err)
 			}
@@ -474,49 +472,4 @@ func TestInflightCountAfterResume(t *testing.T) {
 	if n := atomic.LoadInt64(&b.srv.Info.Inflight); n != 0 {
 		t.Errorf("$SYS inflight %d with nothing in flight", n)
 	}
-}
-
-// wsNetConn is a WebSocket connection as the net.Conn an MQTT client
-// reads and writes: each write one binary message.
-type wsNetConn struct {
-	*websocket.Conn
-	r  io.Reader
-	mu sync.Mutex // gorilla's Conn takes one writer at a time
-}
-
-func (c *wsNetConn) Read(p []byte) (int, error) {
-	for {
-		if c.r == nil {
-			_, r, err := c.NextReader()
-			if err != nil {
-				return 0, err
-			}
-			c.r = r
-		}
-		n, err := c.r.Read(p)
-		if err == io.EOF {
-			c.r = nil
-			if n == 0 {
-				continue
-			}
-			err = nil
-		}
-		return n, err
-	}
-}
-
-func (c *wsNetConn) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if err := c.WriteMessage(websocket.BinaryMessage, p); err != nil {
-		return 0, err
-	}
-	return len(p), nil
-}
-
-func (c *wsNetConn) SetDeadline(t time.Time) error {
-	if err := c.SetReadDeadline(t); err != nil {
-		return err
-	}
-	return c.SetWriteDeadline(t)
 }

@@ -40,7 +40,7 @@ func TestStuckSubscriberDoesNotStallPublishers(t *testing.T) {
 					t.Fatal(err)
 				}
 				t.Cleanup(func() { conn.Close() })
-				stuck = &raw5{&wsNetConn{Conn: conn}, t}
+				stuck = &raw5{&wsConn{Conn: conn.NetConn(), ws: conn}, t}
 			} else {
 				stuck = dialSmall(t, b)
 			}

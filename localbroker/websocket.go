@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -86,7 +87,8 @@ func (l *wsListener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 type wsConn struct {
 	net.Conn // the upgraded connection: addresses, deadlines, Close
 	ws       *websocket.Conn
-	r        io.Reader // the message being read
+	r        io.Reader  // the message being read
+	wmu      sync.Mutex // gorilla takes one writer at a time
 }
 
 // errTextMessage ends a connection that sends a text message: MQTT is
@@ -117,10 +119,10 @@ func (c *wsConn) Read(p []byte) (int, error) {
 	}
 }
 
-// Write sends p as one binary message; mochi writes one packet at a time,
-// from one goroutine at a time (under the client's lock), and corkConn
-// orders its own.
+// Write sends p as one binary message.
 func (c *wsConn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
 	if err := c.ws.WriteMessage(websocket.BinaryMessage, p); err != nil {
 		return 0, err
 	}

@@ -170,6 +170,12 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 		// record already, so the buffer only saves small copies; on plain
 		// TCP it batches small packets per read call.
 		ClientNetReadBufferSize: clientReadBuffer,
+		// mochi gathers a client's packets in a buffer while more wait in
+		// its queue, and sends the buffer with a later packet: one it
+		// does not write (too large for the client, or a copy not sent
+		// twice, see takeoverHook) left a CONNACK in it. Writes are
+		// gathered below instead (trackedConn, corkConn).
+		ClientNetWriteBufferSize: 1,
 		// mochi logs every hook and listener it adds (Info), every client
 		// that goes away (Warn, with no message) and every publish our
 		// hook refuses (Error, with the whole packet): the gateway logs
@@ -328,6 +334,11 @@ func (b *Broker) Close() error {
 // CONNECT, or is in its TLS handshake: not a client mochi can disconnect)
 // half a second: mochi's CloseAll waits for them all.
 func (b *Broker) disconnectClients(listener string) {
+	// One deadline for all: closing waits (a second at most) for what a
+	// slow client has yet to take, and would wait that for each.
+	if l, ok := b.tracked[listener]; ok {
+		l.expire(2 * time.Second)
+	}
 	for _, cl := range b.srv.Clients.GetAll() {
 		if cl.Net.Listener == listener && !cl.Closed() {
 			b.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
@@ -589,8 +600,15 @@ func (h *gateHook) aclAllows(cl *mqtt.Client, topic string, write bool) bool {
 	return ok
 }
 
+// isTagged tells whether pk is a stored publish handed back to mochi
+// (tagStored).
+func (h *gateHook) isTagged(pk packets.Packet) bool {
+	n := len(pk.Properties.User)
+	return n > 1 && pk.Properties.User[n-1] == h.marker
+}
+
 func (h *gateHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if n := len(pk.Properties.User); n > 1 && pk.Properties.User[n-1] == h.marker {
+	if n := len(pk.Properties.User); h.isTagged(pk) {
 		// Stored already (see tagStored): deliver, as from its publisher.
 		pk.Origin = pk.Properties.User[n-2].Val
 		pk.Properties.User = pk.Properties.User[:n-2]

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -92,12 +93,12 @@ type trackedConn struct {
 	once sync.Once
 
 	mu       sync.Mutex
-	drained  *sync.Cond // signalled as the writer sends
+	drained  *sync.Cond // signalled when the writer takes what is kept, and at its end
 	pending  []byte     // accepted, not yet sent
 	writing  bool       // the writer goroutine runs
-	progress time.Time  // when the writer last sent something
 	werr     error      // the writer's failure; every later Write fails with it
 	raw      syscall.RawConn
+	progress atomic.Int64 // when the client last took bytes (Unix ns), while the writer runs
 }
 
 // pendingMax is how much a connection keeps for a slow client before
@@ -111,57 +112,61 @@ var errStalled = errors.New("the client has stopped reading")
 func (c *trackedConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.werr != nil {
-		return 0, c.werr
-	}
 	total := len(p)
-	if !c.writing {
-		n, err := c.tryWrite(p)
-		if err != nil || n == len(p) {
-			return n, err
-		}
-		p = p[n:]
-		c.writing, c.progress = true, time.Now()
-		go c.writer()
-	}
-	if len(c.pending) > pendingMax {
-		// Waits for the writer; it signals every send, and at its end.
-		stall := c.l.stall
-		for len(c.pending) > pendingMax && c.werr == nil {
-			if time.Since(c.progress) > stall {
-				c.werr = errStalled
-				c.l.stalled(c.RemoteAddr(), len(c.pending))
-				c.Conn.Close() // ends the writer's write
-				break
-			}
-			t := time.AfterFunc(stall/10, c.drained.Broadcast)
-			c.drained.Wait()
-			t.Stop()
-		}
+	for {
 		if c.werr != nil {
 			return 0, c.werr
 		}
+		if !c.writing {
+			// Nothing kept: what the socket takes now goes now.
+			n, err := c.tryWrite(p)
+			if err != nil || n == len(p) {
+				return n, err
+			}
+			c.pending = append(c.pending, p[n:]...)
+			c.writing = true
+			c.progress.Store(time.Now().UnixNano())
+			go c.writer()
+			return total, nil
+		}
+		if len(c.pending) <= pendingMax {
+			c.pending = append(c.pending, p...)
+			return total, nil
+		}
+		// Too much kept: wait for the writer to take it (or to end),
+		// as long as the client takes something.
+		stall := c.l.stall
+		if time.Since(time.Unix(0, c.progress.Load())) > stall {
+			c.werr = errStalled
+			c.l.stalled(c.RemoteAddr(), len(c.pending))
+			c.Conn.Close() // ends the writer's write
+			return 0, c.werr
+		}
+		t := time.AfterFunc(stall/10, c.drained.Broadcast)
+		c.drained.Wait()
+		t.Stop()
 	}
-	c.pending = append(c.pending, p...)
-	return total, nil
+}
+
+// rawConn is the socket's, or nil for a connection that has none.
+func (c *trackedConn) rawConn() syscall.RawConn {
+	if c.raw == nil {
+		if sc, ok := c.Conn.(syscall.Conn); ok {
+			c.raw, _ = sc.SyscallConn()
+		}
+	}
+	return c.raw
 }
 
 // tryWrite writes what the socket takes without waiting.
 func (c *trackedConn) tryWrite(p []byte) (int, error) {
-	if c.raw == nil {
-		sc, ok := c.Conn.(syscall.Conn)
-		if !ok {
-			return c.Conn.Write(p)
-		}
-		raw, err := sc.SyscallConn()
-		if err != nil {
-			return c.Conn.Write(p)
-		}
-		c.raw = raw
+	raw := c.rawConn()
+	if raw == nil {
+		return c.Conn.Write(p)
 	}
 	n := 0
 	var werr error
-	err := c.raw.Write(func(fd uintptr) bool {
+	err := raw.Write(func(fd uintptr) bool {
 		for n < len(p) {
 			m, err := unix.Write(int(fd), p[n:])
 			switch {
@@ -177,13 +182,47 @@ func (c *trackedConn) tryWrite(p []byte) (int, error) {
 		}
 		return true
 	})
+	return n, c.opError(err, werr)
+}
+
+func (c *trackedConn) opError(err, werr error) error {
 	if err == nil {
 		err = werr
 	}
-	if err != nil {
-		err = &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+	if err == nil {
+		return nil
 	}
-	return n, err
+	return &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+}
+
+// send writes p, waiting for the socket (and its write deadline), and
+// notes each time the client takes some of it.
+func (c *trackedConn) send(p []byte) error {
+	raw := c.rawConn()
+	if raw == nil {
+		_, err := c.Conn.Write(p)
+		c.progress.Store(time.Now().UnixNano())
+		return err
+	}
+	var werr error
+	err := raw.Write(func(fd uintptr) bool {
+		for len(p) > 0 {
+			m, err := unix.Write(int(fd), p)
+			switch {
+			case err == unix.EINTR:
+				continue
+			case err == unix.EAGAIN:
+				return false // wait until the socket takes more
+			case err != nil:
+				werr = err
+				return true
+			}
+			p = p[m:]
+			c.progress.Store(time.Now().UnixNano())
+		}
+		return true
+	})
+	return c.opError(err, werr)
 }
 
 // writer sends what Write kept, until nothing is left.
@@ -199,30 +238,18 @@ func (c *trackedConn) writer() {
 			c.mu.Unlock()
 			return
 		}
+		c.drained.Broadcast()
 		c.mu.Unlock()
-		for p := buf; len(p) > 0; {
-			// A piece at a time, so that a client that reads slowly
-			// shows that it reads.
-			n := min(len(p), writerPiece)
-			_, err := c.Conn.Write(p[:n])
-			p = p[n:]
+		err := c.send(buf)
+		if err != nil {
 			c.mu.Lock()
-			c.progress = time.Now()
-			if err != nil && c.werr == nil {
+			if c.werr == nil {
 				c.werr = err
 			}
-			failed := c.werr != nil
-			c.drained.Broadcast()
 			c.mu.Unlock()
-			if failed {
-				break
-			}
 		}
 	}
 }
-
-// writerPiece is how much the writer sends in one call.
-const writerPiece = 64 << 10
 
 // flush waits, at most d, until what was kept is sent.
 func (c *trackedConn) flush(d time.Duration) {
@@ -236,6 +263,26 @@ func (c *trackedConn) flush(d time.Duration) {
 	deadline := time.Now().Add(d)
 	for c.writing && time.Now().Before(deadline) {
 		c.drained.Wait()
+	}
+}
+
+// SetDeadline and SetWriteDeadline first let what is kept go, for at most
+// a second, when the deadline is already past: crypto/tls sets one as it
+// closes, after its close_notify, which would otherwise cut off mochi's
+// last words (a DISCONNECT) to a client that reads slowly.
+func (c *trackedConn) SetDeadline(t time.Time) error {
+	c.flushBefore(t)
+	return c.Conn.SetDeadline(t)
+}
+
+func (c *trackedConn) SetWriteDeadline(t time.Time) error {
+	c.flushBefore(t)
+	return c.Conn.SetWriteDeadline(t)
+}
+
+func (c *trackedConn) flushBefore(t time.Time) {
+	if !t.IsZero() && !t.After(time.Now()) {
+		c.flush(time.Second)
 	}
 }
 

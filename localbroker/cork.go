@@ -60,6 +60,7 @@ type corkConn struct {
 	tooLargePast atomic.Int64 // packets before the one too large
 	processed    atomic.Int64 // packets mochi processed without an error, after the CONNECT
 	v5           atomic.Bool
+	disconnected atomic.Bool // mochi has sent a DISCONNECT: the connection ends for its reason
 }
 
 // message tells a message apart from another under the same packet id.
@@ -212,7 +213,7 @@ func (c *corkConn) Close() error {
 	c.held, c.closed = nil, true
 	failed := c.err != nil
 	c.mu.Unlock()
-	if c.tooLarge.Load() && c.v5.Load() && c.processed.Load()+1 == c.tooLargePast.Load() {
+	if c.tooLarge.Load() && c.v5.Load() && !c.disconnected.Load() && c.processed.Load()+1 == c.tooLargePast.Load() {
 		out = append(out, disconnectTooLarge...)
 	}
 	if len(out) > 0 && !failed {
@@ -252,9 +253,9 @@ func (c *corkConn) Read(p []byte) (int, error) {
 // first one mochi refuses as too large. It stops at that one, or at a
 // header mochi would find malformed.
 type framer struct {
-	body    int  // bytes of the current packet still to come
-	inLen   bool // in the remaining length's bytes
-	length  int  // the remaining length so far
+	body    int    // bytes of the current packet still to come
+	inLen   bool   // in the remaining length's bytes
+	length  uint32 // the remaining length so far
 	shift   uint
 	before  int // the packets whose headers were complete
 	stopped bool
@@ -281,20 +282,23 @@ func (f *framer) feed(p []byte, max uint32) bool {
 			f.inLen, f.length, f.shift = true, 0, 0
 			continue
 		}
-		f.length |= int(b&0x7f) << f.shift
-		f.shift += 7
+		// As mochi's packets.DecodeLength: more than four bytes are
+		// taken while the value stays in range.
+		f.length |= uint32(b&0x7f) << f.shift
+		if f.length > 268435455 {
+			f.stopped = true // malformed: mochi ends the connection
+			return false
+		}
 		if b&0x80 != 0 {
-			if f.shift >= 28 {
-				f.stopped = true // malformed length
-			}
+			f.shift += 7
 			continue
 		}
 		f.inLen = false
-		if uint32(f.length+1) > max { // mochi's test (Client.ReadFixedHeader)
+		if f.length+1 > max { // mochi's test (Client.ReadFixedHeader)
 			f.stopped = true
 			return true
 		}
-		f.body = f.length
+		f.body = int(f.length)
 		f.before++
 	}
 	return false

@@ -447,16 +447,7 @@ func TestTooLargeDisconnect(t *testing.T) {
 		if _, err := r.Write(buf.Bytes()); err != nil {
 			t.Fatal(err)
 		}
-		var got []int
-		for {
-			p, err := r.read()
-			if err != nil {
-				break
-			}
-			if p.Type == packets.DISCONNECT {
-				got = append(got, int(p.Content.(*packets.Disconnect).ReasonCode))
-			}
-		}
+		got := r.disconnectCodes(nil)
 		if len(got) != 1 || got[0] != tc.want {
 			t.Errorf("%s: DISCONNECT reason codes %#x, want [%#x]", tc.name, got, tc.want)
 		}
@@ -465,9 +456,7 @@ func TestTooLargeDisconnect(t *testing.T) {
 	c := rawConnect311(t, b, "too-large-311")
 	pub := pahopk.NewControlPacket(pahopk.Publish).(*pahopk.PublishPacket)
 	pub.TopicName, pub.Payload = "t/big", make([]byte, 300)
-	if err := pub.Write(c); err != nil {
-		t.Fatal(err)
-	}
+	pub.Write(c) // the broker may close before it has all: an error here is no failure
 	c.SetReadDeadline(time.Now().Add(wait))
 	if n, err := c.Read(make([]byte, 16)); err == nil {
 		t.Errorf("MQTT 3.1.1: got %d bytes, want the connection closed", n)

@@ -274,6 +274,25 @@ func (r *raw5) publish(id uint16, topic string, qos byte, payload string, props 
 	r.send(&packets.Publish{PacketID: id, Topic: topic, QoS: qos, Payload: []byte(payload), Properties: props})
 }
 
+// disconnectCodes reads until the connection ends, and returns the reason
+// codes of the DISCONNECTs it got; each is passed to each, if not nil.
+func (r *raw5) disconnectCodes(each func(code int)) []int {
+	var codes []int
+	for {
+		p, err := r.read()
+		if err != nil {
+			return codes
+		}
+		if p.Type == packets.DISCONNECT {
+			c := int(p.Content.(*packets.Disconnect).ReasonCode)
+			codes = append(codes, c)
+			if each != nil {
+				each(c)
+			}
+		}
+	}
+}
+
 // disconnectedWith reads until the broker's DISCONNECT or the end of the
 // connection; it returns the reason code, or -1 when the connection
 // ended without one, and fails when it stays open.

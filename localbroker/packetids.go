@@ -262,7 +262,9 @@ func (h *gateHook) OnPacketProcessed(cl *mqtt.Client, pk packets.Packet, err err
 		return // a packet the waiter injects: it settles itself
 	}
 	h.release(cl)
-	if cc, ok := cl.Net.Conn.(*corkConn); ok && err == nil {
+	// A stored QoS 2 publish handed back to mochi (injectStored) was
+	// counted when the reader processed it.
+	if cc, ok := cl.Net.Conn.(*corkConn); ok && err == nil && !h.isTagged(pk) {
 		cc.processed.Add(1)
 	}
 }

@@ -76,6 +76,7 @@ type takeoverHook struct {
 	// connections that waited for mochi to end an expiring session,
 	// queued messages not sent as they had been resent.
 	heldBack, rehomed, expiryWaits, notResent atomic.Int64
+	checking                                  atomic.Int64 // goroutines of OnQosPublish and OnQosDropped under way
 }
 
 const takeoverWait = 2 * time.Second
@@ -203,11 +204,14 @@ func resuming(cl *mqtt.Client) bool {
 // One mochi queued before the resend began was resent: it is not sent
 // again.
 func (h *takeoverHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
-	if pk.FixedHeader.Type != packets.Publish || pk.FixedHeader.Dup {
-		return pk
-	}
 	cc, ok := cl.Net.Conn.(*corkConn)
 	if !ok {
+		return pk
+	}
+	if pk.FixedHeader.Type == packets.Disconnect {
+		cc.disconnected.Store(true) // see corkConn.Close
+	}
+	if pk.FixedHeader.Type != packets.Publish || pk.FixedHeader.Dup {
 		return pk
 	}
 	if cc.resuming.Load() {
@@ -242,7 +246,9 @@ func (h *takeoverHook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64,
 	if !cl.IsTakenOver() || pk.FixedHeader.Dup {
 		return
 	}
+	h.checking.Add(1)
 	go func() {
+		defer h.checking.Add(-1)
 		var nc *mqtt.Client
 		if !waitUntil(func() bool {
 			cur, ok := h.srv.Clients.Get(cl.ID)
@@ -301,7 +307,9 @@ func (h *takeoverHook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
 	}
 	// The new connection's CONNACK is not sent yet, so the client cannot
 	// have acknowledged the copy: it was not copied.
+	h.checking.Add(1)
 	go func() {
+		defer h.checking.Add(-1)
 		h.wait(cl.ID, "the session's messages to be resent", func() bool { return !resuming(nc) || nc.Closed() })
 		h.rehome(nc, pk)
 	}()

@@ -2,6 +2,7 @@ package localbroker
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"syscall"
@@ -110,4 +111,31 @@ func dialSmall(t *testing.T, b *Broker) *raw5 {
 	}
 	t.Cleanup(func() { c.Close() })
 	return &raw5{c, t}
+}
+
+// An HTTP request to a WebSocket listener that is not an upgrade, on a
+// connection kept alive, or a request that never ends its headers, holds
+// the connection for the connect timeout at most.
+func TestWebSocketIdleHTTPClosed(t *testing.T) {
+	b := interopBrokerACL(t, Limits{}, nil, interopACL, func(o *Options) {
+		o.ConnectTimeout = 200 * time.Millisecond
+		o.Listeners = append(o.Listeners, Listener{Address: "127.0.0.1:0", WebSocket: true})
+	})
+	for _, req := range []string{
+		"GET / HTTP/1.1\r\nHost: gw\r\n\r\n", // answered, then idle
+		"GET / HTTP/1.1\r\nHost: gw\r\n",     // headers never end
+	} {
+		c, err := net.Dial("tcp", b.Addrs()[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.Write([]byte(req)); err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(wait))
+		if _, err := io.ReadAll(c); err != nil {
+			t.Errorf("%q: the connection stayed open: %v", req, err)
+		}
+	}
 }

@@ -39,8 +39,12 @@ func newWSListener(id string, ln net.Listener, isTLS bool, maxPacket uint32, tim
 			CheckOrigin: func(*http.Request) bool { return true },
 		}}
 	l.srv = &http.Server{
-		Handler:           l,
+		Handler: l,
+		// A request that is not an upgrade, or one that comes slowly,
+		// holds its connection for the CONNECT's time at most.
 		ReadHeaderTimeout: timeout,
+		IdleTimeout:       timeout,
+		MaxHeaderBytes:    8 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 	return l

@@ -251,7 +251,11 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 		}
 		var ml listeners.Listener
 		if l.WebSocket {
-			ml = newWSListener(id, nl, l.TLS != nil, caps.MaximumPacketSize, o.connectTimeout(), log)
+			byCert := func() bool { return false }
+			if tl := gate.tls[id]; tl != nil {
+				byCert = func() bool { o := tl.opts.Load(); return o.IdentityAsUsername || o.SubjectAsUsername }
+			}
+			ml = newWSListener(id, nl, l.TLS != nil, byCert, caps.MaximumPacketSize, o.connectTimeout(), log)
 		} else {
 			ml = listeners.NewNet(id, corkListener{nl, caps.MaximumPacketSize})
 		}

@@ -46,7 +46,7 @@ func (l *trackedListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.SetDeadline(time.Now().Add(l.timeout))
+	c.SetReadDeadline(time.Now().Add(l.timeout))
 	tc := &trackedConn{Conn: c, l: l}
 	tc.drained = sync.NewCond(&tc.mu)
 	l.mu.Lock()
@@ -247,6 +247,7 @@ func (c *trackedConn) writer() {
 				c.werr = err
 			}
 			c.mu.Unlock()
+			c.Conn.Close() // the stream is cut: the reader ends, and mochi with it
 		}
 	}
 }
@@ -266,25 +267,31 @@ func (c *trackedConn) flush(d time.Duration) {
 	}
 }
 
-// SetDeadline and SetWriteDeadline first let what is kept go, for at most
-// a second, when the deadline is already past: crypto/tls sets one as it
-// closes, after its close_notify, which would otherwise cut off mochi's
-// last words (a DISCONNECT) to a client that reads slowly.
+// Deadlines. Writes return at once, what the socket cannot take is kept,
+// and a client that takes nothing is found by the stall timeout, so a
+// deadline for writing means only "close": one already past (crypto/tls
+// sets one as it closes, after its close_notify) lets what is kept go
+// first, for a second at most, and then applies. A later one applies to
+// reads only (mochi's keepalive): gorilla/websocket sets one on each
+// control frame it sends (a pong: now + 1 s), which cut a slow reader off
+// in the middle of a packet.
 func (c *trackedConn) SetDeadline(t time.Time) error {
-	c.flushBefore(t)
-	return c.Conn.SetDeadline(t)
+	if past(t) {
+		c.flush(time.Second)
+		return c.Conn.SetDeadline(t)
+	}
+	return c.Conn.SetReadDeadline(t)
 }
 
 func (c *trackedConn) SetWriteDeadline(t time.Time) error {
-	c.flushBefore(t)
-	return c.Conn.SetWriteDeadline(t)
+	if past(t) {
+		c.flush(time.Second)
+		return c.Conn.SetWriteDeadline(t)
+	}
+	return nil
 }
 
-func (c *trackedConn) flushBefore(t time.Time) {
-	if !t.IsZero() && !t.After(time.Now()) {
-		c.flush(time.Second)
-	}
-}
+func past(t time.Time) bool { return !t.IsZero() && !t.After(time.Now()) }
 
 func (c *trackedConn) Close() error {
 	c.flush(time.Second) // mochi's last words: a DISCONNECT

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/fieldgate/fieldgate/bridge/mosquittotest"
 	"github.com/fieldgate/fieldgate/provisioning/pkitest"
+	"github.com/gorilla/websocket"
 )
 
 func limitedBroker(t *testing.T, lim Limits) *Broker {
@@ -342,6 +344,25 @@ func TestWebSocketListeners(t *testing.T) {
 		}
 		cl.Disconnect(0)
 	}
+	// A page in a browser (it sends an Origin) may connect with a
+	// password, as to Mosquitto, but not where the browser's certificate
+	// would name it.
+	for i, want := range map[int]bool{0: true, 2: false} {
+		scheme := map[int]string{0: "ws", 2: "wss"}[i]
+		d := websocket.Dialer{Subprotocols: []string{"mqtt"}, TLSClientConfig: &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{deviceCert}, ServerName: "localhost"}}
+		c, resp, err := d.Dial(scheme+"://localhost:"+port(i), http.Header{"Origin": {"https://elsewhere.example"}})
+		if err == nil {
+			c.Close()
+		}
+		if (err == nil) != want {
+			status := 0
+			if resp != nil {
+				status = resp.StatusCode
+			}
+			t.Errorf("%s with an Origin: upgraded %v (HTTP %d), want %v", scheme, err == nil, status, want)
+		}
+	}
+
 	// No certificate where one is required: refused at the handshake,
 	// and logged.
 	cl := paho.NewClient(paho.NewClientOptions().AddBroker("wss://localhost:" + port(2)).SetClientID("nocert").

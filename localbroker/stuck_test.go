@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -136,6 +137,60 @@ func TestWebSocketIdleHTTPClosed(t *testing.T) {
 		c.SetReadDeadline(time.Now().Add(wait))
 		if _, err := io.ReadAll(c); err != nil {
 			t.Errorf("%q: the connection stayed open: %v", req, err)
+		}
+	}
+}
+
+// A WebSocket client that reads slowly and pings keeps its stream: gorilla
+// sends the pong with a write deadline of a second, which used to cut the
+// writer off in the middle of what was kept for the client.
+func TestWebSocketPingKeepsSlowReader(t *testing.T) {
+	b := interopBrokerACL(t, Limits{}, nil, interopACL, func(o *Options) {
+		o.Listeners = append(o.Listeners, Listener{Address: "127.0.0.1:0", WebSocket: true})
+	})
+	d := websocket.Dialer{Subprotocols: []string{"mqtt"}, NetDial: func(network, addr string) (net.Conn, error) {
+		return smallDialer.Dial(network, addr)
+	}}
+	ws, _, err := d.Dial("ws://"+b.Addrs()[1], nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	r := &raw5{&wsConn{Conn: ws.NetConn(), ws: ws}, t}
+	r.connect(connectPacket5("slow", true, 0, nil))
+	r.subscribe(1, "s/#", 0)
+	// The broker's side of the socket takes little too: most of what
+	// follows is kept, for longer than the pong's deadline.
+	tl := b.tracked["tcp1"]
+	tl.mu.Lock()
+	for c := range tl.conns {
+		c.Conn.(*net.TCPConn).SetWriteBuffer(4096)
+	}
+	tl.mu.Unlock()
+	pub := dial5(t, b)
+	pub.connect(connectPacket5("pub", true, 0, nil))
+	const n = 60 // 3.9 MB, kept at once: under pendingMax
+	for i := range n {
+		pub.publish(0, "s/x", 0, fmt.Sprint(i, " ")+string(make([]byte, 64<<10)), nil)
+	}
+	// All of it written (and kept): no write after the pong's clears its
+	// deadline.
+	pollUntil(t, "the messages to be written", func() bool { return atomic.LoadInt64(&b.srv.Info.MessagesSent) >= n })
+	tick := time.NewTicker(30 * time.Millisecond) // 1.8 s in all: longer than the pong's deadline
+	defer tick.Stop()
+	for i := range n {
+		<-tick.C
+		if i == 5 {
+			if err := ws.WriteControl(websocket.PingMessage, []byte("p"), time.Now().Add(time.Second)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		p, err := r.read()
+		if err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+		if pp, ok := p.Content.(*packets.Publish); !ok || !strings.HasPrefix(string(pp.Payload), fmt.Sprint(i, " ")) {
+			t.Fatalf("message %d: got %v", i, p)
 		}
 	}
 }

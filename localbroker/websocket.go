@@ -20,24 +20,32 @@ import (
 // slow client. (mochi's own WebSocket listener opens its address itself,
 // only once it serves, and writes straight to the socket.)
 type wsListener struct {
-	id        string
-	ln        net.Listener
-	tls       bool
-	srv       *http.Server
-	upgrader  websocket.Upgrader
-	maxPacket uint32
-	timeout   time.Duration // for the CONNECT
-	establish listeners.EstablishFn
+	id  string
+	ln  net.Listener
+	tls bool
+	// byCertificate tells whether clients are named by their
+	// certificates (use_identity_as_username, use_subject_as_username).
+	byCertificate func() bool
+	srv           *http.Server
+	upgrader      websocket.Upgrader
+	maxPacket     uint32
+	timeout       time.Duration // for the CONNECT
+	establish     listeners.EstablishFn
 }
 
-func newWSListener(id string, ln net.Listener, isTLS bool, maxPacket uint32, timeout time.Duration, log *slog.Logger) *wsListener {
-	l := &wsListener{id: id, ln: ln, tls: isTLS, maxPacket: maxPacket, timeout: timeout,
-		upgrader: websocket.Upgrader{
-			Subprotocols: []string{"mqtt"},
-			// MQTT clients are not browsers on other sites' pages; a
-			// client still needs a password.
-			CheckOrigin: func(*http.Request) bool { return true },
-		}}
+func newWSListener(id string, ln net.Listener, isTLS bool, byCertificate func() bool, maxPacket uint32, timeout time.Duration, log *slog.Logger) *wsListener {
+	l := &wsListener{id: id, ln: ln, tls: isTLS, byCertificate: byCertificate, maxPacket: maxPacket, timeout: timeout}
+	l.upgrader = websocket.Upgrader{
+		Subprotocols: []string{"mqtt"},
+		// A browser sends the page's Origin. A page on a site dashboard
+		// may connect with a password, as to Mosquitto; but where the
+		// client certificate names the client, any page the browser
+		// opens could connect as the device whose certificate the
+		// browser holds: a request from a page is refused there.
+		CheckOrigin: func(r *http.Request) bool {
+			return r.Header.Get("Origin") == "" || !l.byCertificate()
+		},
+	}
 	l.srv = &http.Server{
 		Handler: l,
 		// A request that is not an upgrade, or one that comes slowly,
@@ -47,6 +55,7 @@ func newWSListener(id string, ln net.Listener, isTLS bool, maxPacket uint32, tim
 		MaxHeaderBytes:    8 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
+	l.srv.SetKeepAlivesEnabled(false) // one request a connection: the upgrade
 	return l
 }
 

@@ -154,7 +154,7 @@ func (h *gateHook) giveBack(cl *mqtt.Client, as packets.Packet) {
 	put(cl)
 	if cl.IsTakenOver() {
 		// Only a session that was inherited, as mochi decides it.
-		if nc, ok := h.srv.Clients.Get(cl.ID); ok && nc != cl && !nc.Properties.Clean && !(cl.Properties.Clean && cl.Properties.ProtocolVersion < 5) {
+		if nc, ok := h.srv.Clients.Get(cl.ID); ok && nc != cl && inherits(cl, nc) {
 			put(nc)
 		}
 	}

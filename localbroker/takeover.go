@@ -108,7 +108,7 @@ func (h *takeoverHook) Provides(b byte) bool {
 
 // OnSessionEstablish runs before mochi looks for the client id's last
 // connection.
-func (h *takeoverHook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
+func (h *takeoverHook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 	old, ok := h.srv.Clients.Get(cl.ID)
 	if !ok || old == cl {
 		return
@@ -125,7 +125,7 @@ func (h *takeoverHook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 			return
 		}
 	}
-	if !pk.Connect.Clean && !(old.Properties.Clean && old.Properties.ProtocolVersion < 5) {
+	if inherits(old, cl) {
 		// The session will be resumed (mochi decides so after this hook,
 		// as here): deliveries to the new connection wait until mochi has
 		// resent the session's messages.
@@ -321,8 +321,9 @@ func inherits(cl, nc *mqtt.Client) bool {
 	return !nc.Properties.Clean && !(cl.Properties.Clean && cl.Properties.ProtocolVersion < 5)
 }
 
+// sameMessage tells whether a and b are one message (see message).
 func sameMessage(a, b packets.Packet) bool {
-	return a.FixedHeader.Type == b.FixedHeader.Type && a.TopicName == b.TopicName && a.Created == b.Created && bytes.Equal(a.Payload, b.Payload)
+	return a.FixedHeader.Type == b.FixedHeader.Type && messageOfPacket(a).is(b)
 }
 
 // rehome queues pk, which mochi queued on a client whose session nc has

@@ -159,10 +159,22 @@ func (c *trackedConn) rawConn() syscall.RawConn {
 }
 
 // tryWrite writes what the socket takes without waiting.
-func (c *trackedConn) tryWrite(p []byte) (int, error) {
+func (c *trackedConn) tryWrite(p []byte) (int, error) { return c.rawWrite(p, false) }
+
+// send writes p, waiting for the socket (and its write deadline).
+func (c *trackedConn) send(p []byte) error {
+	_, err := c.rawWrite(p, true)
+	return err
+}
+
+// rawWrite writes p to the socket, noting each time the client takes some
+// of it; with wait, until all is taken, otherwise what it takes now.
+func (c *trackedConn) rawWrite(p []byte, wait bool) (int, error) {
 	raw := c.rawConn()
 	if raw == nil {
-		return c.Conn.Write(p)
+		n, err := c.Conn.Write(p) // no socket under it: it waits
+		c.progress.Store(time.Now().UnixNano())
+		return n, err
 	}
 	n := 0
 	var werr error
@@ -173,56 +185,23 @@ func (c *trackedConn) tryWrite(p []byte) (int, error) {
 			case err == unix.EINTR:
 				continue
 			case err == unix.EAGAIN:
-				return true // full: the rest is kept
+				return !wait // false: the poller waits until the socket takes more
 			case err != nil:
 				werr = err
 				return true
 			}
 			n += m
-		}
-		return true
-	})
-	return n, c.opError(err, werr)
-}
-
-func (c *trackedConn) opError(err, werr error) error {
-	if err == nil {
-		err = werr
-	}
-	if err == nil {
-		return nil
-	}
-	return &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
-}
-
-// send writes p, waiting for the socket (and its write deadline), and
-// notes each time the client takes some of it.
-func (c *trackedConn) send(p []byte) error {
-	raw := c.rawConn()
-	if raw == nil {
-		_, err := c.Conn.Write(p)
-		c.progress.Store(time.Now().UnixNano())
-		return err
-	}
-	var werr error
-	err := raw.Write(func(fd uintptr) bool {
-		for len(p) > 0 {
-			m, err := unix.Write(int(fd), p)
-			switch {
-			case err == unix.EINTR:
-				continue
-			case err == unix.EAGAIN:
-				return false // wait until the socket takes more
-			case err != nil:
-				werr = err
-				return true
-			}
-			p = p[m:]
 			c.progress.Store(time.Now().UnixNano())
 		}
 		return true
 	})
-	return c.opError(err, werr)
+	if err == nil {
+		err = werr
+	}
+	if err != nil {
+		err = &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+	}
+	return n, err
 }
 
 // writer sends what Write kept, until nothing is left.

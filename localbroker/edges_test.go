@@ -176,11 +176,7 @@ func TestCloseWithHungClients(t *testing.T) {
 			}
 			tl.mu.Unlock()
 		}
-		if k >= n {
-			return true
-		}
-		time.Sleep(10 * time.Millisecond) // polling, with pollUntil's deadline
-		return false
+		return k >= n
 	})
 	start := time.Now()
 	b.Close()

@@ -48,10 +48,10 @@ func newWSListener(id string, ln net.Listener, isTLS bool, byCertificate func() 
 	}
 	l.srv = &http.Server{
 		Handler: l,
-		// A request that is not an upgrade, or one that comes slowly,
-		// holds its connection for the CONNECT's time at most.
+		// A request that comes slowly holds its connection for the
+		// CONNECT's time at most; one that is not an upgrade is answered,
+		// and the connection closed (no keep-alive, below).
 		ReadHeaderTimeout: timeout,
-		IdleTimeout:       timeout,
 		MaxHeaderBytes:    8 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}

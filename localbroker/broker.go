@@ -939,6 +939,12 @@ func (h *gateHook) ackStored(cl *mqtt.Client, pk packets.Packet) error {
 // forwarded, with its publisher's id as origin (a noLocal subscription of
 // the publisher is not sent it).
 func (h *gateHook) deliverStored(origin string, pk packets.Packet) {
+	if !pk.FixedHeader.Retain && !h.subscribed(pk.TopicName) {
+		// Forwarded, and nobody here to deliver it to: the usual case of
+		// a sensor's reading, which mochi's whole publish path would take
+		// to find that out.
+		return
+	}
 	pk = h.tagStored(origin, pk)
 	pk.FixedHeader.Dup = false
 	if err := h.srv.InjectPacket(h.uplink, pk); err != nil {
@@ -946,6 +952,12 @@ func (h *gateHook) deliverStored(origin string, pk packets.Packet) {
 		return
 	}
 	uncountInjected(h.srv)
+}
+
+// subscribed tells whether any subscription here matches topic.
+func (h *gateHook) subscribed(topic string) bool {
+	s := h.srv.Topics.Subscribers(topic)
+	return len(s.Subscriptions) > 0 || len(s.Shared) > 0 || len(s.InlineSubscriptions) > 0
 }
 
 // tagStored marks pk for OnPublish, which lets it through as stored

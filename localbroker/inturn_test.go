@@ -494,3 +494,41 @@ func connectWithWill311(t *testing.T, b *Broker, topic string, retain bool) net.
 		cp.WillFlag, cp.WillTopic, cp.WillMessage, cp.WillQos, cp.WillRetain = true, topic, []byte("offline"), 1, retain
 	})
 }
+
+// A stored publish that no subscriber here matches is not handed to mochi
+// again, unless it is retained: a client that subscribes later gets it.
+func TestStoredRetainedWithoutSubscribers(t *testing.T) {
+	b := interopBrokerForwarding(t, Limits{}, func(m Message) (<-chan error, error) {
+		stored := make(chan error, 1)
+		stored <- nil
+		return stored, nil
+	})
+	pub := rawConnect311(t, b, "pub")
+	for i, retain := range []bool{true, false} {
+		p := pahopk.NewControlPacket(pahopk.Publish).(*pahopk.PublishPacket)
+		p.TopicName, p.Qos, p.Retain, p.MessageID, p.Payload = "routed/"+string('a'+byte(i)), 1, retain, uint16(i+1), []byte("x")
+		p.Write(pub)
+		if a, err := pahopk.ReadPacket(pub); err != nil {
+			t.Fatal(err)
+		} else if ack, ok := a.(*pahopk.PubackPacket); !ok || ack.MessageID != uint16(i+1) {
+			t.Fatalf("got %v, want the PUBACK of %d", a, i+1)
+		}
+	}
+	sub := rawConnect311(t, b, "sub")
+	sub.SetReadDeadline(time.Now().Add(10 * time.Second))
+	s := pahopk.NewControlPacket(pahopk.Subscribe).(*pahopk.SubscribePacket)
+	s.MessageID, s.Topics, s.Qoss = 1, []string{"routed/#"}, []byte{1}
+	s.Write(sub)
+	for {
+		p, err := pahopk.ReadPacket(sub)
+		if err != nil {
+			t.Fatalf("the retained message did not come: %v", err)
+		}
+		if m, ok := p.(*pahopk.PublishPacket); ok {
+			if m.TopicName != "routed/a" || !m.Retain {
+				t.Errorf("got %s (retained %v), want routed/a retained", m.TopicName, m.Retain)
+			}
+			return
+		}
+	}
+}

@@ -521,10 +521,17 @@ func (c *conn) dead() bool {
 // on its own, one TLS record and one system call each, which at thousands
 // of messages a second is most of the gateway's work. Writes are gathered
 // and sent by one goroutine, as many as came while the last send was under
-// way.
+// way. Each Write is a whole packet, paho's or the drain's (see publish),
+// and goes out whole. Reads take the PUBACKs of the drain's publishes out
+// of what paho gets.
 type watchedConn struct {
 	net.Conn
 	dead atomic.Bool
+
+	acks   acks
+	filter ackFilter // paho's reader's alone
+	rbuf   []byte
+	rerr   error
 
 	mu      sync.Mutex
 	cond    *sync.Cond // signalled when buf is taken, or on failure
@@ -549,11 +556,24 @@ func newWatchedConn(nc net.Conn) *watchedConn {
 }
 
 func (c *watchedConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
-	if err != nil {
-		c.dead.Store(true)
+	f := &c.filter
+	for f.off == len(f.out) {
+		if c.rerr != nil {
+			return 0, c.rerr
+		}
+		if c.rbuf == nil {
+			c.rbuf = make([]byte, 4096)
+		}
+		n, err := c.Conn.Read(c.rbuf)
+		f.feed(c.rbuf[:n], c.acks.complete)
+		if err != nil {
+			c.dead.Store(true)
+			c.rerr = err
+		}
 	}
-	return n, err
+	n := copy(p, f.out[f.off:])
+	f.off += n
+	return n, nil
 }
 
 func (c *watchedConn) Write(p []byte) (int, error) {
@@ -676,27 +696,29 @@ func (b *Bridge) inbound(r *Route) paho.MessageHandler {
 	}
 }
 
-// inflight is a message handed to paho and not yet acknowledged.
+// inflight is a message handed to the publisher and not yet acknowledged.
 type inflight struct {
 	route string
 	seq   uint64
-	tok   paho.Token // nil until the publisher has handed it to paho
+	tok   token // nil until the publisher has written it
 }
 
-// publisher hands messages to paho, in order, and returns their tokens.
-// paho's Publish can block (up to the write timeout) on a connection that
-// is dying, so it runs apart from the drain, which must notice the loss.
-func (c *conn) publisher(in <-chan outbox.Message, out chan<- paho.Token) {
+// publisher writes messages to the central broker, in order, and returns
+// their tokens. A write can block (up to the write timeout) on a
+// connection that is slow or dying, so it runs apart from the drain, which
+// must notice the loss.
+func (c *conn) publisher(in <-chan outbox.Message, out chan<- token) {
 	defer close(out)
+	w := c.socket.Load()
 	for m := range in {
-		if c.dead() {
+		if w == nil || w.dead.Load() {
 			return
 		}
-		tok := c.client.Publish(m.Topic, m.QoS, m.Retain, m.Payload)
+		tok := w.publish(m)
 		out <- tok
 		if isDone(tok) && tok.Error() != nil {
-			// It did not go out (paho's write timeout): nothing after it
-			// may, or a checkpoint could name it.
+			// It did not go out: nothing after it may, or a checkpoint
+			// could name it.
 			return
 		}
 	}
@@ -713,20 +735,20 @@ func (b *Bridge) drain(ctx context.Context, c *conn) (*conn, error) {
 		limiter = rate.NewLimiter(rate.Limit(b.o.MaxRate), max(1, int(b.o.MaxRate/10)))
 	}
 	// One more than the window: a checkpoint may come on top of it.
-	toPaho := make(chan outbox.Message, b.o.MaxInflight+1)
-	tokens := make(chan paho.Token, b.o.MaxInflight+1)
-	go c.publisher(toPaho, tokens)
-	defer close(toPaho)
+	toSend := make(chan outbox.Message, b.o.MaxInflight+1)
+	tokens := make(chan token, b.o.MaxInflight+1)
+	go c.publisher(toSend, tokens)
+	defer close(toSend)
 
 	cursor := maps.Clone(b.delivered) // last seq read on this connection, per route
-	sent := map[string]uint64{}       // last seq handed to paho on this connection, per route
+	sent := map[string]uint64{}       // last seq handed to the publisher on this connection, per route
 	// Messages handed since the last checkpoint: a new connection starts
 	// with one, which names what was acknowledged before it.
 	sinceCP := b.o.MaxInflight
 	cpSent, cpAcked := 0, 0                // checkpoints on this connection
-	var cpLast time.Time                   // when the last one was handed to paho
+	var cpLast time.Time                   // when the last one was handed to the publisher
 	ahead := map[string][]outbox.Message{} // read and not yet sent, per route
-	var window []inflight                  // in the order handed to paho
+	var window []inflight                  // in the order handed to the publisher
 	handed := 0                            // how many of window have their token
 	next := 0                              // route to look at first, so one route's backlog does not starve another
 	// Look for a better connection meanwhile: the addresses before this
@@ -826,7 +848,7 @@ func (b *Bridge) drain(ctx context.Context, c *conn) (*conn, error) {
 					if limiter != nil && limiter.Wait(ctx) != nil {
 						break
 					}
-					toPaho <- b.checkpoint(sent)
+					toSend <- b.checkpoint(sent)
 					window = append(window, inflight{}) // route "": a checkpoint
 					sinceCP = 0
 					cpSent++
@@ -840,7 +862,7 @@ func (b *Bridge) drain(ctx context.Context, c *conn) (*conn, error) {
 				if b.o.SequenceField != "" {
 					m.Payload = WithSequence(m.Payload, b.o.SequenceField, m.Seq)
 				}
-				toPaho <- m
+				toSend <- m
 				window = append(window, inflight{route: r, seq: m.Seq})
 				sent[r] = m.Seq
 				sinceCP++
@@ -995,7 +1017,7 @@ func (b *Bridge) settle(window []inflight) {
 	b.update(func(st *Status) { st.Sent += uint64(n) })
 }
 
-func isDone(t paho.Token) bool {
+func isDone(t token) bool {
 	select {
 	case <-t.Done():
 		return true

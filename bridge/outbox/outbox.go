@@ -14,6 +14,7 @@
 package outbox
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
@@ -763,18 +764,21 @@ func (ob *Outbox) commit(batch []op) (retry []op) {
 			if b == nil {
 				continue
 			}
+			// One cursor for them all: a Get and a Delete would each
+			// search the tree from its root, with a new cursor.
+			c := b.Cursor()
 			var k [8]byte
 			for _, s := range o.ack {
 				binary.BigEndian.PutUint64(k[:], s)
-				v := b.Get(k[:])
-				if v == nil {
+				ck, v := c.Seek(k[:])
+				if !bytes.Equal(ck, k[:]) {
 					continue // already dropped or acknowledged
 				}
-				sz, err := recordSize(k[:], v)
+				sz, err := recordSize(ck, v)
 				if err != nil {
 					return err
 				}
-				if err := b.Delete(k[:]); err != nil {
+				if err := c.Delete(); err != nil {
 					return err
 				}
 				rs := routes[o.route]

@@ -418,7 +418,7 @@ type gateHook struct {
 // waiter acknowledges a client's publishes whose acknowledgement waits
 // for storage, and those that come after them, in order.
 type waiter struct {
-	ch      chan deferred
+	q       *deferredQueue
 	pending atomic.Int64 // queued, and not yet acknowledged and delivered
 }
 
@@ -781,20 +781,20 @@ func (h *gateHook) deferAck(cl *mqtt.Client, d deferred) {
 	h.mu.Lock()
 	w, ok := h.waiters[cl]
 	if !ok {
-		w = &waiter{ch: make(chan deferred, 256)}
+		w = &waiter{q: newDeferredQueue()}
 		h.waiters[cl] = w
 		go h.wait(cl, w)
 	}
 	w.pending.Add(1)
 	h.mu.Unlock()
-	select {
-	case w.ch <- d:
-	default:
+	if !w.q.put(d) {
 		// The disk is behind: the reader waits here, having processed
 		// all it read before this publish (see corkConn.caughtUp).
 		cc, _ := cl.Net.Conn.(*corkConn)
 		cc.stall(true)
-		w.ch <- d
+		for !w.q.put(d) {
+			<-w.q.room
+		}
 		cc.stall(false)
 	}
 }
@@ -831,16 +831,12 @@ func (h *gateHook) wait(cl *mqtt.Client, w *waiter) {
 	}
 	acked = make([]packets.Packet, 0, maxAcked)
 	for {
-		var d deferred
-		var ok bool
-		select {
-		case d, ok = <-w.ch:
-		default:
-			flush() // nothing more to acknowledge for now
-			d, ok = <-w.ch
-		}
+		d, ok := w.q.take(false)
 		if !ok {
-			break
+			flush() // nothing more to acknowledge for now
+			if d, ok = w.q.take(true); !ok {
+				break // closed, and all taken
+			}
 		}
 		var err error
 		if d.stored != nil {
@@ -997,7 +993,7 @@ func (h *gateHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if w, ok := h.waiters[cl]; ok {
-		close(w.ch) // the waiter drops the slot when it is done
+		w.q.close() // the waiter drops the slot when it is done
 		delete(h.waiters, cl)
 	} else {
 		h.dropSlot(cl)

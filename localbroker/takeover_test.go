@@ -107,7 +107,7 @@ func TestTakeoverDoesNotWaitOut(t *testing.T) {
 	t.Run("reader-held-by-disk", func(t *testing.T) {
 		old := rawConnect311(t, b, "busy")
 		var buf bytes.Buffer
-		for i := 1; i <= 300; i++ { // more than the waiter's queue holds
+		for i := 1; i <= maxDeferred+50; i++ { // more than the waiter's queue holds
 			p := pahopk.NewControlPacket(pahopk.Publish).(*pahopk.PublishPacket)
 			p.TopicName, p.Qos, p.MessageID, p.Payload = "routed", 1, uint16(i), []byte("x")
 			p.Write(&buf)
@@ -118,7 +118,12 @@ func TestTakeoverDoesNotWaitOut(t *testing.T) {
 			b.gate.mu.Lock()
 			w := b.gate.waiters[cl]
 			b.gate.mu.Unlock()
-			return w != nil && len(w.ch) == cap(w.ch)
+			if w == nil {
+				return false
+			}
+			w.q.mu.Lock()
+			defer w.q.mu.Unlock()
+			return w.q.n == maxDeferred
 		})
 		// The device gave up waiting for its PUBACKs and connects again.
 		if n := takeover(t, "busy"); n > 0 {

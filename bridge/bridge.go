@@ -455,9 +455,9 @@ func (b *Bridge) newConn(addrs []string) *conn {
 		SetKeepAlive(b.o.KeepAlive).
 		SetPingTimeout(min(10*time.Second, b.o.KeepAlive)). // a stalled link is found within two keepalives
 		SetConnectTimeout(15 * time.Second).
-		// The deadline for writing one packet, which a slow cellular
-		// link must meet; and how long paho's Publish may block when
-		// called as the connection dies (see conn.publisher).
+		// How long paho's own Publish (the birth message, the
+		// checkpoint's fence) may block as the connection dies; the
+		// socket bounds each send itself (watchedConn).
 		SetWriteTimeout(30 * time.Second).
 		// In order: what comes in on a route is published locally in the
 		// order it came, and the checkpoint read at start can tell when

@@ -14,11 +14,15 @@ const maxDeferred = 4096
 // minDeferred is the room a queue starts with and keeps.
 const minDeferred = 16
 
+// roomKept is how long a queue keeps room it does not use.
+const roomKept = 10 * time.Second
+
 // deferredQueue holds a client's deferred publishes, oldest first, for its
 // waiter. It grows with what the client has waiting (a deferred publish
-// is most of a kilobyte) and gives room back once it has been emptied
-// without needing it for a while: a device that published once does not
-// keep room for thousands.
+// is most of a kilobyte) and gives room back when it has not needed it for
+// a while: back to its smallest once it has been empty for roomKept, and
+// by halves while a quarter of it is all it uses. A device that sent a
+// burst once does not keep room for thousands.
 type deferredQueue struct {
 	mu     sync.Mutex
 	buf    []deferred // a ring, of a power of two
@@ -30,11 +34,13 @@ type deferredQueue struct {
 	checked time.Time
 
 	ready chan struct{} // something was queued, or the queue closed
-	room  chan struct{} // something was taken
+	room  chan struct{} // something was taken, or the queue closed
+	idle  *time.Timer   // the waiter's, while it waits with room to give back
+	keep  time.Duration // roomKept
 }
 
 func newDeferredQueue() *deferredQueue {
-	return &deferredQueue{buf: make([]deferred, minDeferred), ready: make(chan struct{}, 1), room: make(chan struct{}, 1), checked: time.Now()}
+	return &deferredQueue{buf: make([]deferred, minDeferred), ready: make(chan struct{}, 1), room: make(chan struct{}, 1), checked: time.Now(), keep: roomKept}
 }
 
 // put queues d, telling false when the queue is full.
@@ -74,19 +80,38 @@ func (q *deferredQueue) take(wait bool) (d deferred, ok bool) {
 			signal(q.room)
 			return d, true
 		}
-		closed := q.closed
+		closed, spare := q.closed, len(q.buf) > minDeferred
 		q.mu.Unlock()
 		if closed || !wait {
 			return deferred{}, false
 		}
-		<-q.ready
+		if !spare {
+			<-q.ready
+			continue
+		}
+		if q.idle == nil {
+			q.idle = time.NewTimer(q.keep)
+		} else {
+			q.idle.Reset(q.keep)
+		}
+		select {
+		case <-q.ready:
+			q.idle.Stop()
+		case <-q.idle.C:
+			q.mu.Lock()
+			if q.n == 0 {
+				q.buf, q.head = make([]deferred, minDeferred), 0
+				q.most, q.checked = 0, time.Now()
+			}
+			q.mu.Unlock()
+		}
 	}
 }
 
 // shrink halves the empty queue's room when a quarter of it was all it
-// needed for the last ten seconds.
+// needed for the last roomKept.
 func (q *deferredQueue) shrink() {
-	if now := time.Now(); now.Sub(q.checked) >= 10*time.Second {
+	if now := time.Now(); now.Sub(q.checked) >= q.keep {
 		if len(q.buf) > minDeferred && q.most <= len(q.buf)/4 {
 			q.buf = make([]deferred, len(q.buf)/2)
 		}
@@ -109,6 +134,7 @@ func (q *deferredQueue) close() {
 	q.closed = true
 	q.mu.Unlock()
 	signal(q.ready)
+	signal(q.room)
 }
 
 // signal wakes whoever waits on ch, once.

@@ -88,14 +88,41 @@ func TestDeferredQueueShrinks(t *testing.T) {
 	if len(q.buf) != 1024 {
 		t.Fatalf("room for %d, want 1024", len(q.buf))
 	}
-	q.checked, q.most = time.Now().Add(-11*time.Second), 0
+	q.checked, q.most = time.Now().Add(-roomKept), 0
 	fill(300) // more than a quarter: kept
 	if len(q.buf) != 1024 {
 		t.Errorf("room for %d after using 300 of it, want 1024 still", len(q.buf))
 	}
-	q.checked, q.most = time.Now().Add(-11*time.Second), 0
+	q.checked, q.most = time.Now().Add(-roomKept), 0
 	fill(100)
 	if len(q.buf) != 512 {
 		t.Errorf("room for %d after using 100 of 1024, want 512", len(q.buf))
+	}
+}
+
+// A queue left empty gives back all its room after roomKept, however
+// large a burst made it.
+func TestDeferredQueueIdle(t *testing.T) {
+	q := newDeferredQueue()
+	q.keep = 20 * time.Millisecond
+	for i := range maxDeferred {
+		q.put(deferredWithID(uint16(i)))
+	}
+	for range maxDeferred {
+		q.take(false)
+	}
+	got := make(chan uint16)
+	go func() {
+		d, _ := q.take(true) // waits, empty, with room to give back
+		got <- d.pk.PacketID
+	}()
+	pollUntil(t, "the idle queue to give its room back", func() bool {
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		return len(q.buf) == minDeferred
+	})
+	q.put(deferredWithID(9))
+	if id := <-got; id != 9 {
+		t.Errorf("took %d, want 9", id)
 	}
 }

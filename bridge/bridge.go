@@ -160,6 +160,7 @@ func New(o Options, log *slog.Logger) (*Bridge, error) {
 	if o.MaxInflight <= 0 {
 		o.MaxInflight = 32
 	}
+	o.MaxInflight = min(o.MaxInflight, MaxWindow-1) // a checkpoint may come on top
 	if o.KeepAlive <= 0 {
 		o.KeepAlive = 30 * time.Second
 	}

@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"encoding/binary"
+	"errors"
 	"sync"
 
 	"github.com/eclipse/paho.mqtt.golang/packets"
@@ -28,8 +29,13 @@ import (
 // client; the bridge's ids run from here to 65535 and round again.
 const firstOwnID = 1 << 15
 
-// pubackHeader is the first byte of a PUBACK.
-const pubackHeader = packets.Puback << 4
+// MaxWindow is the most messages the drain may have in flight, a
+// checkpoint among them: one per packet id of its range.
+const MaxWindow = 1<<16 - firstOwnID
+
+// errNoID is a publish's error when every id is waiting for its PUBACK,
+// which a window of at most MaxWindow never meets.
+var errNoID = errors.New("no packet id free for a publish")
 
 // token is what the drain waits for: the PUBACK of a publish, or for QoS
 // 0 its write. paho's tokens are one too.
@@ -54,12 +60,16 @@ type acks struct {
 	last    uint16 // the id given last
 }
 
-// add gives s a packet id that no publish waiting has.
+// add gives s a packet id that no publish waiting has, or 0 when there
+// is none.
 func (a *acks) add(s *sent) uint16 {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.waiting == nil {
 		a.waiting = map[uint16]*sent{}
+	}
+	if len(a.waiting) >= MaxWindow {
+		return 0
 	}
 	for {
 		a.last++
@@ -73,11 +83,14 @@ func (a *acks) add(s *sent) uint16 {
 	}
 }
 
-// remove forgets id, whose publish did not go out.
-func (a *acks) remove(id uint16) {
+// remove forgets id, whose publish did not go out, telling whether it
+// was still waiting (a broker could answer an id it was never sent).
+func (a *acks) remove(id uint16) bool {
 	a.mu.Lock()
+	defer a.mu.Unlock()
+	_, ok := a.waiting[id]
 	delete(a.waiting, id)
-	a.mu.Unlock()
+	return ok
 }
 
 // complete ends the wait of the publish with id, telling whether there was
@@ -105,14 +118,17 @@ func (c *watchedConn) publish(m outbox.Message) token {
 	pk.Qos, pk.Retain, pk.TopicName, pk.Payload = min(m.QoS, 1), m.Retain, m.Topic, m.Payload
 	if pk.Qos > 0 {
 		// Known before it is written: the PUBACK may come at once.
-		pk.MessageID = c.acks.add(s)
+		if pk.MessageID = c.acks.add(s); pk.MessageID == 0 {
+			s.err = errNoID
+			close(s.done)
+			return s
+		}
 	}
 	if err := pk.Write(c); err != nil {
-		if pk.Qos > 0 {
-			c.acks.remove(pk.MessageID)
+		if pk.Qos == 0 || c.acks.remove(pk.MessageID) {
+			s.err = err
+			close(s.done)
 		}
-		s.err = err
-		close(s.done)
 		return s
 	}
 	if pk.Qos == 0 {
@@ -127,6 +143,7 @@ func (c *watchedConn) publish(m outbox.Message) token {
 type ackFilter struct {
 	hdr  []byte // a fixed header being read (for a PUBACK, with its id)
 	left int    // bytes still to pass on of the packet under way
+	skip int    // bytes still to drop of a PUBACK taken (a reason code, properties)
 	out  []byte // for paho, from off on
 	off  int
 	// bad is set by a header no MQTT packet has: from there everything
@@ -151,6 +168,11 @@ func (f *ackFilter) feed(in []byte, take func(uint16) bool) {
 			in, f.left = in[k:], f.left-k
 			continue
 		}
+		if f.skip > 0 {
+			k := min(f.skip, len(in))
+			in, f.skip = in[k:], f.skip-k
+			continue
+		}
 		f.hdr = append(f.hdr, in[0])
 		in = in[1:]
 		if len(f.hdr) < 2 {
@@ -165,12 +187,18 @@ func (f *ackFilter) feed(in []byte, take func(uint16) bool) {
 			continue
 		case !ok:
 			continue
-		case f.hdr[0] == pubackHeader && rl == 2:
+		case f.hdr[0]>>4 == packets.Puback && rl >= 2:
+			// paho reads the id of a PUBACK whatever its flags, and
+			// ignores what follows it (MQTT 5's reason code and
+			// properties, which a broker may send a 3.1.1 client).
 			if len(f.hdr) < 1+n+2 {
 				continue // its id is still to come
 			}
-			if !take(binary.BigEndian.Uint16(f.hdr[1+n:])) {
+			if take(binary.BigEndian.Uint16(f.hdr[1+n:])) {
+				f.skip = rl - 2
+			} else {
 				f.out = append(f.out, f.hdr...)
+				f.left = rl - 2
 			}
 			f.hdr = f.hdr[:0]
 			continue

@@ -31,6 +31,15 @@ func stream(t *testing.T) (all, forPaho []byte, ours []uint16) {
 		p.MessageID = id
 		return p
 	}
+	// An MQTT 5 style PUBACK, reason code and empty properties after the
+	// id, raw: paho's encoder writes 3.1.1 only.
+	puback5 := func(id uint16, mine bool) {
+		b := []byte{packets.Puback << 4, 4, byte(id >> 8), byte(id), 0x10, 0}
+		all = append(all, b...)
+		if !mine {
+			forPaho = append(forPaho, b...)
+		}
+	}
 	connack := packets.NewControlPacket(packets.Connack)
 	add(connack, false)
 	suback := packets.NewControlPacket(packets.Suback).(*packets.SubackPacket)
@@ -51,6 +60,11 @@ func stream(t *testing.T) (all, forPaho []byte, ours []uint16) {
 			add(packets.NewControlPacket(packets.Pingresp), false)
 		case 5:
 			add(puback(firstOwnID+1000), false) // an id the bridge did not give
+			puback5(firstOwnID+1001, false)
+		case 6:
+			id := uint16(firstOwnID + 100 + i)
+			puback5(id, true)
+			ours = append(ours, id)
 		}
 	}
 	return all, forPaho, ours
@@ -95,11 +109,15 @@ func TestAckFilter(t *testing.T) {
 	}
 }
 
-// A header no MQTT packet has goes to paho as it is, and all after it.
+// A header no MQTT packet has goes to paho as it is, and all after it: a
+// PUBACK after it is not looked at.
 func TestAckFilterMalformed(t *testing.T) {
-	bad := []byte{0x30, 0xff, 0xff, 0xff, 0xff, 0x01, packets.Puback << 4, 2, 0x80, 0x00}
+	bad := []byte{0x30, 0xff, 0xff, 0xff, 0xff, packets.Puback << 4, 2, 0x80, 0x00}
 	var f ackFilter
-	f.feed(bad, func(uint16) bool { return true })
+	f.feed(bad, func(id uint16) bool {
+		t.Errorf("took %d after a malformed header", id)
+		return true
+	})
 	if got := f.out[f.off:]; !bytes.Equal(got, bad) {
 		t.Errorf("paho got %x, want %x", got, bad)
 	}
@@ -174,7 +192,7 @@ func TestOwnIDsWrap(t *testing.T) {
 	first := a.add(&sent{done: make(chan struct{})})
 	second := a.add(&sent{done: make(chan struct{})})
 	a.last = 65535
-	third := a.add(&sent{done: make(chan struct{})}) // firstOwnID is free
+	third := a.add(&sent{done: make(chan struct{})}) // past 65535, firstOwnID is taken
 	a.last = 65534
 	fourth := a.add(&sent{done: make(chan struct{})}) // 65535 and firstOwnID are taken
 	if first != 65535 || second != firstOwnID || third != firstOwnID+1 || fourth != firstOwnID+2 {
@@ -182,5 +200,19 @@ func TestOwnIDsWrap(t *testing.T) {
 	}
 	if !a.complete(second) || a.complete(second) {
 		t.Error("an id completes once")
+	}
+}
+
+// With every id of the range waiting, a publish fails rather than waits
+// for ever.
+func TestOwnIDsExhausted(t *testing.T) {
+	var a acks
+	for range MaxWindow {
+		if a.add(&sent{done: make(chan struct{})}) == 0 {
+			t.Fatal("an id refused before the range was used up")
+		}
+	}
+	if id := a.add(&sent{done: make(chan struct{})}); id != 0 {
+		t.Errorf("got id %d with all %d waiting, want none", id, MaxWindow)
 	}
 }

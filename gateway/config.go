@@ -657,8 +657,8 @@ func (c *Config) validate() error {
 		if !c.has("bridge.max_inflight") {
 			b.MaxInflight = 32
 		}
-		if b.MaxInflight < 1 || b.MaxInflight > 65535 {
-			c.errorf(&errs, "bridge.max_inflight", "must be between 1 and 65535, got %d", b.MaxInflight)
+		if b.MaxInflight < 1 || b.MaxInflight > bridge.MaxWindow-1 {
+			c.errorf(&errs, "bridge.max_inflight", "must be between 1 and %d, got %d", bridge.MaxWindow-1, b.MaxInflight)
 		}
 		if b.MaxRate < 0 {
 			c.errorf(&errs, "bridge.max_rate", "must be 0 (unlimited) or more, got %v", b.MaxRate)

@@ -159,7 +159,7 @@ func TestParseConfigErrors(t *testing.T) {
 		}},
 		{"bad bridge values", "[device]\n" + id + "[bridge]\naddress = [\"ssl://c:8883\"]\nreconnect_min = \"5s\"\nreconnect_max = \"1s\"\nmax_inflight = 0\n[bridge.outbox]\nmax_bytes = \"1KiB\"\n[[bridge.route]]\nlocal = \"a/#\"\noverflow = \"drop-newest\"\nqos0_offline = \"maybe\"\n", []string{
 			"f.toml:9: bridge.reconnect_max: 1s is less than reconnect_min (5s)",
-			"f.toml:10: bridge.max_inflight: must be between 1 and 65535, got 0",
+			"f.toml:10: bridge.max_inflight: must be between 1 and 32767, got 0",
 			"f.toml:12: bridge.outbox.max_bytes: must be at least 64KiB, got 1024 bytes",
 			"f.toml:15: bridge.route[0].overflow: want drop-oldest or reject, got \"drop-newest\"",
 			"f.toml:16: bridge.route[0].qos0_offline: want keep or drop, got \"maybe\"",

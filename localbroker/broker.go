@@ -648,7 +648,7 @@ func (h *gateHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet
 		// slot is free for the waiter.
 		h.release(cl)
 		h.deferAck(cl, deferred{pk: pk, stored: stored})
-		return pk, packets.ErrRejectPacket
+		return held(pk)
 	}
 	if remote := remoteAddr(cl); h.refusals.allow(remote, "publish: "+err.Error()) {
 		h.log.Warn("publish refused", "client_id", cl.ID, "remote", remote, "topic", pk.TopicName, "err", err)
@@ -713,7 +713,17 @@ func (h *gateHook) inTurn(cl *mqtt.Client, pk packets.Packet) (packets.Packet, e
 	}
 	h.release(cl)
 	h.deferAck(cl, deferred{pk: pk})
-	return pk, packets.ErrRejectPacket
+	return held(pk)
+}
+
+// held is what OnPublish returns for a publish the waiter has taken: mochi
+// neither acknowledges, retains nor delivers an ignored QoS 0 publish (no
+// hook of ours provides OnPublished). ErrRejectPacket does the same, but
+// mochi copies the packet (832 bytes) into the arguments of a debug log
+// line for it: a quarter of what the gateway allocated while forwarding.
+func held(pk packets.Packet) (packets.Packet, error) {
+	pk.FixedHeader.Qos, pk.FixedHeader.Retain, pk.Ignore = 0, false, true
+	return pk, nil
 }
 
 // refuse drops a publish, answering an MQTT 5 client's QoS 1 or 2 publish

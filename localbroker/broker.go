@@ -420,6 +420,7 @@ type gateHook struct {
 type waiter struct {
 	q       *deferredQueue
 	pending atomic.Int64 // queued, and not yet acknowledged and delivered
+	unacked atomic.Int64 // of them, QoS 1 and 2 publishes not yet answered
 }
 
 // deferred is a publish whose acknowledgement waits its turn.
@@ -627,6 +628,15 @@ func (h *gateHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet
 		}
 		return h.refuse(cl, pk, packets.ErrMessageRateTooHigh)
 	}
+	if h.overReceiveMaximum(cl, pk) {
+		// As mochi does with a publish it handles itself, and Mosquitto:
+		// the client did not keep to the receive maximum it was given.
+		if remote := remoteAddr(cl); h.refusals.allow(remote, "receive maximum") {
+			h.log.Warn("client disconnected: it sent more unacknowledged QoS 1 and 2 publishes than max_inflight", "client_id", cl.ID, "remote", remote)
+		}
+		h.srv.DisconnectClient(cl, packets.ErrReceiveMaximum)
+		return pk, packets.ErrRejectPacket
+	}
 	if !deniedOnRead(cl, pk) && !h.mayPublish(cl, pk) {
 		// As mochi answers a publish the ACL denies (MQTT 5: 0x87 for
 		// QoS 1 and 2; QoS 0 is dropped).
@@ -716,6 +726,22 @@ func (h *gateHook) inTurn(cl *mqtt.Client, pk packets.Packet) (packets.Packet, e
 	return held(pk)
 }
 
+// overReceiveMaximum tells whether pk is a QoS 1 or 2 publish of an MQTT 5
+// client that has its receive maximum (max_inflight) of them waiting for
+// their acknowledgement already. mochi counts only those it acknowledges
+// itself, at once; those the waiter holds are counted here. MQTT 3.1.1
+// has no receive maximum: such a client's reader waits instead when its
+// queue is full (deferAck).
+func (h *gateHook) overReceiveMaximum(cl *mqtt.Client, pk packets.Packet) bool {
+	if cl.Properties.ProtocolVersion != 5 || pk.FixedHeader.Qos == 0 {
+		return false
+	}
+	h.mu.Lock()
+	w := h.waiters[cl]
+	h.mu.Unlock()
+	return w != nil && w.unacked.Load() >= int64(h.srv.Options.Capabilities.ReceiveMaximum)
+}
+
 // held is what OnPublish returns for a publish the waiter has taken: mochi
 // neither acknowledges, retains nor delivers an ignored QoS 0 publish (no
 // hook of ours provides OnPublished). ErrRejectPacket does the same, but
@@ -796,6 +822,9 @@ func (h *gateHook) deferAck(cl *mqtt.Client, d deferred) {
 		go h.wait(cl, w)
 	}
 	w.pending.Add(1)
+	if d.pk.FixedHeader.Qos > 0 {
+		w.unacked.Add(1)
+	}
 	h.mu.Unlock()
 	if !w.q.put(d) {
 		// The disk is behind: the reader waits here, having processed
@@ -895,6 +924,9 @@ func (h *gateHook) wait(cl *mqtt.Client, w *waiter) {
 			flush()
 			h.injectStored(cl, d.pk, d.stored != nil)
 			w.pending.Add(-1)
+		}
+		if d.pk.FixedHeader.Qos > 0 {
+			w.unacked.Add(-1) // answered
 		}
 	}
 	flush()

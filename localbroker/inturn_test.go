@@ -532,3 +532,42 @@ func TestStoredRetainedWithoutSubscribers(t *testing.T) {
 		}
 	}
 }
+
+// An MQTT 5 client that sends more unacknowledged QoS 1 publishes than its
+// receive maximum, while they wait for the disk, is disconnected with
+// 0x93, as mochi does for those it acknowledges at once; up to the
+// maximum, all are acknowledged.
+func TestReceiveMaximumWhileStoring(t *testing.T) {
+	gate := make(chan error)
+	b := interopBrokerForwarding(t, Limits{MaxInflight: 3}, func(m Message) (<-chan error, error) {
+		return gate, nil
+	})
+	r := dial5(t, b)
+	if ack := r.connect(connectPacket5("dev", true, 30, nil)); ack.Properties == nil || ack.Properties.ReceiveMaximum == nil || *ack.Properties.ReceiveMaximum != 3 {
+		t.Fatalf("CONNACK %+v, want receive maximum 3", ack.Properties)
+	}
+	for id := uint16(1); id <= 3; id++ {
+		r.publish(id, "routed", 1, "x", nil)
+	}
+	r.send(&packets.Pingreq{}) // all three read, none acknowledged
+	r.expect(packets.PINGRESP)
+	go func() {
+		for range 3 {
+			gate <- nil
+		}
+	}()
+	for want := uint16(1); want <= 3; want++ {
+		if id, code := ackOf(r.expect(packets.PUBACK)); id != want || code != 0 {
+			t.Fatalf("PUBACK %d with %#x, want %d with 0", id, code, want)
+		}
+	}
+
+	r2 := dial5(t, b)
+	r2.connect(connectPacket5("dev2", true, 30, nil))
+	for id := uint16(1); id <= 4; id++ {
+		r2.publish(id, "routed", 1, "x", nil)
+	}
+	if code := r2.disconnectedWith(); code != 0x93 {
+		t.Errorf("a fourth publish over receive maximum 3: disconnected with %#x, want 0x93", code)
+	}
+}

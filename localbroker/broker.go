@@ -183,7 +183,7 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 		Logger: slog.New(mochiFilter{log.Handler()}),
 	})
 	b := &Broker{srv: srv, log: log, tracked: map[string]*trackedListener{}}
-	gate := &gateHook{log: log, forward: o.Forward, authz: o.Authorizer, srv: srv, marker: newMarker(), waiters: map[*mqtt.Client]*waiter{}, aside: map[asideKey]packets.Packet{},
+	gate := &gateHook{log: log, forward: o.Forward, authz: o.Authorizer, srv: srv, marker: newMarker(), waiters: map[*mqtt.Client]*waiter{}, draining: map[string]*waiter{}, aside: map[asideKey]packets.Packet{},
 		refusals: &refusalLog{now: time.Now}, tls: map[string]*tlsListener{},
 		failures:     &authFailures{max: lim.MaxAuthFailures, now: time.Now},
 		maxKeepalive: uint16(min(lim.MaxKeepalive/time.Second, 65535)),
@@ -406,6 +406,10 @@ type gateHook struct {
 
 	mu      sync.Mutex
 	waiters map[*mqtt.Client]*waiter // per client
+	// draining holds, by client id, the waiter of a connection that has
+	// ended with publishes still to acknowledge and deliver: the client's
+	// next connection takes its publishes in their turn after them.
+	draining map[string]*waiter
 
 	asideMu sync.Mutex
 	aside   map[asideKey]packets.Packet // see packetids.go
@@ -419,8 +423,20 @@ type gateHook struct {
 // for storage, and those that come after them, in order.
 type waiter struct {
 	q       *deferredQueue
-	pending atomic.Int64 // queued, and not yet acknowledged and delivered
-	unacked atomic.Int64 // of them, QoS 1 and 2 publishes not yet answered
+	pending atomic.Int64  // queued, and not yet acknowledged and delivered
+	unacked atomic.Int64  // of them, QoS 1 and 2 publishes not yet answered
+	after   *waiter       // the client's last connection's, to finish first
+	done    chan struct{} // closed when the waiter has done all
+}
+
+// finished tells whether w has done all it was given.
+func (w *waiter) finished() bool {
+	select {
+	case <-w.done:
+		return true
+	default:
+		return false
+	}
 }
 
 // deferred is a publish whose acknowledgement waits its turn.
@@ -817,7 +833,7 @@ func (h *gateHook) deferAck(cl *mqtt.Client, d deferred) {
 	h.mu.Lock()
 	w, ok := h.waiters[cl]
 	if !ok {
-		w = &waiter{q: newDeferredQueue()}
+		w = &waiter{q: newDeferredQueue(), done: make(chan struct{}), after: h.draining[cl.ID]}
 		h.waiters[cl] = w
 		go h.wait(cl, w)
 	}
@@ -843,9 +859,15 @@ func (h *gateHook) deferAck(cl *mqtt.Client, d deferred) {
 // it writes comes after their acknowledgements.
 func (h *gateHook) pending(cl *mqtt.Client) bool {
 	h.mu.Lock()
-	w := h.waiters[cl]
+	w, last := h.waiters[cl], h.draining[cl.ID]
 	h.mu.Unlock()
-	return w != nil && w.pending.Load() > 0
+	if w != nil && w.pending.Load() > 0 {
+		return true
+	}
+	// A connection that ended (taken over, say) with publishes waiting for
+	// the disk: this one's come after them, or a retained value from
+	// before the reconnection could replace a newer one.
+	return last != nil && !last.finished()
 }
 
 // maxAcked is how many acknowledged publishes a waiter holds before it
@@ -869,6 +891,17 @@ func (h *gateHook) wait(cl *mqtt.Client, w *waiter) {
 		acked = acked[:0]
 	}
 	acked = make([]packets.Packet, 0, maxAcked)
+	defer func() {
+		close(w.done)
+		h.mu.Lock()
+		if h.draining[cl.ID] == w {
+			delete(h.draining, cl.ID)
+		}
+		h.mu.Unlock()
+	}()
+	if w.after != nil {
+		<-w.after.done
+	}
 	for {
 		d, ok := w.q.take(false)
 		if !ok {
@@ -1037,6 +1070,9 @@ func (h *gateHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	if w, ok := h.waiters[cl]; ok {
 		w.q.close() // the waiter drops the slot when it is done
 		delete(h.waiters, cl)
+		if !w.finished() {
+			h.draining[cl.ID] = w
+		}
 	} else {
 		h.dropSlot(cl)
 	}

@@ -273,6 +273,9 @@ func TestUnstoredQoS2InTurnDeliveredOnce(t *testing.T) {
 	}
 	// No PUBREC was received for 2: the client sends it again [MQTT-4.4.0-1].
 	dev2.send(&packets.Publish{PacketID: 2, Topic: "local", QoS: 2, Duplicate: true, Payload: []byte("once"), Properties: &packets.Properties{}})
+	// It takes its turn after the old connection's publishes: those wait
+	// for the disk.
+	close(gate)
 	// PUBREC (perhaps first one mochi resends from the session), PUBREL,
 	// PUBCOMP.
 	for released := false; ; {
@@ -288,7 +291,6 @@ func TestUnstoredQoS2InTurnDeliveredOnce(t *testing.T) {
 		}
 	}
 
-	close(gate) // the old connection's stored publish is on disk
 	// The old connection's waiter drops its slot when it is done.
 	pollUntil(t, "the old waiter to finish", func() bool { _, ok := b.gate.slots.Load(old); return !ok })
 	dev2.publish(0, "local", 0, "end", nil)
@@ -569,5 +571,47 @@ func TestReceiveMaximumWhileStoring(t *testing.T) {
 	}
 	if code := r2.disconnectedWith(); code != 0x93 {
 		t.Errorf("a fourth publish over receive maximum 3: disconnected with %#x, want 0x93", code)
+	}
+}
+
+// A client that connects again while its last connection's publishes
+// wait for the disk has its new publishes delivered after them, in the
+// order it sent them all.
+func TestReconnectKeepsPublishOrder(t *testing.T) {
+	b, gate := gatedBroker(t)
+	delivered := make(chan string, 10)
+	if err := b.Subscribe("#", 0, func(m Message) { delivered <- m.Topic }); err != nil {
+		t.Fatal(err)
+	}
+	old := dial5(t, b)
+	old.connect(connectPacket5("dev", true, 30, nil))
+	old.publish(1, "routed", 1, "before", nil) // waits for the disk
+	old.send(&packets.Pingreq{})
+	old.expect(packets.PINGRESP)
+	again := dial5(t, b)
+	again.connect(connectPacket5("dev", true, 30, nil)) // takes over
+	again.publish(1, "local", 1, "after", nil)          // not stored
+	again.send(&packets.Pingreq{})
+	again.expect(packets.PINGRESP)
+	select {
+	case topic := <-delivered:
+		t.Fatalf("%s delivered while the last connection's publish waits for the disk", topic)
+	default:
+	}
+	close(gate)
+	var got []string
+	for len(got) < 2 {
+		select {
+		case topic := <-delivered:
+			got = append(got, topic)
+		case <-time.After(wait):
+			t.Fatalf("delivered only %v", got)
+		}
+	}
+	if got[0] != "routed" || got[1] != "local" {
+		t.Errorf("delivered %v, want [routed local]", got)
+	}
+	if id, code := ackOf(again.expect(packets.PUBACK)); id != 1 || code != 0 {
+		t.Errorf("PUBACK %d with %#x, want 1 with 0", id, code)
 	}
 }

@@ -425,7 +425,7 @@ type waiter struct {
 	q       *deferredQueue
 	pending atomic.Int64  // queued, and not yet acknowledged and delivered
 	unacked atomic.Int64  // of them, QoS 1 and 2 publishes not yet answered
-	after   *waiter       // the client's last connection's, to finish first
+	after   *waiter       // the client's last connection's, to finish first (h.mu)
 	done    chan struct{} // closed when the waiter has done all
 }
 
@@ -455,7 +455,7 @@ func newMarker() packets.UserProperty {
 func (h *gateHook) ID() string { return "fieldgate-gate" }
 
 func (h *gateHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish, mqtt.OnSubscribe, mqtt.OnWill, mqtt.OnWillSent, mqtt.OnDisconnect, mqtt.OnPacketEncode, mqtt.OnPacketRead, mqtt.OnPacketProcessed}, []byte{b})
+	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnSessionEstablish, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish, mqtt.OnSubscribe, mqtt.OnWill, mqtt.OnWillSent, mqtt.OnDisconnect, mqtt.OnPacketEncode, mqtt.OnPacketRead, mqtt.OnPacketProcessed}, []byte{b})
 }
 
 // OnPacketEncode completes the CONNACK mochi sends, and makes sure the
@@ -495,6 +495,34 @@ func (h *gateHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Pa
 
 // OnConnect bounds the keepalive and logs a client id taken over by a new
 // connection.
+// OnSessionEstablish, before the client's CONNACK: a connection that takes
+// over one whose publishes still wait for the disk takes its own in their
+// turn after them (see pending). The old connection's OnDisconnect can
+// come much later (its reader may be waiting for the disk, or its will
+// for its publishes).
+func (h *gateHook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
+	old, ok := h.srv.Clients.Get(cl.ID)
+	if !ok || old == cl {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if w := h.waiters[old]; w != nil && !w.finished() {
+		h.drain(cl.ID, w)
+	}
+}
+
+// drain makes w the waiter that the client's next connection takes its
+// turn after, unless one after w is that already. h.mu is held.
+func (h *gateHook) drain(id string, w *waiter) {
+	for x := h.draining[id]; x != nil; x = x.after {
+		if x == w {
+			return
+		}
+	}
+	h.draining[id] = w
+}
+
 func (h *gateHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	if cl.ID == mqtt.InlineClientId || cl.ID == uplinkClientID {
 		// The gateway's own clients, inside the broker: a device taking
@@ -899,8 +927,11 @@ func (h *gateHook) wait(cl *mqtt.Client, w *waiter) {
 		}
 		h.mu.Unlock()
 	}()
-	if w.after != nil {
-		<-w.after.done
+	if a := w.after; a != nil {
+		<-a.done
+		h.mu.Lock()
+		w.after = nil // finished: not kept for as long as w is
+		h.mu.Unlock()
 	}
 	for {
 		d, ok := w.q.take(false)
@@ -921,6 +952,11 @@ func (h *gateHook) wait(cl *mqtt.Client, w *waiter) {
 		}
 		if len(acked) == maxAcked {
 			flush() // what a waiter holds stays small
+		}
+		if d.pk.FixedHeader.Qos > 0 {
+			// Answered below: counted off before the answer goes out,
+			// or the client could send its next publish first.
+			w.unacked.Add(-1)
 		}
 		switch {
 		case err != nil:
@@ -957,9 +993,6 @@ func (h *gateHook) wait(cl *mqtt.Client, w *waiter) {
 			flush()
 			h.injectStored(cl, d.pk, d.stored != nil)
 			w.pending.Add(-1)
-		}
-		if d.pk.FixedHeader.Qos > 0 {
-			w.unacked.Add(-1) // answered
 		}
 	}
 	flush()
@@ -1071,7 +1104,7 @@ func (h *gateHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 		w.q.close() // the waiter drops the slot when it is done
 		delete(h.waiters, cl)
 		if !w.finished() {
-			h.draining[cl.ID] = w
+			h.drain(cl.ID, w)
 		}
 	} else {
 		h.dropSlot(cl)

@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -614,4 +615,94 @@ func TestReconnectKeepsPublishOrder(t *testing.T) {
 	if id, code := ackOf(again.expect(packets.PUBACK)); id != 1 || code != 0 {
 		t.Errorf("PUBACK %d with %#x, want 1 with 0", id, code)
 	}
+}
+
+// The same when the new connection comes while the old one's reader waits
+// for room (its queue is full: the disk is behind) or its will waits for
+// its publishes: the old connection's end comes later than the new one's
+// CONNACK.
+func TestTakeoverKeepsPublishOrder(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		old  func(t *testing.T, b *Broker) *raw5
+	}{
+		{"reader waiting for room", func(t *testing.T, b *Broker) *raw5 {
+			old := dial5(t, b)
+			old.connect(connectPacket5("dev", true, 30, nil))
+			old.publish(1, "routed", 1, "before", nil) // waits for the disk
+			for range maxDeferred + 10 {
+				old.publish(0, "local", 0, "old", nil) // in turn behind it
+			}
+			cl, _ := b.srv.Clients.Get("dev")
+			pollUntil(t, "the old reader to wait for room", cl.Net.Conn.(*corkConn).stalled.Load)
+			return old
+		}},
+		{"will waiting", func(t *testing.T, b *Broker) *raw5 {
+			old := dial5(t, b)
+			cp := connectPacket5("dev", true, 30, nil)
+			cp.WillFlag, cp.WillTopic, cp.WillMessage, cp.WillProperties = true, "will", []byte("will"), &packets.Properties{}
+			old.connect(cp)
+			old.publish(1, "routed", 1, "before", nil)
+			old.send(&packets.Pingreq{})
+			old.expect(packets.PINGRESP)
+			return old
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, gate := gatedBroker(t)
+			var open sync.Once
+			t.Cleanup(func() { open.Do(func() { close(gate) }) }) // before the broker's Close
+			delivered := make(chan string, 2*maxDeferred)
+			if err := b.Subscribe("#", 0, func(m Message) { delivered <- m.Topic + " " + string(m.Payload) }); err != nil {
+				t.Fatal(err)
+			}
+			tc.old(t, b)
+			again := dial5(t, b)
+			again.connect(connectPacket5("dev", true, 30, nil)) // takes over
+			again.publish(1, "local", 1, "after", nil)
+			again.send(&packets.Pingreq{})
+			again.expect(packets.PINGRESP) // the publish has been read
+			select {
+			case m := <-delivered:
+				t.Fatalf("%q delivered while the last connection's publish waits for the disk", m)
+			default:
+			}
+			open.Do(func() { close(gate) })
+			select {
+			case m := <-delivered:
+				if m != "routed before" {
+					t.Errorf("delivered %q first, want the old connection's stored publish", m)
+				}
+			case <-time.After(wait):
+				t.Fatal("nothing delivered")
+			}
+		})
+	}
+}
+
+// Once the connection before has finished, a connection's waiter does not
+// keep it (and its queue's room) alive.
+func TestWaiterLetsGoOfFinished(t *testing.T) {
+	b, gate := gatedBroker(t)
+	var ws []*waiter
+	for i := range 2 {
+		c := dial5(t, b)
+		c.connect(connectPacket5("dev", true, 30, nil))
+		c.publish(1, "routed", 1, "x", nil)
+		c.send(&packets.Pingreq{})
+		c.expect(packets.PINGRESP)
+		cl, _ := b.srv.Clients.Get("dev")
+		b.gate.mu.Lock()
+		ws = append(ws, b.gate.waiters[cl])
+		b.gate.mu.Unlock()
+		if i == 1 && ws[1].after != ws[0] {
+			t.Fatal("the second connection's waiter does not wait for the first's")
+		}
+	}
+	close(gate)
+	pollUntil(t, "the second waiter to let go of the first", func() bool {
+		b.gate.mu.Lock()
+		defer b.gate.mu.Unlock()
+		return ws[1].after == nil
+	})
 }

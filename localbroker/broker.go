@@ -493,8 +493,6 @@ func (h *gateHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Pa
 	return pk
 }
 
-// OnConnect bounds the keepalive and logs a client id taken over by a new
-// connection.
 // OnSessionEstablish, before the client's CONNACK: a connection that takes
 // over one whose publishes still wait for the disk takes its own in their
 // turn after them (see pending). The old connection's OnDisconnect can
@@ -523,6 +521,8 @@ func (h *gateHook) drain(id string, w *waiter) {
 	h.draining[id] = w
 }
 
+// OnConnect bounds the keepalive and logs a client id taken over by a new
+// connection.
 func (h *gateHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	if cl.ID == mqtt.InlineClientId || cl.ID == uplinkClientID {
 		// The gateway's own clients, inside the broker: a device taking

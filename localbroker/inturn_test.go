@@ -2,6 +2,7 @@ package localbroker
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -705,4 +706,35 @@ func TestWaiterLetsGoOfFinished(t *testing.T) {
 		defer b.gate.mu.Unlock()
 		return ws[1].after == nil
 	})
+}
+
+// A device that ends its session with its DISCONNECT (session expiry 0)
+// while messages are being queued for it has no session afterwards, and
+// the hooks that queue them, on the publishers' goroutines, do not read
+// the expiry mochi's reader changes (go test -race).
+func TestDisconnectEndsSessionWhileDelivering(t *testing.T) {
+	b := interopBroker(t, Limits{})
+	keep := &packets.Properties{SessionExpiryInterval: u32(300)}
+	for round := range 5 {
+		sub := dial5(t, b)
+		sub.connect(connectPacket5("sub", false, 30, keep))
+		sub.subscribe(1, "local", 1)
+		pub := dial5(t, b)
+		pub.connect(connectPacket5(fmt.Sprint("pub", round), true, 30, nil))
+		// The broker delivers these while it reads the DISCONNECT.
+		for i := range 50 {
+			pub.publish(uint16(i+1), "local", 1, fmt.Sprint(i), nil)
+		}
+		sub.send(&packets.Disconnect{ReasonCode: 0, Properties: &packets.Properties{SessionExpiryInterval: u32(0)}})
+		pub.send(&packets.Pingreq{})
+		for pub.expectOneOf(packets.PUBACK, packets.PINGRESP).Type != packets.PINGRESP {
+		} // all 50 handled
+		pub.Close()
+		again := dial5(t, b)
+		if ca := again.connect(connectPacket5("sub", false, 30, keep)); ca.SessionPresent {
+			t.Fatalf("round %d: a session ended by DISCONNECT with expiry 0 is still there", round)
+		}
+		again.send(&packets.Disconnect{ReasonCode: 0, Properties: &packets.Properties{SessionExpiryInterval: u32(0)}})
+		again.Close()
+	}
 }

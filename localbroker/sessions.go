@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -49,6 +50,12 @@ type sessionStore struct {
 	now       func() time.Time
 	expiry    time.Duration // for sessions that set none; 0: never
 	maxQueued int
+
+	// persists holds, by client, whether its session outlives its
+	// connection (*atomic.Bool), for the hooks that run on other
+	// goroutines than the client's reader: mochi's reader changes the
+	// session expiry when a DISCONNECT sets it, so they may not read it.
+	persists sync.Map
 
 	mu      sync.Mutex
 	pending map[string]sessionWrite // by bucket and key
@@ -261,7 +268,9 @@ func (s *sessionStore) Provides(b byte) bool {
 	return false
 }
 
-// persistent reports whether cl's session outlives its connection.
+// persistent reports whether cl's session outlives its connection, for
+// the client's reader (or a client restored at start, which has none).
+// Other goroutines ask isPersistent.
 func persistent(cl *mqtt.Client) bool {
 	if cl.Net.Inline {
 		return false
@@ -270,6 +279,20 @@ func persistent(cl *mqtt.Client) bool {
 		return cl.Properties.Props.SessionExpiryInterval > 0
 	}
 	return !cl.Properties.Clean
+}
+
+// isPersistent is persistent, as the client's reader last saw it.
+func (s *sessionStore) isPersistent(cl *mqtt.Client) bool {
+	if v, ok := s.persists.Load(cl); ok {
+		return v.(*atomic.Bool).Load()
+	}
+	return persistent(cl)
+}
+
+// notePersistent records persistent(cl); only cl's reader calls it.
+func (s *sessionStore) notePersistent(cl *mqtt.Client) {
+	v, _ := s.persists.LoadOrStore(cl, new(atomic.Bool))
+	v.(*atomic.Bool).Store(persistent(cl))
 }
 
 func (s *sessionStore) StoredClients() ([]storage.Client, error) { return s.loaded.clients, nil }
@@ -299,11 +322,11 @@ func (s *sessionStore) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	delete(s.away, cl.ID)
 	s.mu.Unlock()
 	s.expiring.Unlock()
-	if pk.Connect.Clean {
-		return
-	}
 	old, ok := s.srv.Clients.Get(cl.ID)
-	if !ok {
+	if ok && old.Closed() {
+		s.persists.Delete(old) // an away session, replaced by cl (a connected one's OnDisconnect does it)
+	}
+	if pk.Connect.Clean || !ok {
 		return
 	}
 	pks := old.State.Inflight.GetAll(false)
@@ -366,6 +389,7 @@ func (s *sessionStore) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) 
 	delete(s.away, cl.ID)
 	seqs := s.seqs[cl.ID]
 	s.drop(cl.ID)
+	s.notePersistent(cl)
 	if !persistent(cl) {
 		return
 	}
@@ -387,7 +411,13 @@ func (s *sessionStore) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) 
 }
 
 func (s *sessionStore) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
-	if cl.Net.Conn == nil || cl.IsTakenOver() || errors.Is(cl.StopCause(), packets.ErrSessionTakenOver) {
+	takenOver := cl.IsTakenOver() || errors.Is(cl.StopCause(), packets.ErrSessionTakenOver)
+	if expire || takenOver {
+		s.persists.Delete(cl) // mochi forgets the client
+	} else if _, ok := s.persists.Load(cl); ok {
+		s.notePersistent(cl) // a DISCONNECT may have ended the session
+	}
+	if cl.Net.Conn == nil || takenOver {
 		return // a restored session, the inline client, or a client id taken over
 	}
 	s.mu.Lock()
@@ -403,7 +433,7 @@ func (s *sessionStore) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
 
 // OnWillSent stores the client without its will, once it is sent.
 func (s *sessionStore) OnWillSent(cl *mqtt.Client, _ packets.Packet) {
-	if !persistent(cl) || cl.Net.Conn == nil {
+	if !s.isPersistent(cl) || cl.Net.Conn == nil {
 		return
 	}
 	s.mu.Lock()
@@ -413,7 +443,7 @@ func (s *sessionStore) OnWillSent(cl *mqtt.Client, _ packets.Packet) {
 }
 
 func (s *sessionStore) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
-	if !persistent(cl) {
+	if !s.isPersistent(cl) {
 		return
 	}
 	s.mu.Lock()
@@ -427,7 +457,7 @@ func (s *sessionStore) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []
 }
 
 func (s *sessionStore) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
-	if !persistent(cl) {
+	if !s.isPersistent(cl) {
 		return
 	}
 	s.mu.Lock()
@@ -443,7 +473,7 @@ func (s *sessionStore) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64,
 	// A client taken over: mochi copied the message to the connection
 	// that took it over, which stores the session as it is once it is
 	// established, or the message is moved to it (takeoverHook.rehome).
-	if !persistent(cl) || cl.IsTakenOver() || s.aside != nil && s.aside(cl, pk.PacketID) {
+	if cl.IsTakenOver() || !s.isPersistent(cl) || s.aside != nil && s.aside(cl, pk.PacketID) {
 		return
 	}
 	s.mu.Lock()
@@ -456,7 +486,7 @@ func (s *sessionStore) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
 	// A client taken over: mochi clears the messages it copied to the
 	// connection that took it over, which stores them once it is
 	// established; until then the records stay.
-	if !persistent(cl) || cl.IsTakenOver() || s.aside != nil && s.aside(cl, pk.PacketID) {
+	if cl.IsTakenOver() || !s.isPersistent(cl) || s.aside != nil && s.aside(cl, pk.PacketID) {
 		return
 	}
 	s.mu.Lock()
@@ -475,6 +505,7 @@ func (s *sessionStore) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
 func (s *sessionStore) OnQosDropped(cl *mqtt.Client, pk packets.Packet) { s.OnQosComplete(cl, pk) }
 
 func (s *sessionStore) OnClientExpired(cl *mqtt.Client) {
+	s.persists.Delete(cl)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.away, cl.ID)

@@ -289,10 +289,12 @@ func (s *sessionStore) isPersistent(cl *mqtt.Client) bool {
 	return persistent(cl)
 }
 
-// notePersistent records persistent(cl); only cl's reader calls it.
+// notePersistent records persistent(cl) as its session is established;
+// only cl's reader calls it.
 func (s *sessionStore) notePersistent(cl *mqtt.Client) {
-	v, _ := s.persists.LoadOrStore(cl, new(atomic.Bool))
-	v.(*atomic.Bool).Store(persistent(cl))
+	p := new(atomic.Bool)
+	p.Store(persistent(cl))
+	s.persists.Store(cl, p)
 }
 
 func (s *sessionStore) StoredClients() ([]storage.Client, error) { return s.loaded.clients, nil }
@@ -414,8 +416,8 @@ func (s *sessionStore) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
 	takenOver := cl.IsTakenOver() || errors.Is(cl.StopCause(), packets.ErrSessionTakenOver)
 	if expire || takenOver {
 		s.persists.Delete(cl) // mochi forgets the client
-	} else if _, ok := s.persists.Load(cl); ok {
-		s.notePersistent(cl) // a DISCONNECT may have ended the session
+	} else if v, ok := s.persists.Load(cl); ok {
+		v.(*atomic.Bool).Store(persistent(cl)) // a DISCONNECT may have ended the session
 	}
 	if cl.Net.Conn == nil || takenOver {
 		return // a restored session, the inline client, or a client id taken over
@@ -564,6 +566,7 @@ func (s *sessionStore) expireOne(id string, now time.Time) bool {
 		s.srv.UnsubscribeClient(cl)
 		cl.ClearInflights()
 		s.srv.Clients.Delete(id)
+		s.persists.Delete(cl) // mochi's OnClientExpired will not come for it
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

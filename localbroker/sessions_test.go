@@ -613,3 +613,20 @@ func TestSessionNoCommitWithoutChange(t *testing.T) {
 		t.Errorf("commits: got %d, want 0", n)
 	}
 }
+
+// A session that ends while its client is away, by persistent_client_expiration,
+// leaves nothing of the client in the store's memory.
+func TestSessionExpiryForgetsClient(t *testing.T) {
+	sb := newSessionBroker(t, Options{PersistentClientExpiration: time.Hour})
+	for _, id := range []string{"a", "b", "c"} {
+		c, _ := sessionConnect311(t, sessionOpts311(sb.addr, id, false, nil))
+		c.Disconnect(0)
+		sb.gone(id)
+	}
+	sb.sessions.expireAway(time.Now().Add(2 * time.Hour))
+	n := 0
+	sb.sessions.persists.Range(func(any, any) bool { n++; return true })
+	if n != 0 {
+		t.Errorf("%d clients still held after their sessions ended", n)
+	}
+}

@@ -712,7 +712,7 @@ func (c *conn) publisher(in <-chan outbox.Message, out chan<- token) {
 	defer close(out)
 	w := c.socket.Load()
 	for m := range in {
-		if w == nil || w.dead.Load() {
+		if c.dead() { // w is nil too when there is none
 			return
 		}
 		tok := w.publish(m)

@@ -230,6 +230,11 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 			return nil, fmt.Errorf("localbroker: %w", err)
 		}
 	}
+	// Last: it sees each packet as the other hooks leave it.
+	if err := srv.AddHook(&flowHook{maxQueued: caps.MaximumInflight}, nil); err != nil {
+		b.Close()
+		return nil, fmt.Errorf("localbroker: %w", err)
+	}
 	for i, l := range o.Listeners {
 		id := fmt.Sprintf("tcp%d", i)
 		raw, err := net.Listen("tcp", l.Address)

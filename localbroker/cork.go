@@ -61,6 +61,10 @@ type corkConn struct {
 	processed    atomic.Int64 // packets mochi processed without an error, after the CONNECT
 	v5           atomic.Bool
 	disconnected atomic.Bool // mochi has sent a DISCONNECT: the connection ends for its reason
+
+	// window is the MQTT 5 client's receive maximum at work (see
+	// flowHook), set before the CONNACK; nil: none.
+	window *window
 }
 
 // message tells a message apart from another under the same packet id.
@@ -129,6 +133,9 @@ func (l corkListener) Accept() (net.Conn, error) {
 }
 
 func (c *corkConn) Write(p []byte) (int, error) {
+	if isHeldMarker(p) {
+		return len(p), nil // a message the receive maximum holds (flowHook)
+	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	c.mu.Lock()

@@ -1,0 +1,142 @@
+package localbroker
+
+// The receive maximum an MQTT 5 client gives in its CONNECT: the broker
+// sends it at most that many QoS 1 and 2 messages unacknowledged, holds
+// the rest in the session in order, and sends them as acknowledgements
+// come (MQTT 5 §4.9).
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/eclipse/paho.golang/packets"
+	paho5 "github.com/eclipse/paho.golang/paho"
+)
+
+// flowSubscriber connects id as a raw MQTT 5 client with receive maximum
+// max, subscribed to topic at qos; a session that outlives the connection
+// when persistent.
+func flowSubscriber(t *testing.T, b *Broker, id string, max uint16, persistent bool, topic string, qos byte) *raw5 {
+	t.Helper()
+	props := &packets.Properties{ReceiveMaximum: u16(max), SessionExpiryInterval: u32(0)}
+	if persistent {
+		props.SessionExpiryInterval = u32(3600)
+	}
+	r := dial5(t, b)
+	r.connect(connectPacket5(id, !persistent, 0, props))
+	if topic != "" {
+		r.subscribe(1, topic, qos)
+	}
+	return r
+}
+
+// nextPublish reads the next packet, which must be a PUBLISH.
+func (r *raw5) nextPublish() *packets.Publish {
+	r.t.Helper()
+	return r.expect(packets.PUBLISH).Content.(*packets.Publish)
+}
+
+// onlyHeld publishes a QoS 0 sentinel and checks that it is the next
+// thing r gets: whatever QoS 1 or 2 message was queued before it is held
+// back.
+func onlyHeld(t *testing.T, pub *client5, r *raw5, topic, after string) {
+	t.Helper()
+	pub.pub(t, &paho5.Publish{Topic: topic, QoS: 0, Payload: []byte(sentinel)})
+	if p := r.nextPublish(); string(p.Payload) != sentinel {
+		t.Fatalf("%s: got %q (QoS %d), want the sentinel", after, p.Payload, p.QoS)
+	}
+}
+
+func TestReceiveMaximumKeepsOrder(t *testing.T) {
+	t.Parallel()
+	b := interopBroker(t, Limits{})
+	const max, n = 3, 40
+	topic := topics5[0]
+	r := flowSubscriber(t, b, "slow", max, false, topic, 1)
+	pub := connect5(t, b, &paho5.Connect{ClientID: "pub", CleanStart: true})
+	for i := range n {
+		pub.pub(t, &paho5.Publish{Topic: topic, QoS: 1, Payload: fmt.Appendf(nil, "m%d", i)})
+	}
+	var unacked []*packets.Publish
+	for next, acked := 0, 0; acked < n; {
+		for len(unacked) < max && next < n {
+			p := r.nextPublish()
+			if exp := fmt.Sprintf("m%d", next); string(p.Payload) != exp || p.QoS != 1 {
+				t.Fatalf("got %q QoS %d, want %q QoS 1", p.Payload, p.QoS, exp)
+			}
+			unacked = append(unacked, p)
+			next++
+		}
+		onlyHeld(t, pub, r, topic, fmt.Sprintf("%d unacknowledged", len(unacked)))
+		// The oldest, or the two oldest at once now and then.
+		k := min(1+acked%2, len(unacked))
+		for _, p := range unacked[:k] {
+			r.send(&packets.Puback{PacketID: p.PacketID, Properties: &packets.Properties{}})
+		}
+		unacked, acked = unacked[k:], acked+k
+	}
+}
+
+func TestReceiveMaximumQoS2(t *testing.T) {
+	t.Parallel()
+	b := interopBroker(t, Limits{})
+	topic := topics5[0]
+	r := flowSubscriber(t, b, "slow2", 1, false, topic, 2)
+	pub := connect5(t, b, &paho5.Connect{ClientID: "pub2", CleanStart: true})
+	for i := range 3 {
+		pub.pub(t, &paho5.Publish{Topic: topic, QoS: 2, Payload: fmt.Appendf(nil, "m%d", i)})
+	}
+	for i := range 3 {
+		p := r.nextPublish()
+		if exp := fmt.Sprintf("m%d", i); string(p.Payload) != exp {
+			t.Fatalf("got %q, want %q", p.Payload, exp)
+		}
+		onlyHeld(t, pub, r, topic, "before the PUBREC")
+		r.send(&packets.Pubrec{PacketID: p.PacketID, Properties: &packets.Properties{}})
+		if rel := r.expect(packets.PUBREL).Content.(*packets.Pubrel); rel.PacketID != p.PacketID {
+			t.Fatalf("PUBREL %d, want %d", rel.PacketID, p.PacketID)
+		}
+		// The message is not complete until the PUBCOMP.
+		onlyHeld(t, pub, r, topic, "before the PUBCOMP")
+		r.send(&packets.Pubcomp{PacketID: p.PacketID, Properties: &packets.Properties{}})
+	}
+	onlyHeld(t, pub, r, topic, "after all three")
+}
+
+// A message sent from what was held is kept in the session until it is
+// acknowledged, and what is still held is kept too: a client that goes
+// away gets both when it comes back.
+func TestReceiveMaximumHeldSurviveReconnect(t *testing.T) {
+	t.Parallel()
+	b := interopBroker(t, Limits{})
+	topic := topics5[0]
+	r := flowSubscriber(t, b, "away", 1, true, topic, 1)
+	pub := connect5(t, b, &paho5.Connect{ClientID: "pub3", CleanStart: true})
+	for i := range 4 {
+		pub.pub(t, &paho5.Publish{Topic: topic, QoS: 1, Payload: fmt.Appendf(nil, "m%d", i)})
+	}
+	first := r.nextPublish()
+	r.send(&packets.Puback{PacketID: first.PacketID, Properties: &packets.Properties{}})
+	if second := r.nextPublish(); string(second.Payload) != "m1" {
+		t.Fatalf("after the first acknowledgement: got %q, want m1", second.Payload)
+	}
+	onlyHeld(t, pub, r, topic, "m1 unacknowledged")
+	r.Close() // m1 unacknowledged, m2 and m3 held
+
+	r = flowSubscriber(t, b, "away", 2, true, "", 0)
+	var got []*packets.Publish
+	for range 2 {
+		got = append(got, r.nextPublish())
+	}
+	if string(got[0].Payload) != "m1" || !got[0].Duplicate || string(got[1].Payload) != "m2" {
+		t.Fatalf("after reconnecting with receive maximum 2: got %q (DUP %v), %q; want m1 (DUP), m2", got[0].Payload, got[0].Duplicate, got[1].Payload)
+	}
+	onlyHeld(t, pub, r, topic, "the resend with receive maximum 2")
+	r.send(&packets.Puback{PacketID: 0xfffe, Properties: &packets.Properties{}}) // of nothing sent: frees nothing
+	onlyHeld(t, pub, r, topic, "an acknowledgement of nothing sent")
+	r.send(&packets.Puback{PacketID: got[0].PacketID, Properties: &packets.Properties{}})
+	if p := r.nextPublish(); string(p.Payload) != "m3" {
+		t.Fatalf("after m1's acknowledgement: got %q, want m3", p.Payload)
+	}
+	onlyHeld(t, pub, r, topic, "m2 and m3 unacknowledged")
+}

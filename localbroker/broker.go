@@ -231,7 +231,7 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 		}
 	}
 	// Last: it sees each packet as the other hooks leave it.
-	if err := srv.AddHook(&flowHook{maxQueued: caps.MaximumInflight}, nil); err != nil {
+	if err := srv.AddHook(&flowHook{maxInflight: lim.MaxInflight, maxQueued: caps.MaximumInflight}, nil); err != nil {
 		b.Close()
 		return nil, fmt.Errorf("localbroker: %w", err)
 	}

@@ -9,18 +9,22 @@ import (
 )
 
 // flowHook keeps to the receive maximum an MQTT 5 client sets in its
-// CONNECT (MQTT 5 §4.9): the broker has at most that many QoS 1 and 2
-// messages unacknowledged at the client; the rest wait in the session, in
-// order, and go out as acknowledgements come. QoS 0 messages are not held.
+// CONNECT (MQTT 5 §4.9), and to the broker's max_inflight, for clients of
+// either version (as Mosquitto's max_inflight_messages, and EMQX's
+// max_inflight, which take the smaller of the two for MQTT 5): the broker
+// has at most that many QoS 1 and 2 messages unacknowledged at the
+// client; the rest wait in the session, in order, and go out as
+// acknowledgements come. QoS 0 messages are not held.
 //
-// mochi v2.7.9 holds the messages over the limit, but then sends them in
-// no particular order (the low 16 bits of the second they were made in),
-// takes the one it sends out of the session (a client that goes away
-// before it acknowledges it never gets it), and does not count it back in
-// when it is acknowledged: after as many as the client's receive maximum
-// had been sent so, nothing more was, until the client reconnected. Its
-// limit is switched off (OnConnect), and this one is kept where every
-// message to a client passes: mochi's write of the packet.
+// mochi v2.7.9 holds an MQTT 5 client's messages over its receive
+// maximum, but then sends them in no particular order (the low 16 bits of
+// the second they were made in), takes the one it sends out of the
+// session (a client that goes away before it acknowledges it never gets
+// it), and does not count it back in when it is acknowledged: after as
+// many as the client's receive maximum had been sent so, nothing more
+// was, until the client reconnected. Its limit is switched off
+// (OnConnect), and this one is kept where every message to a client
+// passes: mochi's write of the packet.
 //
 //   - A message that finds the window full, or messages already waiting,
 //     is noted as held, and mochi is handed a PINGREQ in its place, a
@@ -33,10 +37,11 @@ import (
 //     so nothing overtakes it.
 //
 // mochi resends a resumed session's messages through the same write, so
-// a resend keeps to the new connection's receive maximum too.
+// a resend keeps to the new connection's window too.
 type flowHook struct {
 	mqtt.HookBase
-	maxQueued uint16 // mochi's MaximumInflight: a window as large holds nothing
+	maxInflight uint16 // the broker's max_inflight
+	maxQueued   uint16 // mochi's MaximumInflight: a window as large holds nothing
 }
 
 func (h *flowHook) ID() string { return "fieldgate-flow" }
@@ -79,17 +84,19 @@ func windowOf(cl *mqtt.Client) *window {
 
 // OnConnect switches mochi's limit off (it reads the client's receive
 // maximum from Props again when it takes a session over) and sets the
-// connection's window. A receive maximum as large as what a session may
-// hold needs none: mochi drops what a session cannot hold.
+// connection's window. A window as large as what a session may hold is
+// not needed: mochi drops what a session cannot hold.
 func (h *flowHook) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
-	max := cl.Properties.Props.ReceiveMaximum // clamped by mochi to MaximumInflight
-	if cl.Properties.ProtocolVersion < 5 || max == 0 {
-		return nil
+	max := h.maxInflight
+	if cl.Properties.ProtocolVersion == 5 {
+		if rm := cl.Properties.Props.ReceiveMaximum; rm > 0 { // clamped by mochi to MaximumInflight
+			max = min(max, rm)
+		}
+		cl.Properties.Props.ReceiveMaximum = 0
+		cl.State.Inflight.ResetSendQuota(0)
 	}
-	cl.Properties.Props.ReceiveMaximum = 0
-	cl.State.Inflight.ResetSendQuota(0)
-	if cc, ok := cl.Net.Conn.(*corkConn); ok && max < h.maxQueued {
-		cc.window = &window{max: int(max), out: make(map[uint16]struct{}, max)}
+	if cc, ok := cl.Net.Conn.(*corkConn); ok && max > 0 && max < h.maxQueued {
+		cc.window = &window{max: int(max), out: map[uint16]struct{}{}}
 	}
 	return nil
 }

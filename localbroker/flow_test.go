@@ -11,6 +11,7 @@ import (
 
 	"github.com/eclipse/paho.golang/packets"
 	paho5 "github.com/eclipse/paho.golang/paho"
+	pahopk "github.com/eclipse/paho.mqtt.golang/packets"
 )
 
 // flowSubscriber connects id as a raw MQTT 5 client with receive maximum
@@ -139,4 +140,77 @@ func TestReceiveMaximumHeldSurviveReconnect(t *testing.T) {
 		t.Fatalf("after m1's acknowledgement: got %q, want m3", p.Payload)
 	}
 	onlyHeld(t, pub, r, topic, "m2 and m3 unacknowledged")
+}
+
+// max_inflight bounds what a 3.1.1 client, which has no receive maximum,
+// has unacknowledged, as Mosquitto's max_inflight_messages does.
+func TestMaxInflightTowardsClient311(t *testing.T) {
+	t.Parallel()
+	const max = 3
+	b := interopBroker(t, Limits{MaxInflight: max})
+	topic := suiteTopics[0]
+	r := dial311(t, b)
+	r.send(connectPacket311("slow311", true, 0))
+	if ca := r.connack(); ca.ReturnCode != 0 {
+		t.Fatalf("connect: return code %d", ca.ReturnCode)
+	}
+	sp := pahopk.NewControlPacket(pahopk.Subscribe).(*pahopk.SubscribePacket)
+	sp.MessageID, sp.Topics, sp.Qoss = 1, []string{topic}, []byte{1}
+	r.send(sp)
+	if _, ok := r.next().(*pahopk.SubackPacket); !ok {
+		t.Fatal("no SUBACK")
+	}
+	pub := connect5(t, b, &paho5.Connect{ClientID: "pub311", CleanStart: true})
+	const n = 10
+	for i := range n {
+		pub.pub(t, &paho5.Publish{Topic: topic, QoS: 1, Payload: fmt.Appendf(nil, "m%d", i)})
+	}
+	var unacked []*pahopk.PublishPacket
+	for next := 0; next < n || len(unacked) > 0; {
+		for len(unacked) < max && next < n {
+			p, ok := r.next().(*pahopk.PublishPacket)
+			if !ok || string(p.Payload) != fmt.Sprintf("m%d", next) {
+				t.Fatalf("got %v, want PUBLISH m%d", p, next)
+			}
+			unacked = append(unacked, p)
+			next++
+		}
+		pub.pub(t, &paho5.Publish{Topic: topic, QoS: 0, Payload: []byte(sentinel)})
+		if p, ok := r.next().(*pahopk.PublishPacket); !ok || string(p.Payload) != sentinel {
+			t.Fatalf("%d unacknowledged: got %v, want the sentinel", len(unacked), p)
+		}
+		ack := pahopk.NewControlPacket(pahopk.Puback).(*pahopk.PubackPacket)
+		ack.MessageID = unacked[0].MessageID
+		r.send(ack)
+		unacked = unacked[1:]
+	}
+}
+
+// An MQTT 5 client that allows more than max_inflight gets max_inflight.
+func TestMaxInflightBelowReceiveMaximum(t *testing.T) {
+	t.Parallel()
+	b := interopBroker(t, Limits{MaxInflight: 2})
+	topic := topics5[0]
+	r := flowSubscriber(t, b, "wide", 50, false, topic, 1)
+	pub := connect5(t, b, &paho5.Connect{ClientID: "pubw", CleanStart: true})
+	for i := range 3 {
+		pub.pub(t, &paho5.Publish{Topic: topic, QoS: 1, Payload: fmt.Appendf(nil, "m%d", i)})
+	}
+	first := r.nextPublish()
+	r.nextPublish()
+	onlyHeld(t, pub, r, topic, "2 unacknowledged, max_inflight 2")
+	r.send(&packets.Puback{PacketID: first.PacketID, Properties: &packets.Properties{}})
+	if p := r.nextPublish(); string(p.Payload) != "m2" {
+		t.Fatalf("got %q, want m2", p.Payload)
+	}
+}
+
+// next reads the next packet, and fails when none comes.
+func (r *raw311) next() pahopk.ControlPacket {
+	r.t.Helper()
+	p, err := r.read()
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return p
 }

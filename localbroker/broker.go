@@ -231,7 +231,8 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 		}
 	}
 	// Last: it sees each packet as the other hooks leave it.
-	if err := srv.AddHook(&flowHook{maxInflight: lim.MaxInflight, maxQueued: caps.MaximumInflight}, nil); err != nil {
+	flow := &flowHook{srv: srv, maxInflight: lim.MaxInflight, maxQueued: caps.MaximumInflight, message: gate.brokersMessage}
+	if err := srv.AddHook(flow, nil); err != nil {
 		b.Close()
 		return nil, fmt.Errorf("localbroker: %w", err)
 	}

@@ -62,9 +62,11 @@ type corkConn struct {
 	v5           atomic.Bool
 	disconnected atomic.Bool // mochi has sent a DISCONNECT: the connection ends for its reason
 
-	// window is the MQTT 5 client's receive maximum at work (see
-	// flowHook), set before the CONNACK; nil: none.
-	window *window
+	// window is max_inflight, or the MQTT 5 client's receive maximum,
+	// at work, and aliases the topic aliases given to it (see flowHook);
+	// both set before the CONNACK; nil: none.
+	window  *window
+	aliases *aliases
 }
 
 // message tells a message apart from another under the same packet id.

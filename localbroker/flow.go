@@ -3,6 +3,7 @@ package localbroker
 import (
 	"bytes"
 	"sync"
+	"sync/atomic"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -38,16 +39,26 @@ import (
 //
 // mochi resends a resumed session's messages through the same write, so
 // a resend keeps to the new connection's window too.
+//
+// It also gives the topic aliases of what the broker sends (MQTT 5
+// §3.3.2.3.4), in the order it is written. mochi gave them as it queued a
+// message, and kept the message without its topic: a message sent ahead
+// of the one that set its alias (a QoS 0 one past a held one), or resent
+// to the next connection, carried an alias the client did not know.
 type flowHook struct {
 	mqtt.HookBase
+	srv         *mqtt.Server
 	maxInflight uint16 // the broker's max_inflight
 	maxQueued   uint16 // mochi's MaximumInflight: a window as large holds nothing
+	// message returns the broker's message to the client under the id,
+	// also while the client's own flow uses the id (packetids.go).
+	message func(*mqtt.Client, uint16) (packets.Packet, bool)
 }
 
 func (h *flowHook) ID() string { return "fieldgate-flow" }
 
 func (h *flowHook) Provides(b byte) bool {
-	return b == mqtt.OnConnect || b == mqtt.OnPacketEncode || b == mqtt.OnPacketProcessed
+	return b == mqtt.OnConnect || b == mqtt.OnPacketEncode || b == mqtt.OnPacketSent || b == mqtt.OnPacketProcessed
 }
 
 // window is a connection's count of what is unacknowledged at the client.
@@ -57,8 +68,8 @@ type window struct {
 	mu        sync.Mutex
 	out       map[uint16]struct{} // sent, not yet acknowledged
 	held      []heldMessage       // in the order they came
-	releasing bool                // the reader is sending a held one
-	release   uint16              // its packet id
+	releasing bool                // a held one is being sent: the rest wait
+	release   uint16              // its packet id, until it passes the gate
 }
 
 // heldMessage is a message of the session held back, as mochi has it
@@ -69,24 +80,33 @@ type heldMessage struct {
 	m   message
 }
 
+// aliases are the topic aliases the broker has given a client on this
+// connection, at most the client's topic alias maximum.
+type aliases struct {
+	max uint16
+
+	mu      sync.Mutex
+	byTopic map[string]alias
+}
+
+type alias struct {
+	n    uint16
+	sent bool // written with its topic: the client knows it
+}
+
 // pingreqMarker is what a held message is handed to mochi as: a PINGREQ,
 // which a broker never sends, encoded.
 var pingreqMarker = []byte{packets.Pingreq << 4, 0}
 
 func isHeldMarker(p []byte) bool { return bytes.Equal(p, pingreqMarker) }
 
-func windowOf(cl *mqtt.Client) *window {
-	if cc, ok := cl.Net.Conn.(*corkConn); ok {
-		return cc.window
-	}
-	return nil
-}
-
-// OnConnect switches mochi's limit off (it reads the client's receive
-// maximum from Props again when it takes a session over) and sets the
-// connection's window. A window as large as what a session may hold is
-// not needed: mochi drops what a session cannot hold.
+// OnConnect switches mochi's limit and topic aliases off (it reads the
+// client's receive maximum from Props again when it takes a session over)
+// and sets the connection's window and aliases. A window as large as what
+// a session may hold is not needed: mochi drops what a session cannot
+// hold.
 func (h *flowHook) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
+	cc, _ := cl.Net.Conn.(*corkConn)
 	max := h.maxInflight
 	if cl.Properties.ProtocolVersion == 5 {
 		if rm := cl.Properties.Props.ReceiveMaximum; rm > 0 { // clamped by mochi to MaximumInflight
@@ -94,34 +114,96 @@ func (h *flowHook) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
 		}
 		cl.Properties.Props.ReceiveMaximum = 0
 		cl.State.Inflight.ResetSendQuota(0)
+		if tam := cl.Properties.Props.TopicAliasMaximum; tam > 0 {
+			cl.Properties.Props.TopicAliasMaximum = 0
+			if cc != nil {
+				cc.aliases = &aliases{max: tam, byTopic: map[string]alias{}}
+			}
+		}
 	}
-	if cc, ok := cl.Net.Conn.(*corkConn); ok && max > 0 && max < h.maxQueued {
+	if cc != nil && max > 0 && max < h.maxQueued {
 		cc.window = &window{max: int(max), out: map[uint16]struct{}{}}
 	}
 	return nil
 }
 
 // OnPacketEncode is the window's gate, for each QoS 1 or 2 message mochi
-// is about to write to the client.
+// is about to write to the client, and gives what is written its alias.
 func (h *flowHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
-	w := windowOf(cl)
-	if w == nil || pk.FixedHeader.Type != packets.Publish || pk.FixedHeader.Qos == 0 || !fits(pk) {
+	if pk.FixedHeader.Type != packets.Publish {
 		return pk
 	}
+	cc, ok := cl.Net.Conn.(*corkConn)
+	if !ok {
+		return pk
+	}
+	if w := cc.window; w != nil && pk.FixedHeader.Qos > 0 && fits(pk) && w.hold(pk) {
+		return packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}}
+	}
+	if a := cc.aliases; a != nil && pk.TopicName != "" {
+		a.give(&pk)
+	}
+	return pk
+}
+
+// hold tells whether pk waits: the window is full, or others wait, or
+// one is being sent from those waiting.
+func (w *window) hold(pk packets.Packet) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	switch _, again := w.out[pk.PacketID]; {
 	case again:
 	case w.releasing && pk.PacketID == w.release:
-		w.releasing, w.release = false, 0
+		w.release = 0
 		w.out[pk.PacketID] = struct{}{}
 	case w.releasing || len(w.held) > 0 || len(w.out) >= w.max:
 		w.held = append(w.held, heldMessage{pk.PacketID, pk.FixedHeader.Dup, messageOfPacket(pk)})
-		return packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}}
+		return true
 	default:
 		w.out[pk.PacketID] = struct{}{}
 	}
-	return pk
+	return false
+}
+
+// give gives pk's topic an alias: the one it has, alone once the client
+// knows it; a new one while there are aliases left; none after.
+func (a *aliases) give(pk *packets.Packet) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	al, ok := a.byTopic[pk.TopicName]
+	if !ok {
+		if len(a.byTopic) >= int(a.max) {
+			return
+		}
+		al = alias{n: uint16(len(a.byTopic) + 1)}
+		a.byTopic[pk.TopicName] = al
+	}
+	pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag = al.n, true
+	if al.sent {
+		pk.TopicName = ""
+	}
+}
+
+// OnPacketSent notes an alias the client now knows, and takes a held
+// message's PINGREQ, which was not written, off mochi's counts.
+func (h *flowHook) OnPacketSent(cl *mqtt.Client, pk packets.Packet, b []byte) {
+	switch pk.FixedHeader.Type {
+	case packets.Pingreq:
+		atomic.AddInt64(&h.srv.Info.PacketsSent, -1)
+		atomic.AddInt64(&h.srv.Info.BytesSent, -int64(len(b)))
+	case packets.Publish:
+		cc, ok := cl.Net.Conn.(*corkConn)
+		if !ok || cc.aliases == nil || pk.TopicName == "" || pk.Properties.TopicAlias == 0 {
+			return
+		}
+		a := cc.aliases
+		a.mu.Lock()
+		if al := a.byTopic[pk.TopicName]; al.n == pk.Properties.TopicAlias {
+			al.sent = true
+			a.byTopic[pk.TopicName] = al
+		}
+		a.mu.Unlock()
+	}
 }
 
 // fits tells whether mochi will write pk: it does not write one larger
@@ -136,48 +218,59 @@ func fits(pk packets.Packet) bool {
 }
 
 // OnPacketProcessed frees the place of an acknowledged message, and sends
-// what was held.
+// what was held: after an acknowledgement, or after any packet that may
+// have ended the client's own use of a held message's packet id.
 func (h *flowHook) OnPacketProcessed(cl *mqtt.Client, pk packets.Packet, err error) {
-	w := windowOf(cl)
-	if w == nil || err != nil {
+	cc, ok := cl.Net.Conn.(*corkConn)
+	if !ok || cc.window == nil {
 		return
 	}
-	switch pk.FixedHeader.Type {
-	case packets.Puback, packets.Pubcomp:
-	case packets.Pubrec:
-		if pk.ReasonCode < packets.ErrUnspecifiedError.Code {
-			return
-		}
-	default:
-		return
+	w := cc.window
+	if err == nil && acknowledges(pk) {
+		w.mu.Lock()
+		delete(w.out, pk.PacketID)
+		w.mu.Unlock()
 	}
-	w.mu.Lock()
-	_, sent := w.out[pk.PacketID]
-	delete(w.out, pk.PacketID)
-	w.mu.Unlock()
-	if sent {
-		h.sendHeld(cl, w)
-	}
+	h.sendHeld(cl)
 }
 
-// sendHeld sends held messages while the window has room.
-func (h *flowHook) sendHeld(cl *mqtt.Client, w *window) {
-	for {
-		w.mu.Lock()
-		w.releasing, w.release = false, 0
-		if len(w.held) == 0 || len(w.out) >= w.max {
-			w.mu.Unlock()
-			return
-		}
+// acknowledges tells whether pk, from the client, ends a message the
+// broker sent: a PUBACK, a PUBCOMP, or a PUBREC with an error.
+func acknowledges(pk packets.Packet) bool {
+	switch pk.FixedHeader.Type {
+	case packets.Puback, packets.Pubcomp:
+		return true
+	case packets.Pubrec:
+		return pk.ReasonCode >= packets.ErrUnspecifiedError.Code
+	}
+	return false
+}
+
+// sendHeld sends held messages while the window has room, one caller at
+// a time: another that comes meanwhile leaves it to the one at work.
+func (h *flowHook) sendHeld(cl *mqtt.Client) {
+	cc, ok := cl.Net.Conn.(*corkConn)
+	if !ok || cc.window == nil {
+		return
+	}
+	w := cc.window
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.releasing {
+		return
+	}
+	for len(w.held) > 0 && len(w.out) < w.max {
 		next := w.held[0]
 		w.held = w.held[1:]
 		w.releasing, w.release = true, next.id
 		w.mu.Unlock()
 		// mochi deletes a message that expired, and a client's
 		// acknowledgement of one it was never sent.
-		if pk, ok := cl.State.Inflight.Get(next.id); ok && pk.FixedHeader.Type == packets.Publish && next.m.is(pk) {
+		if pk, ok := h.message(cl, next.id); ok && pk.FixedHeader.Type == packets.Publish && next.m.is(pk) {
 			pk.FixedHeader.Dup = next.dup
 			_ = cl.WritePacket(pk) // a failure ends the connection; the session keeps the message
 		}
+		w.mu.Lock()
 	}
+	w.releasing, w.release = false, 0
 }

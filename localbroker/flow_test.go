@@ -7,6 +7,7 @@ package localbroker
 
 import (
 	"fmt"
+	"sync/atomic"
 	"testing"
 
 	"github.com/eclipse/paho.golang/packets"
@@ -213,4 +214,151 @@ func (r *raw311) next() pahopk.ControlPacket {
 		r.t.Fatal(err)
 	}
 	return p
+}
+
+// A held message whose packet id the client's own QoS 2 publish uses
+// when its turn comes (the two directions number apart; mochi keeps both
+// in one map, and packetids.go sets the broker's message aside) is sent
+// in its turn, not skipped.
+func TestReceiveMaximumHeldIDInUseByClient(t *testing.T) {
+	t.Parallel()
+	b := interopBroker(t, Limits{})
+	topic := topics5[0]
+	r := flowSubscriber(t, b, "both", 1, false, topic, 1)
+	pub := connect5(t, b, &paho5.Connect{ClientID: "pubboth", CleanStart: true})
+	for i := range 3 {
+		pub.pub(t, &paho5.Publish{Topic: topic, QoS: 1, Payload: fmt.Appendf(nil, "m%d", i)})
+	}
+	m0 := r.nextPublish()
+	onlyHeld(t, pub, r, topic, "m0 unacknowledged")
+	// The broker numbers its messages in turn: m1 has m0's id + 1.
+	r.publish(m0.PacketID+1, topics5[1], 2, "mine", nil)
+	if rec := r.expect(packets.PUBREC).Content.(*packets.Pubrec); rec.PacketID != m0.PacketID+1 {
+		t.Fatalf("PUBREC %d, want %d", rec.PacketID, m0.PacketID+1)
+	}
+	r.send(&packets.Puback{PacketID: m0.PacketID, Properties: &packets.Properties{}})
+	m1 := r.nextPublish()
+	if string(m1.Payload) != "m1" || m1.PacketID != m0.PacketID+1 {
+		t.Fatalf("after m0's acknowledgement: got %q (id %d), want m1 (id %d)", m1.Payload, m1.PacketID, m0.PacketID+1)
+	}
+	r.send(&packets.Pubrel{PacketID: m1.PacketID, Properties: &packets.Properties{}})
+	r.expect(packets.PUBCOMP)
+	r.send(&packets.Puback{PacketID: m1.PacketID, Properties: &packets.Properties{}})
+	if p := r.nextPublish(); string(p.Payload) != "m2" {
+		t.Fatalf("after m1's acknowledgement: got %q, want m2", p.Payload)
+	}
+	onlyHeld(t, pub, r, topic, "m2 unacknowledged")
+}
+
+// aliasReader checks the topic aliases of what r gets: each must have
+// been given with its topic on this connection.
+type aliasReader struct {
+	*raw5
+	known map[uint16]string
+}
+
+func (a *aliasReader) next() *packets.Publish {
+	a.t.Helper()
+	p := a.nextPublish()
+	if p.Properties == nil || p.Properties.TopicAlias == nil {
+		return p
+	}
+	n := *p.Properties.TopicAlias
+	switch topic, ok := a.known[n]; {
+	case p.Topic != "":
+		a.known[n] = p.Topic
+	case !ok:
+		a.t.Fatalf("%q (QoS %d): topic alias %d, never given on this connection", p.Payload, p.QoS, n)
+	default:
+		p.Topic = topic
+	}
+	return p
+}
+
+// A QoS 0 message goes out past a held one; the alias of its topic must
+// not be one that the held one is to give.
+func TestTopicAliasPastHeldMessage(t *testing.T) {
+	t.Parallel()
+	b := interopBroker(t, Limits{})
+	r := dial5(t, b)
+	r.connect(connectPacket5("alias", true, 0, &packets.Properties{ReceiveMaximum: u16(1), TopicAliasMaximum: u16(10)}))
+	r.subscribe(1, topics5[0], 1)
+	r.subscribe(2, topics5[1], 1)
+	a := &aliasReader{r, map[uint16]string{}}
+	pub := connect5(t, b, &paho5.Connect{ClientID: "pubalias", CleanStart: true})
+	pub.pub(t, &paho5.Publish{Topic: topics5[0], QoS: 1, Payload: []byte("a")}) // sent: the window is full
+	pub.pub(t, &paho5.Publish{Topic: topics5[1], QoS: 1, Payload: []byte("b")}) // held
+	pub.pub(t, &paho5.Publish{Topic: topics5[1], QoS: 0, Payload: []byte("c")}) // goes past b
+	first := a.next()
+	if c := a.next(); string(c.Payload) != "c" || c.Topic != topics5[1] {
+		t.Fatalf("got %q on %q, want c on %s", c.Payload, c.Topic, topics5[1])
+	}
+	r.send(&packets.Puback{PacketID: first.PacketID, Properties: &packets.Properties{}})
+	if b := a.next(); string(b.Payload) != "b" || b.Topic != topics5[1] {
+		t.Fatalf("got %q on %q, want b on %s", b.Payload, b.Topic, topics5[1])
+	}
+}
+
+// Aliases do not carry over to the next connection [MQTT-3.3.2-7]: what
+// a resumed session resends has its topic, or an alias given anew.
+func TestTopicAliasesAfterReconnect(t *testing.T) {
+	t.Parallel()
+	b := interopBroker(t, Limits{})
+	props := func() *packets.Properties {
+		return &packets.Properties{TopicAliasMaximum: u16(10), SessionExpiryInterval: u32(3600)}
+	}
+	r := dial5(t, b)
+	r.connect(connectPacket5("again", true, 0, props()))
+	r.subscribe(1, topics5[0], 1)
+	a := &aliasReader{r, map[uint16]string{}}
+	pub := connect5(t, b, &paho5.Connect{ClientID: "pubagain", CleanStart: true})
+	for i := range 3 {
+		pub.pub(t, &paho5.Publish{Topic: topics5[0], QoS: 1, Payload: fmt.Appendf(nil, "m%d", i)})
+	}
+	for i := range 3 {
+		p := a.next()
+		if p.Topic != topics5[0] {
+			t.Fatalf("message %d: topic %q", i, p.Topic)
+		}
+		if i == 0 {
+			r.send(&packets.Puback{PacketID: p.PacketID, Properties: &packets.Properties{}})
+		}
+	}
+	r.Close() // m1 and m2 not acknowledged
+
+	r = dial5(t, b)
+	r.connect(connectPacket5("again", false, 0, props()))
+	a = &aliasReader{r, map[uint16]string{}}
+	for i := 1; i < 3; i++ {
+		p := a.next()
+		if p.Topic != topics5[0] || string(p.Payload) != fmt.Sprintf("m%d", i) {
+			t.Fatalf("resent: got %q on %q, want m%d on %s", p.Payload, p.Topic, i, topics5[0])
+		}
+		r.send(&packets.Puback{PacketID: p.PacketID, Properties: &packets.Properties{}})
+	}
+}
+
+// A held message is handed to mochi as a PINGREQ that is not written:
+// $SYS counts only what the client was sent.
+func TestHeldMessagesNotCountedSent(t *testing.T) {
+	t.Parallel()
+	b := interopBroker(t, Limits{})
+	topic := topics5[0]
+	r := flowSubscriber(t, b, "sys", 1, false, topic, 1)
+	before := atomic.LoadInt64(&b.srv.Info.PacketsSent)
+	for i := range 3 {
+		if err := b.Publish(Message{Topic: topic, QoS: 1, Payload: fmt.Appendf(nil, "m%d", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.Publish(Message{Topic: topic, QoS: 0, Payload: []byte(sentinel)}); err != nil {
+		t.Fatal(err)
+	}
+	for string(r.nextPublish().Payload) != sentinel {
+	}
+	// mochi counts a packet once it is written.
+	pollUntil(t, "the sentinel to be counted", func() bool { return atomic.LoadInt64(&b.srv.Info.PacketsSent)-before >= 2 })
+	if n := atomic.LoadInt64(&b.srv.Info.PacketsSent) - before; n != 2 {
+		t.Errorf("$SYS packets sent: %d, want 2 (m0 and the sentinel; m1 and m2 are held)", n)
+	}
 }

@@ -206,6 +206,18 @@ func (h *gateHook) isAside(cl *mqtt.Client, id uint16) bool {
 	return ok && brokers(as)
 }
 
+// brokersMessage returns the broker's message to cl under id, whether it
+// is in mochi's map or set aside.
+func (h *gateHook) brokersMessage(cl *mqtt.Client, id uint16) (packets.Packet, bool) {
+	h.asideMu.Lock()
+	defer h.asideMu.Unlock()
+	if as, ok := h.aside[asideKey{cl, id}]; ok && brokers(as) {
+		return as, true
+	}
+	pk, ok := cl.State.Inflight.Get(id)
+	return pk, ok && brokers(pk)
+}
+
 // OnPacketRead takes the client's slot and makes room for the packet's
 // flow; OnPacketProcessed settles and lets go. A packet that mochi will
 // not process (it fails validation) is left alone.

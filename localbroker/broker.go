@@ -231,7 +231,7 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 		}
 	}
 	// Last: it sees each packet as the other hooks leave it.
-	flow := &flowHook{srv: srv, maxInflight: lim.MaxInflight, maxQueued: caps.MaximumInflight, message: gate.brokersMessage}
+	flow := &flowHook{srv: srv, maxInflight: lim.MaxInflight, maxQueued: caps.MaximumInflight, message: gate.brokersMessage, markUnsent: gate.markUnsent}
 	if err := srv.AddHook(flow, nil); err != nil {
 		b.Close()
 		return nil, fmt.Errorf("localbroker: %w", err)

@@ -38,7 +38,13 @@ import (
 //     so nothing overtakes it.
 //
 // mochi resends a resumed session's messages through the same write, so
-// a resend keeps to the new connection's window too.
+// a resend keeps to the new connection's window too. It sends them all
+// with DUP set, also those never written to the client (queued while it
+// was away, or held on its last connection): those are marked in the
+// session (packets.Packet.Ignore, which mochi reads only on a client's
+// own publishes, and copies with the session), and go out without DUP
+// [MQTT-3.3.1-1], as Mosquitto sends them. A session restored from disk
+// has no marks: what it resends has DUP set.
 //
 // It also gives the topic aliases of what the broker sends (MQTT 5
 // §3.3.2.3.4), in the order it is written. mochi gave them as it queued a
@@ -53,12 +59,14 @@ type flowHook struct {
 	// message returns the broker's message to the client under the id,
 	// also while the client's own flow uses the id (packetids.go).
 	message func(*mqtt.Client, uint16) (packets.Packet, bool)
+	// markUnsent sets or clears the mark of a message never written.
+	markUnsent func(cl *mqtt.Client, id uint16, m message, unsent bool)
 }
 
 func (h *flowHook) ID() string { return "fieldgate-flow" }
 
 func (h *flowHook) Provides(b byte) bool {
-	return b == mqtt.OnConnect || b == mqtt.OnPacketEncode || b == mqtt.OnPacketSent || b == mqtt.OnPacketProcessed
+	return b == mqtt.OnConnect || b == mqtt.OnQosPublish || b == mqtt.OnPacketEncode || b == mqtt.OnPacketSent || b == mqtt.OnPacketProcessed
 }
 
 // window is a connection's count of what is unacknowledged at the client.
@@ -75,9 +83,8 @@ type window struct {
 // heldMessage is a message of the session held back, as mochi has it
 // under its packet id.
 type heldMessage struct {
-	id  uint16
-	dup bool
-	m   message
+	id uint16
+	m  message
 }
 
 // aliases are the topic aliases the broker has given a client on this
@@ -127,6 +134,14 @@ func (h *flowHook) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
 	return nil
 }
 
+// OnQosPublish marks a message mochi queues for a client that is away:
+// it has not been written.
+func (h *flowHook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, resends int) {
+	if pk.FixedHeader.Type == packets.Publish && !pk.FixedHeader.Dup && !cl.Net.Inline && cl.Closed() {
+		h.markUnsent(cl, pk.PacketID, messageOfPacket(pk), true)
+	}
+}
+
 // OnPacketEncode is the window's gate, for each QoS 1 or 2 message mochi
 // is about to write to the client, and gives what is written its alias.
 func (h *flowHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
@@ -138,7 +153,16 @@ func (h *flowHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Pa
 		return pk
 	}
 	if w := cc.window; w != nil && pk.FixedHeader.Qos > 0 && fits(pk) && w.hold(pk) {
+		if !pk.FixedHeader.Dup && !pk.Ignore {
+			h.markUnsent(cl, pk.PacketID, messageOfPacket(pk), true)
+		}
 		return packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}}
+	}
+	if pk.Ignore {
+		// Never written before: not a duplicate. (If this write fails,
+		// the client may have got it.)
+		h.markUnsent(cl, pk.PacketID, messageOfPacket(pk), false)
+		pk.Ignore, pk.FixedHeader.Dup = false, false
 	}
 	if a := cc.aliases; a != nil && pk.TopicName != "" {
 		a.give(&pk)
@@ -157,7 +181,7 @@ func (w *window) hold(pk packets.Packet) bool {
 		w.release = 0
 		w.out[pk.PacketID] = struct{}{}
 	case w.releasing || len(w.held) > 0 || len(w.out) >= w.max:
-		w.held = append(w.held, heldMessage{pk.PacketID, pk.FixedHeader.Dup, messageOfPacket(pk)})
+		w.held = append(w.held, heldMessage{pk.PacketID, messageOfPacket(pk)})
 		return true
 	default:
 		w.out[pk.PacketID] = struct{}{}
@@ -267,7 +291,8 @@ func (h *flowHook) sendHeld(cl *mqtt.Client) {
 		// mochi deletes a message that expired, and a client's
 		// acknowledgement of one it was never sent.
 		if pk, ok := h.message(cl, next.id); ok && pk.FixedHeader.Type == packets.Publish && next.m.is(pk) {
-			pk.FixedHeader.Dup = next.dup
+			// Written before (to an earlier connection) unless marked.
+			pk.FixedHeader.Dup = !pk.Ignore
 			_ = cl.WritePacket(pk) // a failure ends the connection; the session keeps the message
 		}
 		w.mu.Lock()

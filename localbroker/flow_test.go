@@ -362,3 +362,32 @@ func TestHeldMessagesNotCountedSent(t *testing.T) {
 		t.Errorf("$SYS packets sent: %d, want 2 (m0 and the sentinel; m1 and m2 are held)", n)
 	}
 }
+
+// What a session resends goes out with DUP set only if it was written
+// before [MQTT-3.3.1-1]: not a message queued while the client was away,
+// nor one held on its last connection.
+func TestResentDupOnlyIfWritten(t *testing.T) {
+	t.Parallel()
+	b := interopBroker(t, Limits{})
+	topic := topics5[0]
+	r := flowSubscriber(t, b, "dup", 1, true, topic, 1)
+	pub := connect5(t, b, &paho5.Connect{ClientID: "pubdup", CleanStart: true})
+	for i := range 2 {
+		pub.pub(t, &paho5.Publish{Topic: topic, QoS: 1, Payload: fmt.Appendf(nil, "m%d", i)})
+	}
+	r.nextPublish()
+	onlyHeld(t, pub, r, topic, "m0 unacknowledged")
+	r.send(&packets.Disconnect{Properties: &packets.Properties{}}) // m0 written, m1 held
+	r.Close()
+	pollUntil(t, "the client to be gone", func() bool { cl, ok := b.srv.Clients.Get("dup"); return ok && cl.Closed() })
+	pub.pub(t, &paho5.Publish{Topic: topic, QoS: 1, Payload: []byte("m2")}) // queued while it is away
+
+	r = flowSubscriber(t, b, "dup", 1, true, "", 0)
+	for i, wantDup := range []bool{true, false, false} {
+		p := r.nextPublish()
+		if string(p.Payload) != fmt.Sprintf("m%d", i) || p.Duplicate != wantDup {
+			t.Errorf("got %q DUP %v, want m%d DUP %v", p.Payload, p.Duplicate, i, wantDup)
+		}
+		r.send(&packets.Puback{PacketID: p.PacketID, Properties: &packets.Properties{}})
+	}
+}

@@ -218,6 +218,26 @@ func (h *gateHook) brokersMessage(cl *mqtt.Client, id uint16) (packets.Packet, b
 	return pk, ok && brokers(pk)
 }
 
+// markUnsent sets or clears, on the broker's message m to cl under id
+// (in mochi's map or set aside), the mark of a message never written to
+// the client (see flowHook).
+func (h *gateHook) markUnsent(cl *mqtt.Client, id uint16, m message, unsent bool) {
+	h.asideMu.Lock()
+	defer h.asideMu.Unlock()
+	key := asideKey{cl, id}
+	if as, ok := h.aside[key]; ok && brokers(as) {
+		if m.is(as) {
+			as.Ignore = unsent
+			h.aside[key] = as
+		}
+		return
+	}
+	if pk, ok := cl.State.Inflight.Get(id); ok && pk.FixedHeader.Type == packets.Publish && m.is(pk) && pk.Ignore != unsent {
+		pk.Ignore = unsent
+		cl.State.Inflight.Set(pk)
+	}
+}
+
 // OnPacketRead takes the client's slot and makes room for the packet's
 // flow; OnPacketProcessed settles and lets go. A packet that mochi will
 // not process (it fails validation) is left alone.

@@ -61,6 +61,10 @@ type flowHook struct {
 	message func(*mqtt.Client, uint16) (packets.Packet, bool)
 	// markUnsent sets or clears the mark of a message never written.
 	markUnsent func(cl *mqtt.Client, id uint16, m message, unsent bool)
+	// drop deletes the broker's message from the client's session;
+	// dropped, if set, is told of one deleted (the session store).
+	drop    func(cl *mqtt.Client, id uint16, m message) bool
+	dropped func(*mqtt.Client, packets.Packet)
 }
 
 func (h *flowHook) ID() string { return "fieldgate-flow" }
@@ -144,60 +148,88 @@ func (h *flowHook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, res
 
 // OnPacketEncode is the window's gate, for each QoS 1 or 2 message mochi
 // is about to write to the client, and gives what is written its alias.
+//
+// A message larger than the client's maximum packet size is discarded,
+// as if it had been sent [MQTT-3.1.2-25]: mochi refused to write it and
+// kept it in the session, and its resend failed every later connection
+// of the client right after its CONNACK.
 func (h *flowHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
-	if pk.FixedHeader.Type != packets.Publish {
+	if pk.FixedHeader.Type != packets.Publish || pk.Mods.MaxSize == 1 { // 1: see takeoverHook
 		return pk
 	}
 	cc, ok := cl.Net.Conn.(*corkConn)
 	if !ok {
 		return pk
 	}
-	if w := cc.window; w != nil && pk.FixedHeader.Qos > 0 && fits(pk) && w.hold(pk) {
+	m := messageOfPacket(pk) // with its topic, as the session has it
+	if a := cc.aliases; a != nil && pk.TopicName != "" && a.give(&pk) && !fits(pk) {
+		// An alias given with the topic makes the packet 3 bytes larger.
+		pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag = 0, false
+	}
+	if !fits(pk) {
+		h.discard(cl, pk, m)
+		return heldPacket
+	}
+	if w := cc.window; w != nil && pk.FixedHeader.Qos > 0 && w.hold(pk.PacketID, m) {
 		if !pk.FixedHeader.Dup && !pk.Ignore {
-			h.markUnsent(cl, pk.PacketID, messageOfPacket(pk), true)
+			h.markUnsent(cl, pk.PacketID, m, true)
 		}
-		return packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}}
+		return heldPacket
 	}
 	if pk.Ignore {
 		// Never written before: not a duplicate. (If this write fails,
 		// the client may have got it.)
-		h.markUnsent(cl, pk.PacketID, messageOfPacket(pk), false)
+		h.markUnsent(cl, pk.PacketID, m, false)
 		pk.Ignore, pk.FixedHeader.Dup = false, false
-	}
-	if a := cc.aliases; a != nil && pk.TopicName != "" {
-		a.give(&pk)
 	}
 	return pk
 }
 
-// hold tells whether pk waits: the window is full, or others wait, or
-// one is being sent from those waiting.
-func (w *window) hold(pk packets.Packet) bool {
+// heldPacket is what mochi is handed instead of a message not written
+// now: a PINGREQ, which the connection does not write.
+var heldPacket = packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}}
+
+// discard deletes a QoS 1 or 2 message too large for the client from its
+// session.
+func (h *flowHook) discard(cl *mqtt.Client, pk packets.Packet, m message) {
+	if pk.FixedHeader.Qos == 0 || !h.drop(cl, pk.PacketID, m) {
+		return
+	}
+	atomic.AddInt64(&h.srv.Info.Inflight, -1)
+	if h.dropped != nil {
+		h.dropped(cl, pk)
+	}
+}
+
+// hold tells whether message m under id waits: the window is full, or
+// others wait, or one is being sent from those waiting.
+func (w *window) hold(id uint16, m message) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	switch _, again := w.out[pk.PacketID]; {
+	switch _, again := w.out[id]; {
 	case again:
-	case w.releasing && pk.PacketID == w.release:
+	case w.releasing && id == w.release:
 		w.release = 0
-		w.out[pk.PacketID] = struct{}{}
+		w.out[id] = struct{}{}
 	case w.releasing || len(w.held) > 0 || len(w.out) >= w.max:
-		w.held = append(w.held, heldMessage{pk.PacketID, messageOfPacket(pk)})
+		w.held = append(w.held, heldMessage{id, m})
 		return true
 	default:
-		w.out[pk.PacketID] = struct{}{}
+		w.out[id] = struct{}{}
 	}
 	return false
 }
 
 // give gives pk's topic an alias: the one it has, alone once the client
-// knows it; a new one while there are aliases left; none after.
-func (a *aliases) give(pk *packets.Packet) {
+// knows it; a new one while there are aliases left; none after. It tells
+// whether pk carries the alias with its topic.
+func (a *aliases) give(pk *packets.Packet) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	al, ok := a.byTopic[pk.TopicName]
 	if !ok {
 		if len(a.byTopic) >= int(a.max) {
-			return
+			return false
 		}
 		al = alias{n: uint16(len(a.byTopic) + 1)}
 		a.byTopic[pk.TopicName] = al
@@ -206,6 +238,7 @@ func (a *aliases) give(pk *packets.Packet) {
 	if al.sent {
 		pk.TopicName = ""
 	}
+	return !al.sent
 }
 
 // OnPacketSent notes an alias the client now knows, and takes a held
@@ -259,13 +292,14 @@ func (h *flowHook) OnPacketProcessed(cl *mqtt.Client, pk packets.Packet, err err
 }
 
 // acknowledges tells whether pk, from the client, ends a message the
-// broker sent: a PUBACK, a PUBCOMP, or a PUBREC with an error.
+// broker sent: a PUBACK, a PUBCOMP, or a PUBREC with an error (or a
+// reason code a PUBREC does not have).
 func acknowledges(pk packets.Packet) bool {
 	switch pk.FixedHeader.Type {
 	case packets.Puback, packets.Pubcomp:
 		return true
-	case packets.Pubrec:
-		return pk.ReasonCode >= packets.ErrUnspecifiedError.Code
+	case packets.Pubrec: // as mochi's processPubrec
+		return pk.ReasonCode >= packets.ErrUnspecifiedError.Code || !pk.ReasonCodeValid()
 	}
 	return false
 }

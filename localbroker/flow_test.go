@@ -6,13 +6,16 @@ package localbroker
 // come (MQTT 5 §4.9).
 
 import (
+	"bytes"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 
 	"github.com/eclipse/paho.golang/packets"
 	paho5 "github.com/eclipse/paho.golang/paho"
 	pahopk "github.com/eclipse/paho.mqtt.golang/packets"
+	mochipk "github.com/mochi-mqtt/server/v2/packets"
 )
 
 // flowSubscriber connects id as a raw MQTT 5 client with receive maximum
@@ -389,5 +392,120 @@ func TestResentDupOnlyIfWritten(t *testing.T) {
 			t.Errorf("got %q DUP %v, want m%d DUP %v", p.Payload, p.Duplicate, i, wantDup)
 		}
 		r.send(&packets.Puback{PacketID: p.PacketID, Properties: &packets.Properties{}})
+	}
+}
+
+// publishSize is the size of the PUBLISH the broker writes for a QoS 1
+// message on topic (with a topic alias if alias) with payload: mochi adds
+// the message expiry interval.
+func publishSize(t *testing.T, topic string, payload []byte, alias bool) int {
+	t.Helper()
+	pk := mochipk.Packet{FixedHeader: mochipk.FixedHeader{Type: mochipk.Publish, Qos: 1}, PacketID: 1, TopicName: topic, Payload: payload, ProtocolVersion: 5}
+	pk.Properties.MessageExpiryInterval = 1 << 30
+	if alias {
+		pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag = 1, true
+	}
+	var buf bytes.Buffer
+	if err := pk.PublishEncode(&buf); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Len()
+}
+
+// A message that fits the client's maximum packet size only without a
+// topic alias goes without one, and takes its place in the window; one
+// that fits only with its alias alone waits its turn like any other.
+func TestTopicAliasAndMaximumPacketSize(t *testing.T) {
+	t.Parallel()
+	t.Run("fits without an alias", func(t *testing.T) {
+		t.Parallel()
+		b := interopBroker(t, Limits{})
+		topic := "flow/size"
+		big := []byte(strings.Repeat("x", 200))
+		max := publishSize(t, topic, big, false)
+		r := dial5(t, b)
+		r.connect(connectPacket5("size", true, 0, &packets.Properties{ReceiveMaximum: u16(1), TopicAliasMaximum: u16(10), MaximumPacketSize: u32(uint32(max))}))
+		r.subscribe(1, topic, 1)
+		pub := connect5(t, b, &paho5.Connect{ClientID: "pubsize", CleanStart: true})
+		pub.pub(t, &paho5.Publish{Topic: topic, QoS: 1, Payload: big})
+		pub.pub(t, &paho5.Publish{Topic: topic, QoS: 1, Payload: []byte("small")})
+		p := r.nextPublish()
+		if !bytes.Equal(p.Payload, big) || p.Topic != topic {
+			t.Fatalf("got %.10q on %q, want the large message on %s", p.Payload, p.Topic, topic)
+		}
+		onlyHeld(t, pub, r, topic, "the large message unacknowledged")
+		r.send(&packets.Puback{PacketID: p.PacketID, Properties: &packets.Properties{}})
+		if p := r.nextPublish(); string(p.Payload) != "small" {
+			t.Fatalf("got %q, want small", p.Payload)
+		}
+	})
+	t.Run("fits with its alias alone", func(t *testing.T) {
+		t.Parallel()
+		b := interopBroker(t, Limits{})
+		topic := "flow/" + strings.Repeat("t", 100)
+		payload := []byte(strings.Repeat("x", 100))
+		max := publishSize(t, topic, payload, false) - 1
+		r := dial5(t, b)
+		r.connect(connectPacket5("bypass", true, 0, &packets.Properties{ReceiveMaximum: u16(1), TopicAliasMaximum: u16(10), MaximumPacketSize: u32(uint32(max))}))
+		r.subscribe(1, topic, 1)
+		a := &aliasReader{r, map[uint16]string{}}
+		pub := connect5(t, b, &paho5.Connect{ClientID: "pubbypass", CleanStart: true})
+		pub.pub(t, &paho5.Publish{Topic: topic, QoS: 1, Payload: []byte("a")})
+		first := a.next()
+		pub.pub(t, &paho5.Publish{Topic: topic, QoS: 1, Payload: payload})
+		onlyHeld(t, pub, r, topic, "a unacknowledged, receive maximum 1")
+		r.send(&packets.Puback{PacketID: first.PacketID, Properties: &packets.Properties{}})
+		if p := a.next(); !bytes.Equal(p.Payload, payload) {
+			t.Fatalf("got %.10q, want the message that fits with its alias alone", p.Payload)
+		}
+	})
+}
+
+// A message too large for the client is discarded as if sent
+// [MQTT-3.1.2-25]: it does not stay in the session, where mochi's resend
+// of it ended every later connection of the client after its CONNACK,
+// and it frees its place.
+func TestTooLargeForClientDiscarded(t *testing.T) {
+	t.Parallel()
+	b := interopBroker(t, Limits{})
+	topic := "flow/toolarge"
+	props := func() *packets.Properties {
+		return &packets.Properties{MaximumPacketSize: u32(100), SessionExpiryInterval: u32(3600), ReceiveMaximum: u16(1)}
+	}
+	r := dial5(t, b)
+	r.connect(connectPacket5("toolarge", true, 0, props()))
+	r.subscribe(1, topic, 1)
+	pub := connect5(t, b, &paho5.Connect{ClientID: "pubtoolarge", CleanStart: true})
+	pub.pub(t, &paho5.Publish{Topic: topic, QoS: 1, Payload: []byte(strings.Repeat("x", 200))})
+	pub.pub(t, &paho5.Publish{Topic: topic, QoS: 1, Payload: []byte("small")})
+	if p := r.nextPublish(); string(p.Payload) != "small" {
+		t.Fatalf("got %.10q, want small", p.Payload)
+	}
+	r.Close() // small not acknowledged
+	r = dial5(t, b)
+	r.connect(connectPacket5("toolarge", false, 0, props()))
+	if p := r.nextPublish(); string(p.Payload) != "small" || !p.Duplicate {
+		t.Fatalf("resent: got %.10q DUP %v, want small DUP", p.Payload, p.Duplicate)
+	}
+	r.send(&packets.Pingreq{})
+	r.expect(packets.PINGRESP)
+}
+
+// A PUBREC with a reason code a PUBREC does not have ends the message
+// (as mochi takes it), and frees its place.
+func TestPubrecInvalidReasonFreesPlace(t *testing.T) {
+	t.Parallel()
+	b := interopBroker(t, Limits{})
+	topic := topics5[0]
+	r := flowSubscriber(t, b, "badrec", 1, false, topic, 2)
+	pub := connect5(t, b, &paho5.Connect{ClientID: "pubbadrec", CleanStart: true})
+	for i := range 2 {
+		pub.pub(t, &paho5.Publish{Topic: topic, QoS: 2, Payload: fmt.Appendf(nil, "m%d", i)})
+	}
+	m0 := r.nextPublish()
+	onlyHeld(t, pub, r, topic, "m0 unacknowledged")
+	r.send(&packets.Pubrec{PacketID: m0.PacketID, ReasonCode: 0x01, Properties: &packets.Properties{}})
+	if p := r.nextPublish(); string(p.Payload) != "m1" {
+		t.Fatalf("after m0's PUBREC 0x01: got %q, want m1", p.Payload)
 	}
 }

@@ -218,6 +218,25 @@ func (h *gateHook) brokersMessage(cl *mqtt.Client, id uint16) (packets.Packet, b
 	return pk, ok && brokers(pk)
 }
 
+// dropBrokers deletes the broker's message m to cl under id (in mochi's
+// map or set aside), and tells whether it was there.
+func (h *gateHook) dropBrokers(cl *mqtt.Client, id uint16, m message) bool {
+	h.asideMu.Lock()
+	defer h.asideMu.Unlock()
+	key := asideKey{cl, id}
+	if as, ok := h.aside[key]; ok && brokers(as) {
+		if m.is(as) {
+			delete(h.aside, key)
+			return true
+		}
+		return false
+	}
+	if pk, ok := cl.State.Inflight.Get(id); ok && pk.FixedHeader.Type == packets.Publish && m.is(pk) {
+		return cl.State.Inflight.Delete(id)
+	}
+	return false
+}
+
 // markUnsent sets or clears, on the broker's message m to cl under id
 // (in mochi's map or set aside), the mark of a message never written to
 // the client (see flowHook).

@@ -115,6 +115,7 @@ type Broker struct {
 	uplink   *mqtt.Client // inline identity for messages from the uplink
 	gate     *gateHook
 	takeover *takeoverHook
+	flow     *flowHook
 	retained *retainStore  // nil without Options.RetainedFile
 	sessions *sessionStore // nil without Options.SessionFile
 	addrs    []string
@@ -235,6 +236,7 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 	if b.sessions != nil {
 		flow.dropped = b.sessions.OnQosDropped
 	}
+	b.flow = flow
 	if err := srv.AddHook(flow, nil); err != nil {
 		b.Close()
 		return nil, fmt.Errorf("localbroker: %w", err)

@@ -170,11 +170,14 @@ func (h *flowHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Pa
 		h.discard(cl, pk, m)
 		return heldPacket
 	}
-	if w := cc.window; w != nil && pk.FixedHeader.Qos > 0 && w.hold(pk.PacketID, m) {
-		if !pk.FixedHeader.Dup && !pk.Ignore {
-			h.markUnsent(cl, pk.PacketID, m, true)
+	if w := cc.window; w != nil && pk.FixedHeader.Qos > 0 {
+		var mark func()
+		if !pk.FixedHeader.Dup && !pk.Ignore { // a first attempt
+			mark = func() { h.markUnsent(cl, pk.PacketID, m, true) }
 		}
-		return heldPacket
+		if w.hold(pk.PacketID, m, mark) {
+			return heldPacket
+		}
 	}
 	if pk.Ignore {
 		// Never written before: not a duplicate. (If this write fails,
@@ -202,8 +205,10 @@ func (h *flowHook) discard(cl *mqtt.Client, pk packets.Packet, m message) {
 }
 
 // hold tells whether message m under id waits: the window is full, or
-// others wait, or one is being sent from those waiting.
-func (w *window) hold(id uint16, m message) bool {
+// others wait, or one is being sent from those waiting. mark, if set, is
+// called for one that waits before any release can take it: the mark
+// must not come after the message was written.
+func (w *window) hold(id uint16, m message, mark func()) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	switch _, again := w.out[id]; {
@@ -212,6 +217,9 @@ func (w *window) hold(id uint16, m message) bool {
 		w.release = 0
 		w.out[id] = struct{}{}
 	case w.releasing || len(w.held) > 0 || len(w.out) >= w.max:
+		if mark != nil {
+			mark()
+		}
 		w.held = append(w.held, heldMessage{id, m})
 		return true
 	default:

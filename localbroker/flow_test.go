@@ -15,6 +15,7 @@ import (
 	"github.com/eclipse/paho.golang/packets"
 	paho5 "github.com/eclipse/paho.golang/paho"
 	pahopk "github.com/eclipse/paho.mqtt.golang/packets"
+	mqtt "github.com/mochi-mqtt/server/v2"
 	mochipk "github.com/mochi-mqtt/server/v2/packets"
 )
 
@@ -509,3 +510,43 @@ func TestPubrecInvalidReasonFreesPlace(t *testing.T) {
 		t.Fatalf("after m0's PUBREC 0x01: got %q, want m1", p.Payload)
 	}
 }
+
+// The mark of a held message never written is set while the window is
+// locked, so before the reader can take the message and write it: a mark
+// set after that write would have the next connection's resend send it
+// without DUP, though the client got it.
+func TestUnsentMarkedBeforeRelease(t *testing.T) {
+	b := interopBroker(t, Limits{})
+	marked := make(chan bool, 10) // whether the window was locked
+	mark := b.flow.markUnsent
+	b.flow.markUnsent = func(cl *mqtt.Client, id uint16, m message, unsent bool) {
+		if w := cl.Net.Conn.(*corkConn).window; unsent && w != nil && !cl.Closed() {
+			locked := !w.mu.TryLock()
+			if !locked {
+				w.mu.Unlock()
+			}
+			marked <- locked
+		}
+		mark(cl, id, m, unsent)
+	}
+	// mochi keeps its hooks in an atomic.Value: a hook added after the
+	// change makes the broker's goroutines see it.
+	if err := b.srv.AddHook(new(nopHook), nil); err != nil {
+		t.Fatal(err)
+	}
+	topic := topics5[0]
+	r := flowSubscriber(t, b, "racer", 1, true, topic, 1)
+	pub := connect5(t, b, &paho5.Connect{ClientID: "pubracer", CleanStart: true})
+	for i := range 2 {
+		pub.pub(t, &paho5.Publish{Topic: topic, QoS: 1, Payload: fmt.Appendf(nil, "m%d", i)})
+	}
+	r.nextPublish()
+	onlyHeld(t, pub, r, topic, "m0 unacknowledged")
+	if locked := <-marked; !locked {
+		t.Error("m1 was marked never written with the window unlocked: a release could write it first")
+	}
+}
+
+type nopHook struct{ mqtt.HookBase }
+
+func (nopHook) ID() string { return "test-nop" }

@@ -92,13 +92,17 @@ type BrokerConfig struct {
 	Listeners        []ListenerConfig `toml:"listener"`
 
 	// Limits; 0 means the default.
-	MaxClients        int      `toml:"max_clients"`
-	MaxPacketSize     Size     `toml:"max_packet_size"`
-	MaxInflight       int      `toml:"max_inflight"`
-	MaxQueuedMessages int      `toml:"max_queued_messages"`
-	MaxPublishRate    float64  `toml:"max_publish_rate"`
-	MaxAuthFailures   int      `toml:"max_auth_failures"`
-	MaxKeepalive      Duration `toml:"max_keepalive"`
+	MaxClients    int  `toml:"max_clients"`
+	MaxPacketSize Size `toml:"max_packet_size"`
+	MaxInflight   int  `toml:"max_inflight"`
+	// MaxInflightMessages, as Mosquitto's max_inflight_messages, bounds
+	// what the broker has unacknowledged at a client; 0: no bound but
+	// an MQTT 5 client's own receive maximum.
+	MaxInflightMessages int      `toml:"max_inflight_messages"`
+	MaxQueuedMessages   int      `toml:"max_queued_messages"`
+	MaxPublishRate      float64  `toml:"max_publish_rate"`
+	MaxAuthFailures     int      `toml:"max_auth_failures"`
+	MaxKeepalive        Duration `toml:"max_keepalive"`
 	// PersistentClientExpiration, as Mosquitto's, ends the persistent
 	// sessions that set no expiry of their own (3.1.1, or MQTT 5 asking
 	// for none) once the client has been away this long; 0: never.
@@ -618,6 +622,7 @@ func (c *Config) validate() error {
 		{"max_clients", float64(c.Broker.MaxClients), 0, 1 << 20},
 		{"max_packet_size", float64(c.Broker.MaxPacketSize), 0, 256 << 20},
 		{"max_inflight", float64(c.Broker.MaxInflight), 0, 65535},
+		{"max_inflight_messages", float64(c.Broker.MaxInflightMessages), 0, 65535},
 		{"max_queued_messages", float64(c.Broker.MaxQueuedMessages), 0, 1 << 24},
 		{"max_publish_rate", c.Broker.MaxPublishRate, 0, 1e9},
 		{"max_auth_failures", float64(c.Broker.MaxAuthFailures), 0, 1e6},

@@ -164,6 +164,9 @@ func TestParseConfigErrors(t *testing.T) {
 			"f.toml:15: bridge.route[0].overflow: want drop-oldest or reject, got \"drop-newest\"",
 			"f.toml:16: bridge.route[0].qos0_offline: want keep or drop, got \"maybe\"",
 		}},
+		{"bad broker limits", "[device]\nid = \"a\"\n[broker]\nmax_inflight_messages = 70000\n", []string{
+			"f.toml:4: broker.max_inflight_messages: must be between 0 and 65535, got 70000",
+		}},
 		{"bridge without routes", "[device]\n" + id + "[bridge]\naddress = [\"ssl://c:8883\"]\n", []string{
 			"f.toml:6: bridge.route: missing: a bridge with no [[bridge.route]] forwards nothing",
 		}},

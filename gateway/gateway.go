@@ -148,6 +148,7 @@ func New(cfg *Config, log *slog.Logger) (g *Gateway, err error) {
 		MaxClients:      bc.MaxClients,
 		MaxPacketSize:   uint32(bc.MaxPacketSize),
 		MaxInflight:     uint16(bc.MaxInflight),
+		MaxInflightOut:  uint16(bc.MaxInflightMessages),
 		MaxQueued:       int32(bc.MaxQueuedMessages),
 		MaxPublishRate:  bc.MaxPublishRate,
 		MaxAuthFailures: bc.MaxAuthFailures,

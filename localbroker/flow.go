@@ -10,9 +10,9 @@ import (
 )
 
 // flowHook keeps to the receive maximum an MQTT 5 client sets in its
-// CONNECT (MQTT 5 §4.9), and to the broker's max_inflight, for clients of
-// either version (as Mosquitto's max_inflight_messages, and EMQX's
-// max_inflight, which take the smaller of the two for MQTT 5): the broker
+// CONNECT (MQTT 5 §4.9), and to the broker's max_inflight_messages, if
+// set, for clients of either version (as Mosquitto's, and EMQX's
+// max_inflight, the smaller of the two for MQTT 5): the broker
 // has at most that many QoS 1 and 2 messages unacknowledged at the
 // client; the rest wait in the session, in order, and go out as
 // acknowledgements come. QoS 0 messages are not held.
@@ -54,7 +54,7 @@ import (
 type flowHook struct {
 	mqtt.HookBase
 	srv         *mqtt.Server
-	maxInflight uint16 // the broker's max_inflight
+	maxInflight uint16 // the broker's max_inflight_messages; 0: none
 	maxQueued   uint16 // mochi's MaximumInflight: a window as large holds nothing
 	// message returns the broker's message to the client under the id,
 	// also while the client's own flow uses the id (packetids.go).
@@ -120,8 +120,8 @@ func (h *flowHook) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
 	cc, _ := cl.Net.Conn.(*corkConn)
 	max := h.maxInflight
 	if cl.Properties.ProtocolVersion == 5 {
-		if rm := cl.Properties.Props.ReceiveMaximum; rm > 0 { // clamped by mochi to MaximumInflight
-			max = min(max, rm)
+		if rm := cl.Properties.Props.ReceiveMaximum; rm > 0 && (max == 0 || rm < max) { // clamped by mochi to MaximumInflight
+			max = rm
 		}
 		cl.Properties.Props.ReceiveMaximum = 0
 		cl.State.Inflight.ResetSendQuota(0)

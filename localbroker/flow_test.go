@@ -147,24 +147,14 @@ func TestReceiveMaximumHeldSurviveReconnect(t *testing.T) {
 	onlyHeld(t, pub, r, topic, "m2 and m3 unacknowledged")
 }
 
-// max_inflight bounds what a 3.1.1 client, which has no receive maximum,
-// has unacknowledged, as Mosquitto's max_inflight_messages does.
-func TestMaxInflightTowardsClient311(t *testing.T) {
+// max_inflight_messages bounds what a 3.1.1 client, which has no receive
+// maximum, has unacknowledged, as Mosquitto's does.
+func TestMaxInflightMessages311(t *testing.T) {
 	t.Parallel()
 	const max = 3
-	b := interopBroker(t, Limits{MaxInflight: max})
+	b := interopBroker(t, Limits{MaxInflightOut: max})
 	topic := suiteTopics[0]
-	r := dial311(t, b)
-	r.send(connectPacket311("slow311", true, 0))
-	if ca := r.connack(); ca.ReturnCode != 0 {
-		t.Fatalf("connect: return code %d", ca.ReturnCode)
-	}
-	sp := pahopk.NewControlPacket(pahopk.Subscribe).(*pahopk.SubscribePacket)
-	sp.MessageID, sp.Topics, sp.Qoss = 1, []string{topic}, []byte{1}
-	r.send(sp)
-	if _, ok := r.next().(*pahopk.SubackPacket); !ok {
-		t.Fatal("no SUBACK")
-	}
+	r := subscriber311(t, b, "slow311", topic)
 	pub := connect5(t, b, &paho5.Connect{ClientID: "pub311", CleanStart: true})
 	const n = 10
 	for i := range n {
@@ -191,10 +181,11 @@ func TestMaxInflightTowardsClient311(t *testing.T) {
 	}
 }
 
-// An MQTT 5 client that allows more than max_inflight gets max_inflight.
-func TestMaxInflightBelowReceiveMaximum(t *testing.T) {
+// An MQTT 5 client that allows more than max_inflight_messages gets
+// max_inflight_messages.
+func TestMaxInflightMessagesBelowReceiveMaximum(t *testing.T) {
 	t.Parallel()
-	b := interopBroker(t, Limits{MaxInflight: 2})
+	b := interopBroker(t, Limits{MaxInflightOut: 2})
 	topic := topics5[0]
 	r := flowSubscriber(t, b, "wide", 50, false, topic, 1)
 	pub := connect5(t, b, &paho5.Connect{ClientID: "pubw", CleanStart: true})
@@ -203,7 +194,7 @@ func TestMaxInflightBelowReceiveMaximum(t *testing.T) {
 	}
 	first := r.nextPublish()
 	r.nextPublish()
-	onlyHeld(t, pub, r, topic, "2 unacknowledged, max_inflight 2")
+	onlyHeld(t, pub, r, topic, "2 unacknowledged, max_inflight_messages 2")
 	r.send(&packets.Puback{PacketID: first.PacketID, Properties: &packets.Properties{}})
 	if p := r.nextPublish(); string(p.Payload) != "m2" {
 		t.Fatalf("got %q, want m2", p.Payload)
@@ -550,3 +541,42 @@ func TestUnsentMarkedBeforeRelease(t *testing.T) {
 type nopHook struct{ mqtt.HookBase }
 
 func (nopHook) ID() string { return "test-nop" }
+
+// Without max_inflight_messages a 3.1.1 client gets what is queued for it
+// without waiting for its acknowledgements (as before: a window costs a
+// subscriber whose acknowledgements come late), up to
+// max_queued_messages.
+func TestNoWindowByDefault311(t *testing.T) {
+	t.Parallel()
+	b := interopBroker(t, Limits{})
+	topic := suiteTopics[0]
+	r := subscriber311(t, b, "fast311", topic)
+	pub := connect5(t, b, &paho5.Connect{ClientID: "pubfast311", CleanStart: true})
+	const n = 300 // more than max_inflight's default, 100
+	for i := range n {
+		pub.pub(t, &paho5.Publish{Topic: topic, QoS: 1, Payload: fmt.Appendf(nil, "m%d", i)})
+	}
+	for i := range n {
+		if p, ok := r.next().(*pahopk.PublishPacket); !ok || string(p.Payload) != fmt.Sprintf("m%d", i) {
+			t.Fatalf("none acknowledged: got %v, want PUBLISH m%d", p, i)
+		}
+	}
+}
+
+// subscriber311 connects id as a raw MQTT 3.1.1 client subscribed to
+// topic at QoS 1.
+func subscriber311(t *testing.T, b *Broker, id, topic string) *raw311 {
+	t.Helper()
+	r := dial311(t, b)
+	r.send(connectPacket311(id, true, 0))
+	if ca := r.connack(); ca.ReturnCode != 0 {
+		t.Fatalf("connect: return code %d", ca.ReturnCode)
+	}
+	sp := pahopk.NewControlPacket(pahopk.Subscribe).(*pahopk.SubscribePacket)
+	sp.MessageID, sp.Topics, sp.Qoss = 1, []string{topic}, []byte{1}
+	r.send(sp)
+	if _, ok := r.next().(*pahopk.SubackPacket); !ok {
+		t.Fatal("no SUBACK")
+	}
+	return r
+}

@@ -14,10 +14,16 @@ type Limits struct {
 	MaxClients    int    // connected at once; default 1000
 	MaxPacketSize uint32 // bytes; default 256 KiB
 	// MaxInflight is the QoS 1 and 2 messages a client may have
-	// unacknowledged towards the broker (MQTT 5 receive maximum), and the
-	// broker towards the client (as Mosquitto's max_inflight_messages; an
-	// MQTT 5 client's own receive maximum if smaller). Default 100.
+	// unacknowledged towards the broker (MQTT 5 receive maximum).
+	// Default 100.
 	MaxInflight uint16
+	// MaxInflightOut, as Mosquitto's max_inflight_messages, is the QoS 1
+	// and 2 messages the broker may have unacknowledged at a client (an
+	// MQTT 5 client's own receive maximum if smaller). 0: no bound but
+	// that receive maximum. (Mosquitto's default is 20; a window costs
+	// throughput to a subscriber whose acknowledgements come late, see
+	// README.)
+	MaxInflightOut uint16
 	// MaxQueued is the messages waiting to be written to a slow client
 	// before more are dropped. Default 1000.
 	MaxQueued int32

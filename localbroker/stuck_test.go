@@ -53,11 +53,8 @@ func TestStuckSubscriberDoesNotStallPublishers(t *testing.T) {
 			watch := connect5(t, b, &paho5.Connect{ClientID: "watch", CleanStart: true})
 			watch.sub(t, nil, paho5.SubscribeOptions{Topic: "t/x", QoS: 1})
 			pub := connect5(t, b, &paho5.Connect{ClientID: "pub", CleanStart: true})
-			// At most max_inflight (100) of them are written to it, the
-			// rest wait in its session: 100 of 128 KiB, 12.5 MiB, are
-			// more than the sockets and the 4 MiB kept hold.
-			payload := []byte(strings.Repeat("x", 128<<10))
-			const n = 150
+			payload := []byte(strings.Repeat("x", 64<<10))
+			const n = 200 // 12.8 MB: more than the sockets and the 4 MiB kept hold
 			for i := range n {
 				pub.pub(t, &paho5.Publish{Topic: "t/x", QoS: 1, Payload: append([]byte(fmt.Sprint(i, " ")), payload...)})
 				watch.in.next(t)

@@ -232,7 +232,7 @@ func New(o *Options, log *slog.Logger) (*Broker, error) {
 		}
 	}
 	// Last: it sees each packet as the other hooks leave it.
-	flow := &flowHook{srv: srv, maxInflight: lim.MaxInflightOut, maxQueued: caps.MaximumInflight, message: gate.brokersMessage, markUnsent: gate.markUnsent, drop: gate.dropBrokers}
+	flow := &flowHook{srv: srv, maxInflight: lim.MaxInflightOut, maxQueued: caps.MaximumInflight, maxAliases: caps.TopicAliasMaximum, message: gate.brokersMessage, markUnsent: gate.markUnsent, drop: gate.dropBrokers}
 	if b.sessions != nil {
 		flow.dropped = b.sessions.OnQosDropped
 	}

@@ -56,6 +56,7 @@ type flowHook struct {
 	srv         *mqtt.Server
 	maxInflight uint16 // the broker's max_inflight_messages; 0: none
 	maxQueued   uint16 // mochi's MaximumInflight: a window as large holds nothing
+	maxAliases  uint16 // topic aliases given to a client at most
 	// message returns the broker's message to the client under the id,
 	// also while the client's own flow uses the id (packetids.go).
 	message func(*mqtt.Client, uint16) (packets.Packet, bool)
@@ -128,7 +129,9 @@ func (h *flowHook) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
 		if tam := cl.Properties.Props.TopicAliasMaximum; tam > 0 {
 			cl.Properties.Props.TopicAliasMaximum = 0
 			if cc != nil {
-				cc.aliases = &aliases{max: tam, byTopic: map[string]alias{}}
+				// As many as the broker takes from a client: each keeps
+				// a topic for as long as the connection lasts.
+				cc.aliases = &aliases{max: min(tam, h.maxAliases), byTopic: map[string]alias{}}
 			}
 		}
 	}
@@ -154,11 +157,22 @@ func (h *flowHook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, res
 // kept it in the session, and its resend failed every later connection
 // of the client right after its CONNACK.
 func (h *flowHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
-	if pk.FixedHeader.Type != packets.Publish || pk.Mods.MaxSize == 1 { // 1: see takeoverHook
-		return pk
-	}
 	cc, ok := cl.Net.Conn.(*corkConn)
 	if !ok {
+		return pk
+	}
+	if pk.FixedHeader.Type == packets.Pubrel {
+		// A QoS 2 message counts until its PUBCOMP [MQTT-3.3.4-9]: one
+		// a resumed session resends at its PUBREL takes a place (as
+		// Mosquitto counts it), even over the window.
+		if w := cc.window; w != nil {
+			w.mu.Lock()
+			w.out[pk.PacketID] = struct{}{}
+			w.mu.Unlock()
+		}
+		return pk
+	}
+	if pk.FixedHeader.Type != packets.Publish || pk.Mods.MaxSize == 1 { // 1: see takeoverHook
 		return pk
 	}
 	m := messageOfPacket(pk) // with its topic, as the session has it

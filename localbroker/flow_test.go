@@ -580,3 +580,56 @@ func subscriber311(t *testing.T, b *Broker, id, topic string) *raw311 {
 	}
 	return r
 }
+
+// A QoS 2 message whose PUBREL the client had not completed when it left
+// still counts against its receive maximum when its session is resumed
+// (no PUBCOMP yet [MQTT-3.3.4-9]), as Mosquitto counts it.
+func TestPubrelStageCountsAfterReconnect(t *testing.T) {
+	t.Parallel()
+	b := interopBroker(t, Limits{})
+	topic := topics5[0]
+	r := flowSubscriber(t, b, "relstage", 1, true, topic, 2)
+	pub := connect5(t, b, &paho5.Connect{ClientID: "pubrelstage", CleanStart: true})
+	for i := range 2 {
+		pub.pub(t, &paho5.Publish{Topic: topic, QoS: 2, Payload: fmt.Appendf(nil, "m%d", i)})
+	}
+	m0 := r.nextPublish()
+	r.send(&packets.Pubrec{PacketID: m0.PacketID, Properties: &packets.Properties{}})
+	r.expect(packets.PUBREL)
+	onlyHeld(t, pub, r, topic, "m0's PUBREL not completed")
+	r.Close()
+
+	r = flowSubscriber(t, b, "relstage", 1, true, "", 0)
+	if rel := r.expect(packets.PUBREL).Content.(*packets.Pubrel); rel.PacketID != m0.PacketID {
+		t.Fatalf("PUBREL %d, want %d", rel.PacketID, m0.PacketID)
+	}
+	onlyHeld(t, pub, r, topic, "m0's resent PUBREL not completed, receive maximum 1")
+	r.send(&packets.Pubcomp{PacketID: m0.PacketID, Properties: &packets.Properties{}})
+	if p := r.nextPublish(); string(p.Payload) != "m1" {
+		t.Fatalf("after m0's PUBCOMP: got %q, want m1", p.Payload)
+	}
+}
+
+// A client may allow the broker 65535 topic aliases; it is given as many
+// as the broker takes from clients (10), each holding a topic.
+func TestTopicAliasesCapped(t *testing.T) {
+	t.Parallel()
+	b := interopBroker(t, Limits{})
+	r := dial5(t, b)
+	r.connect(connectPacket5("many", true, 0, &packets.Properties{TopicAliasMaximum: u16(65535)}))
+	r.subscribe(1, prefix5+"many/#", 0)
+	a := &aliasReader{r, map[uint16]string{}}
+	pub := connect5(t, b, &paho5.Connect{ClientID: "pubmany", CleanStart: true})
+	for i := range 12 {
+		pub.pub(t, &paho5.Publish{Topic: fmt.Sprintf("%smany/%d", prefix5, i), QoS: 0, Payload: []byte("x")})
+	}
+	for i := range 12 {
+		p := a.next()
+		switch alias := p.Properties.TopicAlias; {
+		case i < 10 && (alias == nil || *alias != uint16(i+1)):
+			t.Errorf("topic %d: alias %v, want %d", i, alias, i+1)
+		case i >= 10 && alias != nil:
+			t.Errorf("topic %d: alias %d, want none past 10", i, *alias)
+		}
+	}
+}

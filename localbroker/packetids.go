@@ -253,7 +253,11 @@ func (h *gateHook) markUnsent(cl *mqtt.Client, id uint16, m message, unsent bool
 	}
 	if pk, ok := cl.State.Inflight.Get(id); ok && pk.FixedHeader.Type == packets.Publish && m.is(pk) && pk.Ignore != unsent {
 		pk.Ignore = unsent
-		cl.State.Inflight.Set(pk)
+		if cl.State.Inflight.Set(pk) {
+			// mochi deleted it meanwhile (expired, or cleared): it
+			// stays deleted.
+			cl.State.Inflight.Delete(id)
+		}
 	}
 }
 

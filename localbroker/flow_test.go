@@ -7,14 +7,19 @@ package localbroker
 
 import (
 	"bytes"
+	"context"
 	"fmt"
+	"net"
+	"os/exec"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/eclipse/paho.golang/packets"
 	paho5 "github.com/eclipse/paho.golang/paho"
 	pahopk "github.com/eclipse/paho.mqtt.golang/packets"
+	"github.com/fieldgate/fieldgate/bridge/mosquittotest"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	mochipk "github.com/mochi-mqtt/server/v2/packets"
 )
@@ -630,6 +635,44 @@ func TestTopicAliasesCapped(t *testing.T) {
 			t.Errorf("topic %d: alias %v, want %d", i, alias, i+1)
 		case i >= 10 && alias != nil:
 			t.Errorf("topic %d: alias %d, want none past 10", i, *alias)
+		}
+	}
+}
+
+// The real mosquitto_sub, MQTT 5 with receive maximum 2, gets 30 QoS 1
+// messages published while it is connected, all of them, in order.
+// (mochi's own limit sent it m0, m1, m2, m7 and m20, and then nothing.)
+func TestReceiveMaximumMosquittoSub(t *testing.T) {
+	t.Parallel()
+	sub := mosquittotest.Binary(t, "mosquitto_sub")
+	b := interopBroker(t, Limits{})
+	topic := topics5[0]
+	host, port, _ := net.SplitHostPort(b.Addrs()[0])
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	const n = 30
+	cmd := exec.CommandContext(ctx, sub, "-h", host, "-p", port, "-u", interopUser, "-P", interopPassword,
+		"-V", "mqttv5", "-i", "mosq-slow", "-D", "connect", "receive-maximum", "2", "-q", "1", "-t", topic, "-C", fmt.Sprint(n))
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pollUntil(t, "mosquitto_sub to subscribe", func() bool {
+		cl, ok := b.srv.Clients.Get("mosq-slow")
+		return ok && cl.State.Subscriptions.Len() > 0
+	})
+	pub := connect5(t, b, &paho5.Connect{ClientID: "pubmosq", CleanStart: true})
+	for i := range n {
+		pub.pub(t, &paho5.Publish{Topic: topic, QoS: 1, Payload: fmt.Appendf(nil, "m%d", i)})
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("mosquitto_sub: %v; it printed %q", err, out.String())
+	}
+	got := strings.Fields(out.String())
+	for i := range n {
+		if i >= len(got) || got[i] != fmt.Sprintf("m%d", i) {
+			t.Fatalf("mosquitto_sub printed %v, want m0 … m%d in order", got, n-1)
 		}
 	}
 }

@@ -929,7 +929,9 @@ func (h *gateHook) wait(cl *mqtt.Client, w *waiter) {
 		clear(acked)
 		acked = acked[:0]
 	}
-	acked = make([]packets.Packet, 0, maxAcked)
+	// acked grows on the heap as publishes come, and is let go while the
+	// client sends nothing. (Made whole here it was 53 KB on the
+	// waiter's stack: 64 KB of stack for each device that had published.)
 	defer func() {
 		close(w.done)
 		h.mu.Lock()
@@ -948,6 +950,9 @@ func (h *gateHook) wait(cl *mqtt.Client, w *waiter) {
 		d, ok := w.q.take(false)
 		if !ok {
 			flush() // nothing more to acknowledge for now
+			if cap(acked) > 4 {
+				acked = nil
+			}
 			if d, ok = w.q.take(true); !ok {
 				break // closed, and all taken
 			}
@@ -969,45 +974,53 @@ func (h *gateHook) wait(cl *mqtt.Client, w *waiter) {
 			// or the client could send its next publish first.
 			w.unacked.Add(-1)
 		}
-		switch {
-		case err != nil:
-			h.log.Warn("publish not stored: not acknowledged", "client_id", cl.ID, "topic", d.pk.TopicName, "err", err)
-			cc.cork()
-			if cl.Properties.ProtocolVersion == 5 {
-				cl.WritePacket(negativeAck(d.pk, packets.ErrUnspecifiedError))
-			} else {
-				// MQTT 3.1.1 has no negative acknowledgement: disconnect,
-				// so the client sends the message again.
-				h.srv.DisconnectClient(cl, packets.ErrUnspecifiedError)
-			}
-			w.pending.Add(-1)
-		case d.refusal.Code != 0:
-			cc.cork()
-			cl.WritePacket(negativeAck(d.pk, d.refusal))
-			w.pending.Add(-1)
-		case d.pk.FixedHeader.Qos == 0:
-			acked = append(acked, d.pk)
-		case d.pk.FixedHeader.Qos == 1:
-			cc.cork()
-			// A stored publish is delivered whether or not its PUBACK
-			// reached the client: it is forwarded. One that is not
-			// stored is not, as mochi does: the client sends it again.
-			if err := h.ackStored(cl, d.pk); err == nil || d.stored != nil {
-				acked = append(acked, d.pk)
-			} else {
-				w.pending.Add(-1)
-			}
-		default:
-			// QoS 2: mochi keeps the flow's state (PUBREC, then PUBREL
-			// and PUBCOMP) in the client's inflight map, which the reader
-			// uses too; see packetids.go.
-			flush()
-			h.injectStored(cl, d.pk, d.stored != nil)
-			w.pending.Add(-1)
-		}
+		h.answer(cl, cc, w, &d, err, &acked, flush)
 	}
 	flush()
 	h.dropSlot(cl)
+}
+
+// answer acknowledges d, or refuses it, once its turn has come and it is
+// stored (or failed to be: err). Apart from wait, whose stack it would
+// make too deep to shrink while the waiter waits: each packet it passes
+// by value takes room in its caller's frame.
+func (h *gateHook) answer(cl *mqtt.Client, cc *corkConn, w *waiter, d *deferred, err error, acked *[]packets.Packet, flush func()) {
+	switch {
+	case err != nil:
+		h.log.Warn("publish not stored: not acknowledged", "client_id", cl.ID, "topic", d.pk.TopicName, "err", err)
+		cc.cork()
+		if cl.Properties.ProtocolVersion == 5 {
+			cl.WritePacket(negativeAck(d.pk, packets.ErrUnspecifiedError))
+		} else {
+			// MQTT 3.1.1 has no negative acknowledgement: disconnect,
+			// so the client sends the message again.
+			h.srv.DisconnectClient(cl, packets.ErrUnspecifiedError)
+		}
+		w.pending.Add(-1)
+	case d.refusal.Code != 0:
+		cc.cork()
+		cl.WritePacket(negativeAck(d.pk, d.refusal))
+		w.pending.Add(-1)
+	case d.pk.FixedHeader.Qos == 0:
+		*acked = append(*acked, d.pk)
+	case d.pk.FixedHeader.Qos == 1:
+		cc.cork()
+		// A stored publish is delivered whether or not its PUBACK
+		// reached the client: it is forwarded. One that is not
+		// stored is not, as mochi does: the client sends it again.
+		if err := h.ackStored(cl, d.pk); err == nil || d.stored != nil {
+			*acked = append(*acked, d.pk)
+		} else {
+			w.pending.Add(-1)
+		}
+	default:
+		// QoS 2: mochi keeps the flow's state (PUBREC, then PUBREL
+		// and PUBCOMP) in the client's inflight map, which the reader
+		// uses too; see packetids.go.
+		flush()
+		h.injectStored(cl, d.pk, d.stored != nil)
+		w.pending.Add(-1)
+	}
 }
 
 // injectStored hands a QoS 2 publish whose turn has come to mochi again,

@@ -11,8 +11,10 @@ import (
 // is not held to a commit's round trip.
 const maxDeferred = 4096
 
-// minDeferred is the room a queue starts with and keeps.
-const minDeferred = 16
+// minDeferred is the room a queue starts with and keeps (a deferred
+// publish is most of a kilobyte, kept for every device that has published
+// while it stays connected).
+const minDeferred = 2
 
 // roomKept is how long a queue keeps room it does not use.
 const roomKept = 10 * time.Second

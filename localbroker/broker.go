@@ -981,9 +981,10 @@ func (h *gateHook) wait(cl *mqtt.Client, w *waiter) {
 }
 
 // answer acknowledges d, or refuses it, once its turn has come and it is
-// stored (or failed to be: err). Apart from wait, whose stack it would
-// make too deep to shrink while the waiter waits: each packet it passes
-// by value takes room in its caller's frame.
+// stored (or failed to be: err). It is not part of wait: each packet it
+// passes by value takes room in its caller's frame, and wait's frame
+// stays on the stack while the waiter waits, too deep then for the
+// collector to shrink the stack.
 func (h *gateHook) answer(cl *mqtt.Client, cc *corkConn, w *waiter, d *deferred, err error, acked *[]packets.Packet, flush func()) {
 	switch {
 	case err != nil:

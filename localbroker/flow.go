@@ -106,12 +106,6 @@ type alias struct {
 	sent bool // written with its topic: the client knows it
 }
 
-// pingreqMarker is what a held message is handed to mochi as: a PINGREQ,
-// which a broker never sends, encoded.
-var pingreqMarker = []byte{packets.Pingreq << 4, 0}
-
-func isHeldMarker(p []byte) bool { return bytes.Equal(p, pingreqMarker) }
-
 // OnConnect switches mochi's limit and topic aliases off (it reads the
 // client's receive maximum from Props again when it takes a session over)
 // and sets the connection's window and aliases. A window as large as what
@@ -143,7 +137,7 @@ func (h *flowHook) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
 
 // OnQosPublish marks a message mochi queues for a client that is away:
 // it has not been written.
-func (h *flowHook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, resends int) {
+func (h *flowHook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, _ int) {
 	if pk.FixedHeader.Type == packets.Publish && !pk.FixedHeader.Dup && !cl.Net.Inline && cl.Closed() {
 		h.markUnsent(cl, pk.PacketID, messageOfPacket(pk), true)
 	}
@@ -203,8 +197,15 @@ func (h *flowHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Pa
 }
 
 // heldPacket is what mochi is handed instead of a message not written
-// now: a PINGREQ, which the connection does not write.
-var heldPacket = packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}}
+// now (held, or discarded): a PINGREQ, which a broker never sends.
+// pingreqMarker is how mochi encodes it, which corkConn.Write does not
+// write.
+var (
+	heldPacket    = packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}}
+	pingreqMarker = []byte{packets.Pingreq << 4, 0}
+)
+
+func isHeldMarker(p []byte) bool { return bytes.Equal(p, pingreqMarker) }
 
 // discard deletes a QoS 1 or 2 message too large for the client from its
 // session.
@@ -286,8 +287,7 @@ func (h *flowHook) OnPacketSent(cl *mqtt.Client, pk packets.Packet, b []byte) {
 }
 
 // fits tells whether mochi will write pk: it does not write one larger
-// than the client's maximum packet size (or than 1 byte, for one that the
-// takeover hook keeps from being sent twice).
+// than the client's maximum packet size.
 func fits(pk packets.Packet) bool {
 	if pk.Mods.MaxSize == 0 {
 		return true

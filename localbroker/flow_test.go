@@ -65,9 +65,7 @@ func TestReceiveMaximumKeepsOrder(t *testing.T) {
 	topic := topics5[0]
 	r := flowSubscriber(t, b, "slow", max, false, topic, 1)
 	pub := connect5(t, b, &paho5.Connect{ClientID: "pub", CleanStart: true})
-	for i := range n {
-		pub.pub(t, &paho5.Publish{Topic: topic, QoS: 1, Payload: fmt.Appendf(nil, "m%d", i)})
-	}
+	publishNumbered(t, pub, topic, 1, n)
 	var unacked []*packets.Publish
 	for next, acked := 0, 0; acked < n; {
 		for len(unacked) < max && next < n {
@@ -94,9 +92,7 @@ func TestReceiveMaximumQoS2(t *testing.T) {
 	topic := topics5[0]
 	r := flowSubscriber(t, b, "slow2", 1, false, topic, 2)
 	pub := connect5(t, b, &paho5.Connect{ClientID: "pub2", CleanStart: true})
-	for i := range 3 {
-		pub.pub(t, &paho5.Publish{Topic: topic, QoS: 2, Payload: fmt.Appendf(nil, "m%d", i)})
-	}
+	publishNumbered(t, pub, topic, 2, 3)
 	for i := range 3 {
 		p := r.nextPublish()
 		if exp := fmt.Sprintf("m%d", i); string(p.Payload) != exp {
@@ -123,9 +119,7 @@ func TestReceiveMaximumHeldSurviveReconnect(t *testing.T) {
 	topic := topics5[0]
 	r := flowSubscriber(t, b, "away", 1, true, topic, 1)
 	pub := connect5(t, b, &paho5.Connect{ClientID: "pub3", CleanStart: true})
-	for i := range 4 {
-		pub.pub(t, &paho5.Publish{Topic: topic, QoS: 1, Payload: fmt.Appendf(nil, "m%d", i)})
-	}
+	publishNumbered(t, pub, topic, 1, 4)
 	first := r.nextPublish()
 	r.send(&packets.Puback{PacketID: first.PacketID, Properties: &packets.Properties{}})
 	if second := r.nextPublish(); string(second.Payload) != "m1" {
@@ -162,9 +156,7 @@ func TestMaxInflightMessages311(t *testing.T) {
 	r := subscriber311(t, b, "slow311", topic)
 	pub := connect5(t, b, &paho5.Connect{ClientID: "pub311", CleanStart: true})
 	const n = 10
-	for i := range n {
-		pub.pub(t, &paho5.Publish{Topic: topic, QoS: 1, Payload: fmt.Appendf(nil, "m%d", i)})
-	}
+	publishNumbered(t, pub, topic, 1, n)
 	var unacked []*pahopk.PublishPacket
 	for next := 0; next < n || len(unacked) > 0; {
 		for len(unacked) < max && next < n {
@@ -194,9 +186,7 @@ func TestMaxInflightMessagesBelowReceiveMaximum(t *testing.T) {
 	topic := topics5[0]
 	r := flowSubscriber(t, b, "wide", 50, false, topic, 1)
 	pub := connect5(t, b, &paho5.Connect{ClientID: "pubw", CleanStart: true})
-	for i := range 3 {
-		pub.pub(t, &paho5.Publish{Topic: topic, QoS: 1, Payload: fmt.Appendf(nil, "m%d", i)})
-	}
+	publishNumbered(t, pub, topic, 1, 3)
 	first := r.nextPublish()
 	r.nextPublish()
 	onlyHeld(t, pub, r, topic, "2 unacknowledged, max_inflight_messages 2")
@@ -226,9 +216,7 @@ func TestReceiveMaximumHeldIDInUseByClient(t *testing.T) {
 	topic := topics5[0]
 	r := flowSubscriber(t, b, "both", 1, false, topic, 1)
 	pub := connect5(t, b, &paho5.Connect{ClientID: "pubboth", CleanStart: true})
-	for i := range 3 {
-		pub.pub(t, &paho5.Publish{Topic: topic, QoS: 1, Payload: fmt.Appendf(nil, "m%d", i)})
-	}
+	publishNumbered(t, pub, topic, 1, 3)
 	m0 := r.nextPublish()
 	onlyHeld(t, pub, r, topic, "m0 unacknowledged")
 	// The broker numbers its messages in turn: m1 has m0's id + 1.
@@ -372,9 +360,7 @@ func TestResentDupOnlyIfWritten(t *testing.T) {
 	topic := topics5[0]
 	r := flowSubscriber(t, b, "dup", 1, true, topic, 1)
 	pub := connect5(t, b, &paho5.Connect{ClientID: "pubdup", CleanStart: true})
-	for i := range 2 {
-		pub.pub(t, &paho5.Publish{Topic: topic, QoS: 1, Payload: fmt.Appendf(nil, "m%d", i)})
-	}
+	publishNumbered(t, pub, topic, 1, 2)
 	r.nextPublish()
 	onlyHeld(t, pub, r, topic, "m0 unacknowledged")
 	r.send(&packets.Disconnect{Properties: &packets.Properties{}}) // m0 written, m1 held
@@ -496,9 +482,7 @@ func TestPubrecInvalidReasonFreesPlace(t *testing.T) {
 	topic := topics5[0]
 	r := flowSubscriber(t, b, "badrec", 1, false, topic, 2)
 	pub := connect5(t, b, &paho5.Connect{ClientID: "pubbadrec", CleanStart: true})
-	for i := range 2 {
-		pub.pub(t, &paho5.Publish{Topic: topic, QoS: 2, Payload: fmt.Appendf(nil, "m%d", i)})
-	}
+	publishNumbered(t, pub, topic, 2, 2)
 	m0 := r.nextPublish()
 	onlyHeld(t, pub, r, topic, "m0 unacknowledged")
 	r.send(&packets.Pubrec{PacketID: m0.PacketID, ReasonCode: 0x01, Properties: &packets.Properties{}})
@@ -533,9 +517,7 @@ func TestUnsentMarkedBeforeRelease(t *testing.T) {
 	topic := topics5[0]
 	r := flowSubscriber(t, b, "racer", 1, true, topic, 1)
 	pub := connect5(t, b, &paho5.Connect{ClientID: "pubracer", CleanStart: true})
-	for i := range 2 {
-		pub.pub(t, &paho5.Publish{Topic: topic, QoS: 1, Payload: fmt.Appendf(nil, "m%d", i)})
-	}
+	publishNumbered(t, pub, topic, 1, 2)
 	r.nextPublish()
 	onlyHeld(t, pub, r, topic, "m0 unacknowledged")
 	if locked := <-marked; !locked {
@@ -558,9 +540,7 @@ func TestNoWindowByDefault311(t *testing.T) {
 	r := subscriber311(t, b, "fast311", topic)
 	pub := connect5(t, b, &paho5.Connect{ClientID: "pubfast311", CleanStart: true})
 	const n = 300 // more than max_inflight's default, 100
-	for i := range n {
-		pub.pub(t, &paho5.Publish{Topic: topic, QoS: 1, Payload: fmt.Appendf(nil, "m%d", i)})
-	}
+	publishNumbered(t, pub, topic, 1, n)
 	for i := range n {
 		if p, ok := r.next().(*pahopk.PublishPacket); !ok || string(p.Payload) != fmt.Sprintf("m%d", i) {
 			t.Fatalf("none acknowledged: got %v, want PUBLISH m%d", p, i)
@@ -595,9 +575,7 @@ func TestPubrelStageCountsAfterReconnect(t *testing.T) {
 	topic := topics5[0]
 	r := flowSubscriber(t, b, "relstage", 1, true, topic, 2)
 	pub := connect5(t, b, &paho5.Connect{ClientID: "pubrelstage", CleanStart: true})
-	for i := range 2 {
-		pub.pub(t, &paho5.Publish{Topic: topic, QoS: 2, Payload: fmt.Appendf(nil, "m%d", i)})
-	}
+	publishNumbered(t, pub, topic, 2, 2)
 	m0 := r.nextPublish()
 	r.send(&packets.Pubrec{PacketID: m0.PacketID, Properties: &packets.Properties{}})
 	r.expect(packets.PUBREL)
@@ -663,9 +641,7 @@ func TestReceiveMaximumMosquittoSub(t *testing.T) {
 		return ok && cl.State.Subscriptions.Len() > 0
 	})
 	pub := connect5(t, b, &paho5.Connect{ClientID: "pubmosq", CleanStart: true})
-	for i := range n {
-		pub.pub(t, &paho5.Publish{Topic: topic, QoS: 1, Payload: fmt.Appendf(nil, "m%d", i)})
-	}
+	publishNumbered(t, pub, topic, 1, n)
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("mosquitto_sub: %v; it printed %q", err, out.String())
 	}
@@ -674,5 +650,14 @@ func TestReceiveMaximumMosquittoSub(t *testing.T) {
 		if i >= len(got) || got[i] != fmt.Sprintf("m%d", i) {
 			t.Fatalf("mosquitto_sub printed %v, want m0 … m%d in order", got, n-1)
 		}
+	}
+}
+
+// publishNumbered publishes m0, m1, … m(n-1) on topic at qos, each once
+// acknowledged (QoS 1 and 2).
+func publishNumbered(t *testing.T, pub *client5, topic string, qos byte, n int) {
+	t.Helper()
+	for i := range n {
+		pub.pub(t, &paho5.Publish{Topic: topic, QoS: qos, Payload: fmt.Appendf(nil, "m%d", i)})
 	}
 }

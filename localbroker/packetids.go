@@ -206,16 +206,23 @@ func (h *gateHook) isAside(cl *mqtt.Client, id uint16) bool {
 	return ok && brokers(as)
 }
 
+// brokersEntry returns the broker's entry for cl under id, whether it is
+// set aside (aside) or in mochi's map. h.asideMu is held.
+func (h *gateHook) brokersEntry(cl *mqtt.Client, id uint16) (pk packets.Packet, aside, ok bool) {
+	if as, ok := h.aside[asideKey{cl, id}]; ok && brokers(as) {
+		return as, true, true
+	}
+	pk, ok = cl.State.Inflight.Get(id)
+	return pk, false, ok && brokers(pk)
+}
+
 // brokersMessage returns the broker's message to cl under id, whether it
 // is in mochi's map or set aside.
 func (h *gateHook) brokersMessage(cl *mqtt.Client, id uint16) (packets.Packet, bool) {
 	h.asideMu.Lock()
 	defer h.asideMu.Unlock()
-	if as, ok := h.aside[asideKey{cl, id}]; ok && brokers(as) {
-		return as, true
-	}
-	pk, ok := cl.State.Inflight.Get(id)
-	return pk, ok && brokers(pk)
+	pk, _, ok := h.brokersEntry(cl, id)
+	return pk, ok
 }
 
 // dropBrokers deletes the broker's message m to cl under id (in mochi's
@@ -223,18 +230,15 @@ func (h *gateHook) brokersMessage(cl *mqtt.Client, id uint16) (packets.Packet, b
 func (h *gateHook) dropBrokers(cl *mqtt.Client, id uint16, m message) bool {
 	h.asideMu.Lock()
 	defer h.asideMu.Unlock()
-	key := asideKey{cl, id}
-	if as, ok := h.aside[key]; ok && brokers(as) {
-		if m.is(as) {
-			delete(h.aside, key)
-			return true
-		}
+	switch pk, aside, ok := h.brokersEntry(cl, id); {
+	case !ok || pk.FixedHeader.Type != packets.Publish || !m.is(pk):
 		return false
-	}
-	if pk, ok := cl.State.Inflight.Get(id); ok && pk.FixedHeader.Type == packets.Publish && m.is(pk) {
+	case aside:
+		delete(h.aside, asideKey{cl, id})
+		return true
+	default:
 		return cl.State.Inflight.Delete(id)
 	}
-	return false
 }
 
 // markUnsent sets or clears, on the broker's message m to cl under id
@@ -243,21 +247,18 @@ func (h *gateHook) dropBrokers(cl *mqtt.Client, id uint16, m message) bool {
 func (h *gateHook) markUnsent(cl *mqtt.Client, id uint16, m message, unsent bool) {
 	h.asideMu.Lock()
 	defer h.asideMu.Unlock()
-	key := asideKey{cl, id}
-	if as, ok := h.aside[key]; ok && brokers(as) {
-		if m.is(as) {
-			as.Ignore = unsent
-			h.aside[key] = as
-		}
+	pk, aside, ok := h.brokersEntry(cl, id)
+	if !ok || pk.FixedHeader.Type != packets.Publish || !m.is(pk) || pk.Ignore == unsent {
 		return
 	}
-	if pk, ok := cl.State.Inflight.Get(id); ok && pk.FixedHeader.Type == packets.Publish && m.is(pk) && pk.Ignore != unsent {
-		pk.Ignore = unsent
-		if cl.State.Inflight.Set(pk) {
-			// mochi deleted it meanwhile (expired, or cleared): it
-			// stays deleted.
-			cl.State.Inflight.Delete(id)
-		}
+	pk.Ignore = unsent
+	switch {
+	case aside:
+		h.aside[asideKey{cl, id}] = pk
+	case cl.State.Inflight.Set(pk):
+		// mochi deleted it meanwhile (expired, or cleared): it stays
+		// deleted.
+		cl.State.Inflight.Delete(id)
 	}
 }
 

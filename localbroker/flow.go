@@ -287,13 +287,28 @@ func (h *flowHook) OnPacketSent(cl *mqtt.Client, pk packets.Packet, b []byte) {
 }
 
 // fits tells whether mochi will write pk: it does not write one larger
-// than the client's maximum packet size.
+// than the client's maximum packet size. Most are well below it: those
+// are not encoded once more to tell.
 func fits(pk packets.Packet) bool {
-	if pk.Mods.MaxSize == 0 {
+	if pk.Mods.MaxSize == 0 || publishSizeAtMost(&pk) <= int(pk.Mods.MaxSize) {
 		return true
 	}
 	var buf bytes.Buffer
 	return pk.PublishEncode(&buf) == nil && uint32(buf.Len()) <= pk.Mods.MaxSize
+}
+
+// publishSizeAtMost is a bound on the size of PUBLISH pk encoded: each
+// property a PUBLISH carries at its largest, and the fixed header's and
+// the properties' lengths at 4 bytes.
+func publishSizeAtMost(pk *packets.Packet) int {
+	p := &pk.Properties
+	props := 2 + 5 + 3 + // payload format, message expiry, topic alias
+		3 + len(p.ContentType) + 3 + len(p.ResponseTopic) + 3 + len(p.CorrelationData) +
+		5*len(p.SubscriptionIdentifier)
+	for _, u := range p.User {
+		props += 5 + len(u.Key) + len(u.Val)
+	}
+	return 1 + 4 + 2 + len(pk.TopicName) + 2 + 4 + props + len(pk.Payload)
 }
 
 // OnPacketProcessed frees the place of an acknowledged message, and sends

@@ -661,3 +661,40 @@ func publishNumbered(t *testing.T, pub *client5, topic string, qos byte, n int) 
 		pub.pub(t, &paho5.Publish{Topic: topic, QoS: qos, Payload: fmt.Appendf(nil, "m%d", i)})
 	}
 }
+
+// publishSizeAtMost is never below what mochi encodes, whatever the
+// properties; fits falls back on encoding near the limit.
+func TestPublishSizeAtMost(t *testing.T) {
+	full := mochipk.Properties{
+		PayloadFormat: 1, PayloadFormatFlag: true, MessageExpiryInterval: 1 << 30,
+		ContentType: "application/senml+json", ResponseTopic: "reply/to/me", CorrelationData: []byte("corr-1234"),
+		SubscriptionIdentifier: []int{1, 200, 70000, 1 << 27}, TopicAlias: 7, TopicAliasFlag: true,
+		User: []mochipk.UserProperty{{Key: "site", Val: "greenhouse-2"}, {Key: "", Val: ""}},
+	}
+	for _, tc := range []struct {
+		name  string
+		props mochipk.Properties
+		size  int
+	}{
+		{"no properties", mochipk.Properties{}, 10},
+		{"every property", full, 10},
+		{"every property, large payload", full, 300000},
+		{"remaining length of 4 bytes", mochipk.Properties{}, 3 << 20},
+	} {
+		pk := mochipk.Packet{FixedHeader: mochipk.FixedHeader{Type: mochipk.Publish, Qos: 1}, PacketID: 9, TopicName: "site/sensors/t1",
+			Payload: make([]byte, tc.size), Properties: tc.props, ProtocolVersion: 5, Mods: mochipk.Mods{AllowResponseInfo: true}}
+		var buf bytes.Buffer
+		if err := pk.PublishEncode(&buf); err != nil {
+			t.Fatal(err)
+		}
+		if bound := publishSizeAtMost(&pk); bound < buf.Len() {
+			t.Errorf("%s: bound %d, encoded %d", tc.name, bound, buf.Len())
+		}
+		for _, max := range []int{buf.Len(), buf.Len() - 1} {
+			pk.Mods.MaxSize = uint32(max)
+			if got, want := fits(pk), max >= buf.Len(); got != want {
+				t.Errorf("%s: fits with maximum %d (encoded %d): %v, want %v", tc.name, max, buf.Len(), got, want)
+			}
+		}
+	}
+}

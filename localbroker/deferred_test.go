@@ -16,15 +16,16 @@ func deferredWithID(id uint16) deferred {
 func TestDeferredQueue(t *testing.T) {
 	q := newDeferredQueue()
 	next, want := uint16(1), uint16(1)
-	// Wrap the ring round before it grows: take some, put more.
-	for range 3 {
-		for range minDeferred - 3 {
+	// Wrap the ring round before it grows, and grow it with its head
+	// away from the start: put two, take one.
+	for range 6 {
+		for range 2 {
 			if !q.put(deferredWithID(next)) {
 				t.Fatal("full too soon")
 			}
 			next++
 		}
-		for range minDeferred - 5 {
+		for range 1 {
 			d, ok := q.take(false)
 			if !ok || d.pk.PacketID != want {
 				t.Fatalf("took %d (%v), want %d", d.pk.PacketID, ok, want)

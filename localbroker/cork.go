@@ -62,9 +62,9 @@ type corkConn struct {
 	v5           atomic.Bool
 	disconnected atomic.Bool // mochi has sent a DISCONNECT: the connection ends for its reason
 
-	// window is max_inflight, or the MQTT 5 client's receive maximum,
-	// at work, and aliases the topic aliases given to it (see flowHook);
-	// both set before the CONNACK; nil: none.
+	// window is max_inflight_messages, or the MQTT 5 client's receive
+	// maximum, at work, and aliases the topic aliases given to it (see
+	// flowHook); both set before the CONNACK; nil: none.
 	window  *window
 	aliases *aliases
 }
@@ -136,7 +136,7 @@ func (l corkListener) Accept() (net.Conn, error) {
 
 func (c *corkConn) Write(p []byte) (int, error) {
 	if isHeldMarker(p) {
-		return len(p), nil // a message the receive maximum holds (flowHook)
+		return len(p), nil // a message held back or discarded (flowHook)
 	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()

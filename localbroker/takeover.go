@@ -247,38 +247,44 @@ func (h *takeoverHook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64,
 		return
 	}
 	h.checking.Add(1)
-	go func() {
-		defer h.checking.Add(-1)
-		var nc *mqtt.Client
-		if !waitUntil(func() bool {
-			cur, ok := h.srv.Clients.Get(cl.ID)
-			nc = cur
-			return ok && cur != cl
-		}) || !inherits(cl, nc) {
-			return // no connection took the session: it ended
-		}
-		h.mu.Lock()
-		var cleared bool
-		if sc := h.successor[cl]; sc != nil {
-			created, ok := sc.cleared[pk.PacketID]
-			cleared = ok && created == pk.Created
-		}
-		h.mu.Unlock()
-		if cleared {
-			// Copied, or moved by OnQosDropped; mochi may have set it on
-			// cl once more since (out of send quota, it sets it again).
-			return
-		}
-		h.wait(cl.ID, "the session's messages to be resent", func() bool { return !resuming(nc) || nc.Closed() })
-		// By now mochi has copied the session and cleared cl's copy of
-		// it: what cl still holds came after.
-		cur, ok := cl.State.Inflight.Get(pk.PacketID)
-		if !ok || !sameMessage(cur, pk) || !cl.State.Inflight.Delete(pk.PacketID) {
-			return // copied with the session, or dropped (OnQosDropped)
-		}
-		atomic.AddInt64(&h.srv.Info.Inflight, -1)
-		h.rehome(nc, pk)
-	}()
+	go h.moveLate(cl, pk)
+}
+
+// moveLate moves pk, queued for cl after another connection took cl's
+// session over, to that connection, if mochi did not copy it. (Apart
+// from OnQosPublish, so that pk is copied to the heap only then, not for
+// every message queued: 1.7 KB each.)
+func (h *takeoverHook) moveLate(cl *mqtt.Client, pk packets.Packet) {
+	defer h.checking.Add(-1)
+	var nc *mqtt.Client
+	if !waitUntil(func() bool {
+		cur, ok := h.srv.Clients.Get(cl.ID)
+		nc = cur
+		return ok && cur != cl
+	}) || !inherits(cl, nc) {
+		return // no connection took the session: it ended
+	}
+	h.mu.Lock()
+	var cleared bool
+	if sc := h.successor[cl]; sc != nil {
+		created, ok := sc.cleared[pk.PacketID]
+		cleared = ok && created == pk.Created
+	}
+	h.mu.Unlock()
+	if cleared {
+		// Copied, or moved by OnQosDropped; mochi may have set it on
+		// cl once more since (out of send quota, it sets it again).
+		return
+	}
+	h.wait(cl.ID, "the session's messages to be resent", func() bool { return !resuming(nc) || nc.Closed() })
+	// By now mochi has copied the session and cleared cl's copy of
+	// it: what cl still holds came after.
+	cur, ok := cl.State.Inflight.Get(pk.PacketID)
+	if !ok || !sameMessage(cur, pk) || !cl.State.Inflight.Delete(pk.PacketID) {
+		return // copied with the session, or dropped (OnQosDropped)
+	}
+	atomic.AddInt64(&h.srv.Info.Inflight, -1)
+	h.rehome(nc, pk)
 }
 
 // OnQosDropped sees the messages mochi clears from a client whose session

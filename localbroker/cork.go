@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"crypto/tls"
 	"net"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
+	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"golang.org/x/sys/unix"
 )
@@ -19,6 +21,10 @@ import (
 // syscall (and one TLS record) instead of one each. Whatever else mochi
 // writes to the client meanwhile is held too, in order. Nothing is held
 // once the waiter has nothing ready.
+//
+// It also gathers what mochi writes while more packets wait in the
+// client's queue (see gatherFor): a subscriber that gets a message stream
+// gets the messages queued in a burst in one write, not one syscall each.
 type corkConn struct {
 	net.Conn
 
@@ -67,6 +73,13 @@ type corkConn struct {
 	// flowHook); both set before the CONNACK; nil: none.
 	window  *window
 	aliases *aliases
+
+	// writesQueued tells how many packets wait in mochi's queue for the
+	// client's write loop, set before the CONNACK; nil: not known, and
+	// nothing is gathered. flusher writes what was gathered if no write
+	// came to take it (a packet mochi refused to write).
+	writesQueued func() int
+	flusher      *time.Timer
 }
 
 // message tells a message apart from another under the same packet id.
@@ -135,8 +148,14 @@ func (l corkListener) Accept() (net.Conn, error) {
 }
 
 func (c *corkConn) Write(p []byte) (int, error) {
+	n := len(p)
 	if isHeldMarker(p) {
-		return len(p), nil // a message held back or discarded (flowHook)
+		// A message held back or discarded (flowHook): nothing to write,
+		// but what was gathered may have to go now.
+		if c.writesQueued == nil {
+			return n, nil
+		}
+		p = nil
 	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
@@ -156,10 +175,81 @@ func (c *corkConn) Write(p []byte) (int, error) {
 			out, c.held = c.held, nil
 		}
 		c.mu.Unlock()
-		return len(p), c.write(out)
+		return n, c.write(out)
+	case c.writesQueued != nil && len(c.held)+len(p) < corkMax && c.writesQueued() > 0:
+		// The write loop has more to write: this goes with the next.
+		if len(p) > 0 {
+			if len(c.held) == 0 {
+				c.armFlusher()
+			}
+			c.held = append(c.held, p...)
+		}
+		c.mu.Unlock()
+		return n, nil
 	}
+	out := c.held
+	c.held = nil
 	c.mu.Unlock()
-	return c.Conn.Write(p)
+	if len(out) == 0 {
+		if len(p) == 0 {
+			return n, nil
+		}
+		return c.Conn.Write(p)
+	}
+	if c.flusher != nil {
+		c.flusher.Stop()
+	}
+	return n, c.write(append(out, p...))
+}
+
+// gatherWait is how long what was gathered waits for a write that takes
+// it, at most. Every packet taken from the queue comes to Write, but for
+// one mochi refuses to write (too large for the client, which flowHook
+// already discards): then the flusher writes what waits.
+const gatherWait = 2 * time.Millisecond
+
+// gatherFor lets c gather what mochi writes to cl while cl's write loop
+// has more packets queued. mochi gathers writes itself the same way, but
+// into a buffer that a packet it then refuses to write leaves unsent
+// (until the client's next packet), and it would gather flowHook's
+// markers among the packets. The queue's length is not exported: it is
+// read with reflect, which may read an unexported channel's length. If
+// mochi no longer has the field, nothing is gathered (TestGatherQueued
+// fails).
+func (c *corkConn) gatherFor(cl *mqtt.Client) {
+	if c == nil {
+		return
+	}
+	v := reflect.ValueOf(&cl.State).Elem().FieldByName("outbound")
+	if v.Kind() != reflect.Chan {
+		return
+	}
+	c.writesQueued = v.Len
+}
+
+// armFlusher starts the flusher, with wmu and mu held.
+func (c *corkConn) armFlusher() {
+	if c.flusher == nil {
+		c.flusher = time.AfterFunc(gatherWait, c.flushGathered)
+		return
+	}
+	c.flusher.Reset(gatherWait)
+}
+
+// flushGathered writes what was gathered, unless the waiter has corked
+// the connection meanwhile: uncork writes it then.
+func (c *corkConn) flushGathered() {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.mu.Lock()
+	if c.corked || c.err != nil || c.closed {
+		c.mu.Unlock()
+		return
+	}
+	out := c.held
+	c.held = nil
+	c.mu.Unlock()
+	c.write(out)
 }
 
 // write writes what was held, with wmu held. A failure closes the
@@ -221,6 +311,9 @@ func (c *corkConn) Close() error {
 	out := c.held
 	c.held, c.closed = nil, true
 	failed := c.err != nil
+	if c.flusher != nil {
+		c.flusher.Stop()
+	}
 	c.mu.Unlock()
 	if c.tooLarge.Load() && c.v5.Load() && !c.disconnected.Load() && c.processed.Load()+1 == c.tooLargePast.Load() {
 		out = append(out, disconnectTooLarge...)

@@ -15,6 +15,8 @@ import (
 
 	"github.com/eclipse/paho.golang/packets"
 	pahopk "github.com/eclipse/paho.mqtt.golang/packets"
+	mqtt "github.com/mochi-mqtt/server/v2"
+	mochipk "github.com/mochi-mqtt/server/v2/packets"
 )
 
 // The PUBACKs of publishes stored together go out in one write, in order,
@@ -109,6 +111,7 @@ type recordingConn struct {
 	writes    [][]byte
 	failAfter int
 	closed    bool
+	wrote     chan struct{} // if set, told of each write
 }
 
 var errWrite = errors.New("connection reset by peer")
@@ -123,6 +126,12 @@ func (c *recordingConn) Write(p []byte) (int, error) {
 		return 0, errWrite
 	}
 	c.writes = append(c.writes, append([]byte(nil), p...))
+	if c.wrote != nil {
+		select {
+		case c.wrote <- struct{}{}:
+		default:
+		}
+	}
 	return len(p), nil
 }
 
@@ -216,6 +225,130 @@ func TestCorkConn(t *testing.T) {
 		c.uncork() // no panic
 	})
 }
+
+// What mochi writes while its write loop has more queued for the client
+// goes out with the next write, in order.
+func TestCorkGathers(t *testing.T) {
+	gathering := func() (*recordingConn, *corkConn, *atomic.Int32) {
+		rc := &recordingConn{wrote: make(chan struct{}, 1)}
+		var queued atomic.Int32
+		return rc, &corkConn{Conn: rc, writesQueued: func() int { return int(queued.Load()) }}, &queued
+	}
+	t.Run("with the next write", func(t *testing.T) {
+		rc, c, queued := gathering()
+		queued.Store(2)
+		c.Write([]byte("a"))
+		queued.Store(1)
+		c.Write([]byte("b"))
+		if got := rc.got(); len(got) != 0 {
+			t.Fatalf("written while more were queued: %q", got)
+		}
+		queued.Store(0)
+		c.Write([]byte("c"))
+		c.Write([]byte("d"))
+		if got, want := rc.got(), []string{"abc", "d"}; !equal(got, want) {
+			t.Errorf("writes %q, want %q", got, want)
+		}
+	})
+	t.Run("a held message's marker takes what was gathered", func(t *testing.T) {
+		rc, c, queued := gathering()
+		c.Write(pingreqMarker) // nothing gathered: nothing to write
+		queued.Store(1)
+		c.Write([]byte("a"))
+		c.Write(pingreqMarker)
+		if got := rc.got(); len(got) != 0 {
+			t.Fatalf("written while more were queued: %q", got)
+		}
+		queued.Store(0)
+		if n, err := c.Write(pingreqMarker); n != len(pingreqMarker) || err != nil {
+			t.Errorf("marker: %d, %v", n, err)
+		}
+		if got, want := rc.got(), []string{"a"}; !equal(got, want) {
+			t.Errorf("writes %q, want %q: the marker is never written", got, want)
+		}
+	})
+	t.Run("the flusher writes what no write took", func(t *testing.T) {
+		rc, c, queued := gathering()
+		queued.Store(1) // and then mochi refuses to write it
+		c.Write([]byte("a"))
+		select {
+		case <-rc.wrote:
+		case <-time.After(10 * time.Second):
+			t.Fatal("what was gathered was never written")
+		}
+		if got, want := rc.got(), []string{"a"}; !equal(got, want) {
+			t.Errorf("writes %q, want %q", got, want)
+		}
+	})
+	t.Run("corked, the flusher leaves what waits to uncork", func(t *testing.T) {
+		rc, c, queued := gathering()
+		queued.Store(1)
+		c.Write([]byte("a"))
+		c.cork()
+		c.Write([]byte("b"))
+		c.flushGathered()
+		if got := rc.got(); len(got) != 0 {
+			t.Fatalf("written while corked: %q", got)
+		}
+		c.uncork()
+		if got, want := rc.got(), []string{"ab"}; !equal(got, want) {
+			t.Errorf("writes %q, want %q", got, want)
+		}
+	})
+	t.Run("at most a TLS record's worth", func(t *testing.T) {
+		rc, c, queued := gathering()
+		queued.Store(5)
+		c.Write([]byte("a"))
+		c.Write(bytes.Repeat([]byte("x"), corkMax))
+		if got := rc.got(); len(got) != 1 || len(got[0]) != corkMax+1 {
+			t.Errorf("%d writes, want one of %d bytes", len(got), corkMax+1)
+		}
+	})
+	t.Run("close sends what was gathered", func(t *testing.T) {
+		rc, c, queued := gathering()
+		queued.Store(1)
+		c.Write([]byte("disconnect"))
+		c.Close()
+		if got := rc.got(); !equal(got, []string{"disconnect"}) || !rc.closed {
+			t.Errorf("writes %q closed %v, want the gathered bytes written, then closed", got, rc.closed)
+		}
+	})
+}
+
+// gatherFor reads the length of mochi's queue for a client's write loop
+// (an unexported field: this fails if mochi renames it).
+func TestGatherQueued(t *testing.T) {
+	srv := mqtt.New(&mqtt.Options{InlineClient: true, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err := srv.AddHook(new(allowReads), nil); err != nil {
+		t.Fatal(err)
+	}
+	server, client := net.Pipe()
+	defer client.Close()
+	cc := &corkConn{Conn: server}
+	cl := srv.NewClient(cc, "t", "sub", false) // its write loop is not started
+	cc.gatherFor(cl)
+	if cc.writesQueued == nil {
+		t.Fatal("mochi's queue for the write loop (ClientState.outbound) was not found")
+	}
+	srv.Clients.Add(cl)
+	cl.State.Subscriptions.Add("t/#", mochipk.Subscription{Filter: "t/#"})
+	srv.Topics.Subscribe(cl.ID, mochipk.Subscription{Filter: "t/#"})
+	for i := range 3 {
+		if got := cc.writesQueued(); got != i {
+			t.Fatalf("queued %d, want %d", got, i)
+		}
+		if err := srv.Publish("t/x", []byte("x"), false, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// allowReads lets every client read every topic.
+type allowReads struct{ mqtt.HookBase }
+
+func (allowReads) ID() string                                 { return "allow-reads" }
+func (allowReads) Provides(b byte) bool                       { return b == mqtt.OnACLCheck }
+func (allowReads) OnACLCheck(*mqtt.Client, string, bool) bool { return true }
 
 func equal(a, b []string) bool {
 	if len(a) != len(b) {

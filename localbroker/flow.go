@@ -108,7 +108,8 @@ type alias struct {
 
 // OnConnect switches mochi's limit and topic aliases off (it reads the
 // client's receive maximum from Props again when it takes a session over)
-// and sets the connection's window and aliases. A window as large as what
+// and sets the connection's window and aliases, and its gathering of
+// writes (corkConn.gatherFor). A window as large as what
 // a session may hold is not needed: mochi drops what a session cannot
 // hold.
 func (h *flowHook) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
@@ -129,6 +130,7 @@ func (h *flowHook) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
 			}
 		}
 	}
+	cc.gatherFor(cl)
 	if cc != nil && max > 0 && max < h.maxQueued {
 		cc.window = &window{max: int(max), out: map[uint16]struct{}{}}
 	}

@@ -34,11 +34,12 @@ type corkConn struct {
 	// read.
 	wmu sync.Mutex
 
-	mu     sync.Mutex // guards the fields below; never held while writing
-	corked bool
-	held   []byte
-	err    error // of a write of what was held; every later write fails with it
-	closed bool
+	mu      sync.Mutex // guards the fields below; never held while writing
+	corked  bool
+	held    []byte
+	sending bool  // what was held is being written, by Write, uncork or the flusher
+	err     error // of a write of what was held; every later write fails with it
+	closed  bool
 
 	reads   atomic.Uint64 // Reads begun
 	inRead  atomic.Bool   // a Read is under way
@@ -172,7 +173,7 @@ func (c *corkConn) Write(p []byte) (int, error) {
 		c.held = append(c.held, p...)
 		var out []byte
 		if len(c.held) >= corkMax {
-			out, c.held = c.held, nil
+			out = c.take()
 		}
 		c.mu.Unlock()
 		return n, c.write(out)
@@ -187,8 +188,7 @@ func (c *corkConn) Write(p []byte) (int, error) {
 		c.mu.Unlock()
 		return n, nil
 	}
-	out := c.held
-	c.held = nil
+	out := c.take()
 	c.mu.Unlock()
 	if len(out) == 0 {
 		if len(p) == 0 {
@@ -246,10 +246,18 @@ func (c *corkConn) flushGathered() {
 		c.mu.Unlock()
 		return
 	}
-	out := c.held
-	c.held = nil
+	out := c.take()
 	c.mu.Unlock()
 	c.write(out)
+}
+
+// take takes what is held, to write it, with mu held: Close waits for
+// the write to end before it closes the connection.
+func (c *corkConn) take() []byte {
+	out := c.held
+	c.held = nil
+	c.sending = len(out) > 0
+	return out
 }
 
 // write writes what was held, with wmu held. A failure closes the
@@ -260,10 +268,13 @@ func (c *corkConn) write(out []byte) error {
 		return nil
 	}
 	_, err := c.Conn.Write(out)
+	c.mu.Lock()
+	c.sending = false
 	if err != nil {
-		c.mu.Lock()
 		c.err = err
-		c.mu.Unlock()
+	}
+	c.mu.Unlock()
+	if err != nil {
 		c.Conn.Close()
 	}
 	return err
@@ -294,13 +305,15 @@ func (c *corkConn) uncork() {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	c.mu.Lock()
-	out := c.held
-	c.held, c.corked = nil, false
-	failed := c.err != nil
-	c.mu.Unlock()
-	if !failed {
-		c.write(out)
+	c.corked = false
+	if c.err != nil {
+		c.held = nil
+		c.mu.Unlock()
+		return
 	}
+	out := c.take()
+	c.mu.Unlock()
+	c.write(out)
 }
 
 // Close sends what is held (mochi writes a DISCONNECT, then closes), taking
@@ -310,7 +323,7 @@ func (c *corkConn) Close() error {
 	c.mu.Lock()
 	out := c.held
 	c.held, c.closed = nil, true
-	failed := c.err != nil
+	failed, sending := c.err != nil, c.sending
 	if c.flusher != nil {
 		c.flusher.Stop()
 	}
@@ -318,14 +331,17 @@ func (c *corkConn) Close() error {
 	if c.tooLarge.Load() && c.v5.Load() && !c.disconnected.Load() && c.processed.Load()+1 == c.tooLargePast.Load() {
 		out = append(out, disconnectTooLarge...)
 	}
-	if len(out) > 0 && !failed {
-		// A write under way may only be appending; one that is stuck
+	if (len(out) > 0 || sending) && !failed {
+		// A write under way may only be appending, or be writing what
+		// was held (a DISCONNECT gathered, say); one that is stuck
 		// fails at the deadline.
 		deadline := time.Now().Add(time.Second)
 		c.Conn.SetWriteDeadline(deadline)
 		for d := 10 * time.Microsecond; ; d = min(2*d, 10*time.Millisecond) {
 			if c.wmu.TryLock() {
-				c.Conn.Write(out)
+				if len(out) > 0 {
+					c.Conn.Write(out)
+				}
 				c.wmu.Unlock()
 				break
 			}

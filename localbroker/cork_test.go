@@ -595,3 +595,79 @@ func TestTooLargeDisconnect(t *testing.T) {
 		t.Errorf("MQTT 3.1.1: got %d bytes, want the connection closed", n)
 	}
 }
+
+// slowConn's writes wait for release, as a TLS record being sealed
+// would; entered is told of a write begun, and closing of Close, or of
+// the write deadline Close sets before it waits for a write.
+type slowConn struct {
+	net.Conn
+	entered, closing chan struct{}
+	release          chan struct{}
+	mu               sync.Mutex
+	closed           bool
+	writes           []string
+}
+
+func (c *slowConn) Write(p []byte) (int, error) {
+	c.entered <- struct{}{}
+	<-c.release
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return 0, net.ErrClosed
+	}
+	c.writes = append(c.writes, string(p))
+	return len(p), nil
+}
+
+func (c *slowConn) SetWriteDeadline(time.Time) error {
+	c.closing <- struct{}{}
+	return nil
+}
+
+func (c *slowConn) Close() error {
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
+	select {
+	case c.closing <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// A DISCONNECT that was gathered, and that another write (the write
+// loop's, or the flusher's) is writing, is not cut off by the Close that
+// follows it (a review found Close closing under that write).
+func TestCorkCloseWaitsForGatheredWrite(t *testing.T) {
+	for _, by := range []string{"the next write", "the flusher"} {
+		t.Run(by, func(t *testing.T) {
+			sc := &slowConn{entered: make(chan struct{}, 1), closing: make(chan struct{}, 1), release: make(chan struct{})}
+			var queued atomic.Int32
+			c := &corkConn{Conn: sc, writesQueued: func() int { return int(queued.Load()) }}
+			queued.Store(1)
+			c.Write([]byte("DISCONNECT")) // gathered
+			wrote := make(chan struct{})
+			go func() {
+				defer close(wrote)
+				if by == "the next write" {
+					queued.Store(0)
+					c.Write([]byte("PUBLISH"))
+				}
+			}()
+			<-sc.entered // being written
+			closed := make(chan struct{})
+			go func() { c.Close(); close(closed) }()
+			<-sc.closing // Close closed, or waits for the write
+			close(sc.release)
+			<-wrote
+			<-closed
+			sc.mu.Lock()
+			got := strings.Join(sc.writes, "")
+			sc.mu.Unlock()
+			if !strings.HasPrefix(got, "DISCONNECT") || !sc.closed {
+				t.Errorf("written %q, closed %v: want the DISCONNECT written, then the connection closed", got, sc.closed)
+			}
+		})
+	}
+}

@@ -71,7 +71,16 @@ type flowHook struct {
 func (h *flowHook) ID() string { return "fieldgate-flow" }
 
 func (h *flowHook) Provides(b byte) bool {
-	return b == mqtt.OnConnect || b == mqtt.OnQosPublish || b == mqtt.OnPacketEncode || b == mqtt.OnPacketSent || b == mqtt.OnPacketProcessed
+	return b == mqtt.OnConnect || b == mqtt.OnQosPublish || b == mqtt.OnPacketEncode || b == mqtt.OnPacketSent || b == mqtt.OnPacketRead || b == mqtt.OnPacketProcessed
+}
+
+// OnPacketRead undoes, ahead, what mochi's processPubcomp adds to the
+// client's receive quota (see OnPacketProcessed).
+func (h *flowHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Type == packets.Pubcomp {
+		cl.State.Inflight.DecreaseReceiveQuota()
+	}
+	return pk, nil
 }
 
 // window is a connection's count of what is unacknowledged at the client.
@@ -317,6 +326,14 @@ func publishSizeAtMost(pk *packets.Packet) int {
 // what was held: after an acknowledgement, or after any packet that may
 // have ended the client's own use of a held message's packet id.
 func (h *flowHook) OnPacketProcessed(cl *mqtt.Client, pk packets.Packet, err error) {
+	if pk.FixedHeader.Type == packets.Pubrec && err == nil && !acknowledges(pk) {
+		// mochi took a QoS 2 message the broker sent, now at its PUBREL,
+		// off the client's receive quota, which is for what the client
+		// sends: given back (and not given again at the PUBCOMP).
+		if ack, ok := cl.State.Inflight.Get(pk.PacketID); ok && ack.FixedHeader.Type == packets.Pubrel {
+			cl.State.Inflight.IncreaseReceiveQuota()
+		}
+	}
 	cc, ok := cl.Net.Conn.(*corkConn)
 	if !ok || cc.window == nil {
 		return

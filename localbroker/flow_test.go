@@ -698,3 +698,89 @@ func TestPublishSizeAtMost(t *testing.T) {
 		}
 	}
 }
+
+// A subscriber's QoS 2 messages waiting for their PUBCOMP take nothing of
+// what the client may itself have unacknowledged (its receive quota,
+// max_inflight): mochi took one for each PUBREC, until the PUBCOMP, so a
+// subscriber with max_inflight of them was disconnected at its next
+// publish, over MQTT 3.1.1 too (found by a helper's end-to-end test). The
+// second round shows the quota does not drift at the PUBCOMPs either.
+func TestQoS2DeliveriesLeaveReceiveQuota(t *testing.T) {
+	t.Parallel()
+	const n = 100 // the broker's max_inflight
+	b := interopBroker(t, Limits{})
+	deliver := func(t *testing.T, topic string) {
+		t.Helper()
+		for i := range n {
+			if err := b.Publish(Message{Topic: topic, QoS: 2, Payload: fmt.Appendf(nil, "m%d", i)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	t.Run("3.1.1", func(t *testing.T) {
+		t.Parallel()
+		topic := suiteTopics[0] + "/q2-311"
+		r := dial311(t, b)
+		r.send(connectPacket311("q2sub311", true, 0))
+		r.connack()
+		sp := pahopk.NewControlPacket(pahopk.Subscribe).(*pahopk.SubscribePacket)
+		sp.MessageID, sp.Topics, sp.Qoss = 1, []string{topic}, []byte{2}
+		r.send(sp)
+		if _, ok := r.next().(*pahopk.SubackPacket); !ok {
+			t.Fatal("no SUBACK")
+		}
+		for round := range 2 {
+			deliver(t, topic)
+			var rels []uint16
+			for len(rels) < n {
+				switch p := r.next().(type) {
+				case *pahopk.PublishPacket:
+					rec := pahopk.NewControlPacket(pahopk.Pubrec).(*pahopk.PubrecPacket)
+					rec.MessageID = p.MessageID
+					r.send(rec)
+				case *pahopk.PubrelPacket:
+					rels = append(rels, p.MessageID)
+				default:
+					t.Fatalf("round %d, %d PUBRELs in: got %v", round, len(rels), p)
+				}
+			}
+			pp := pahopk.NewControlPacket(pahopk.Publish).(*pahopk.PublishPacket)
+			pp.TopicName, pp.Qos, pp.MessageID, pp.Payload = topic+"/own", 1, uint16(round+1), []byte("x")
+			r.send(pp)
+			if p, err := r.read(); err != nil {
+				t.Fatalf("round %d: %d deliveries at their PUBREL, the client's publish ended the connection: %v", round, n, err)
+			} else if ack, ok := p.(*pahopk.PubackPacket); !ok || ack.MessageID != uint16(round+1) {
+				t.Fatalf("round %d: got %v, want the PUBACK of the client's publish", round, p)
+			}
+			for _, id := range rels {
+				comp := pahopk.NewControlPacket(pahopk.Pubcomp).(*pahopk.PubcompPacket)
+				comp.MessageID = id
+				r.send(comp)
+			}
+		}
+	})
+	t.Run("5", func(t *testing.T) {
+		t.Parallel()
+		topic := topics5[0] + "/q2-5"
+		r := flowSubscriber(t, b, "q2sub5", 0, false, topic, 2)
+		for round := range 2 {
+			deliver(t, topic)
+			var rels []uint16
+			for len(rels) < n {
+				switch p := r.expectOneOf(packets.PUBLISH, packets.PUBREL).Content.(type) {
+				case *packets.Publish:
+					r.send(&packets.Pubrec{PacketID: p.PacketID, Properties: &packets.Properties{}})
+				case *packets.Pubrel:
+					rels = append(rels, p.PacketID)
+				}
+			}
+			r.publish(uint16(round+1), topic+"/own", 1, "x", nil)
+			if ack := r.expect(packets.PUBACK).Content.(*packets.Puback); ack.PacketID != uint16(round+1) || ack.ReasonCode >= 0x80 {
+				t.Fatalf("round %d: PUBACK %d reason %#x, want %d, success", round, ack.PacketID, ack.ReasonCode, round+1)
+			}
+			for _, id := range rels {
+				r.send(&packets.Pubcomp{PacketID: id, Properties: &packets.Properties{}})
+			}
+		}
+	})
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -669,5 +670,42 @@ func TestCorkCloseWaitsForGatheredWrite(t *testing.T) {
 				t.Errorf("written %q, closed %v: want the DISCONNECT written, then the connection closed", got, sc.closed)
 			}
 		})
+	}
+}
+
+// Bursts of messages of every QoS, queued faster than the subscriber's
+// write loop writes them (so its writes are gathered), reach it each
+// once, in order, as published, and its own publishes are answered
+// meanwhile.
+func TestGatheredBurstsInOrder(t *testing.T) {
+	t.Parallel()
+	const bursts, n = 5, 600 // under the 1,000 a session holds
+	b := interopBroker(t, Limits{})
+	topic := topics5[0] + "/burst"
+	r := flowSubscriber(t, b, "burst", 0, false, topic, 2)
+	for burst := range bursts {
+		for i := range n {
+			m := Message{Topic: topic, QoS: byte(i % 3), Payload: fmt.Appendf(nil, "b%d-%d", burst, i)}
+			if err := b.Publish(m); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for i, p := range r.exchange(n) {
+			if want := fmt.Sprintf("b%d-%d", burst, i); string(p.Payload) != want || p.QoS != byte(i%3) || p.Duplicate {
+				t.Fatalf("got %q QoS %d DUP %v, want %q QoS %d", p.Payload, p.QoS, p.Duplicate, want, i%3)
+			}
+		}
+		r.publish(uint16(burst+1), topic+"/own", 1, "x", nil)
+		for {
+			p := r.expectOneOf(packets.PUBREL, packets.PUBACK) // the burst's last PUBRELs, and the answer
+			if p.Type == packets.PUBREL {
+				r.send(&packets.Pubcomp{PacketID: p.PacketID(), Properties: &packets.Properties{}})
+				continue
+			}
+			if id := p.PacketID(); id != uint16(burst+1) {
+				t.Fatalf("PUBACK %d, want %d", id, burst+1)
+			}
+			break
+		}
 	}
 }

@@ -74,8 +74,11 @@ func (h *flowHook) Provides(b byte) bool {
 	return b == mqtt.OnConnect || b == mqtt.OnQosPublish || b == mqtt.OnPacketEncode || b == mqtt.OnPacketSent || b == mqtt.OnPacketRead || b == mqtt.OnPacketProcessed
 }
 
-// OnPacketRead undoes, ahead, what mochi's processPubcomp adds to the
-// client's receive quota (see OnPacketProcessed).
+// OnPacketRead takes one from the client's receive quota for each
+// PUBCOMP, before mochi's processPubcomp adds one: the QoS 2 message it
+// completes holds no place of the client's (see OnPacketProcessed). At a
+// quota of 0 the take does nothing, and the client is left one more
+// (lenient), never one fewer.
 func (h *flowHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if pk.FixedHeader.Type == packets.Pubcomp {
 		cl.State.Inflight.DecreaseReceiveQuota()

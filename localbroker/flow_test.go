@@ -153,7 +153,7 @@ func TestMaxInflightMessages311(t *testing.T) {
 	const max = 3
 	b := interopBroker(t, Limits{MaxInflightOut: max})
 	topic := suiteTopics[0]
-	r := subscriber311(t, b, "slow311", topic)
+	r := subscriber311(t, b, "slow311", topic, 1)
 	pub := connect5(t, b, &paho5.Connect{ClientID: "pub311", CleanStart: true})
 	const n = 10
 	publishNumbered(t, pub, topic, 1, n)
@@ -537,7 +537,7 @@ func TestNoWindowByDefault311(t *testing.T) {
 	t.Parallel()
 	b := interopBroker(t, Limits{})
 	topic := suiteTopics[0]
-	r := subscriber311(t, b, "fast311", topic)
+	r := subscriber311(t, b, "fast311", topic, 1)
 	pub := connect5(t, b, &paho5.Connect{ClientID: "pubfast311", CleanStart: true})
 	const n = 300 // more than max_inflight's default, 100
 	publishNumbered(t, pub, topic, 1, n)
@@ -549,8 +549,8 @@ func TestNoWindowByDefault311(t *testing.T) {
 }
 
 // subscriber311 connects id as a raw MQTT 3.1.1 client subscribed to
-// topic at QoS 1.
-func subscriber311(t *testing.T, b *Broker, id, topic string) *raw311 {
+// topic at qos.
+func subscriber311(t *testing.T, b *Broker, id, topic string, qos byte) *raw311 {
 	t.Helper()
 	r := dial311(t, b)
 	r.send(connectPacket311(id, true, 0))
@@ -558,7 +558,7 @@ func subscriber311(t *testing.T, b *Broker, id, topic string) *raw311 {
 		t.Fatalf("connect: return code %d", ca.ReturnCode)
 	}
 	sp := pahopk.NewControlPacket(pahopk.Subscribe).(*pahopk.SubscribePacket)
-	sp.MessageID, sp.Topics, sp.Qoss = 1, []string{topic}, []byte{1}
+	sp.MessageID, sp.Topics, sp.Qoss = 1, []string{topic}, []byte{qos}
 	r.send(sp)
 	if _, ok := r.next().(*pahopk.SubackPacket); !ok {
 		t.Fatal("no SUBACK")
@@ -720,15 +720,7 @@ func TestQoS2DeliveriesLeaveReceiveQuota(t *testing.T) {
 	t.Run("3.1.1", func(t *testing.T) {
 		t.Parallel()
 		topic := suiteTopics[0] + "/q2-311"
-		r := dial311(t, b)
-		r.send(connectPacket311("q2sub311", true, 0))
-		r.connack()
-		sp := pahopk.NewControlPacket(pahopk.Subscribe).(*pahopk.SubscribePacket)
-		sp.MessageID, sp.Topics, sp.Qoss = 1, []string{topic}, []byte{2}
-		r.send(sp)
-		if _, ok := r.next().(*pahopk.SubackPacket); !ok {
-			t.Fatal("no SUBACK")
-		}
+		r := subscriber311(t, b, "q2sub311", topic, 2)
 		for round := range 2 {
 			deliver(t, topic)
 			var rels []uint16
